@@ -1,0 +1,97 @@
+/* The backend interface (DESIGN.md "Backends"): the algorithm (gptq.c, hessian.c, forward.c,
+ * the pipeline) is written once against this table of function pointers. backend_cpu.c
+ * implements it with OpenBLAS/LAPACKE and plain C (+OpenMP); kernels/ implements it with
+ * cuBLAS/cuSOLVER/custom kernels.
+ *
+ * Conventions for every op:
+ *  - All matrices are ROW-MAJOR fp32 unless stated: element (i, j) of an m x n matrix A with
+ *    leading dimension lda is A[i * lda + j]. (The CUDA backend maps this onto column-major
+ *    cuBLAS by swapping operands.)
+ *  - Pointers passed to ops are "backend memory": host memory for the CPU backend, device
+ *    memory for CUDA. Move data with alloc/upload/download.
+ *  - Ops are asynchronous with respect to the host on devices; `sync` waits.
+ *  - Element counts are int64_t, byte counts size_t. */
+#ifndef HQ_BACKEND_H
+#define HQ_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "quant.h"
+
+struct hq_backend {
+  const char *name;   /* "cpu" or "cuda" */
+  int on_device;      /* 1: pointers are device memory */
+
+  /* ---- memory ---- */
+  void *(*alloc)(size_t bytes);                 /* NULL on failure (caller reports) */
+  void (*free)(void *p);
+  void (*upload)(void *dst, const void *host_src, size_t bytes);
+  void (*download)(void *host_dst, const void *src, size_t bytes);
+  void (*copy)(void *dst, const void *src, size_t bytes);
+  void (*zero)(void *p, size_t bytes);
+  void (*sync)(void);
+
+  /* ---- dense linear algebra (fp32, row-major) ---- */
+  /* C[m x n] = alpha * op(A) * op(B) + beta * C; op(A) is m x k, op(B) is k x n. */
+  void (*gemm)(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+               const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+               int64_t ldc);
+  /* Upper triangle of C[n x n] = alpha * Xᵀ X + beta * C, X is k x n (k tokens of n features).
+   * The strict lower triangle of C is not touched. */
+  void (*syrk)(int64_t n, int64_t k, float alpha, const float *X, int64_t ldx, float beta,
+               float *C, int64_t ldc);
+  /* Copy the upper triangle of A[n x n] into its lower triangle. */
+  void (*symmetrize)(int64_t n, float *A, int64_t lda);
+  /* In: symmetric positive definite H[n x n] (full). Out: the upper Cholesky factor U of H⁻¹
+   * (H⁻¹ = Uᵀ U) in the upper triangle, zeros below. Returns 0, or the LAPACK/cuSOLVER info
+   * (> 0: not positive definite) — then H is garbage and the caller retries from a copy. */
+  int (*chol_inverse_upper)(int64_t n, float *H, int64_t ldh);
+
+  /* ---- quantization ---- */
+  /* Grid parameters of each row of the rows x ncols slice W (row-major, ldw), with the shared
+   * scalar math of quant.h: scale[r], zero[r]. */
+  void (*quant_params)(struct hq_grid g, int64_t rows, int64_t ncols, const float *W,
+                       int64_t ldw, float *scale, float *zero);
+  /* The fused GPTQ inner block. W1 is the rows x count block of the (permuted) weights
+   * (row-major, ldw), Hinv1 its count x count upper block of the inverse-Hessian factor (ldh).
+   * Process columns [c0, c1) (0 <= c0 < c1 <= count) with fixed per-row parameters
+   * scale[r], zero[r]; for each column i: code = quant(W1[r,i]); W1[r,i] <- dequant (so W1
+   * ends as the dequantized weights); err = (w - q) / Hinv1[i,i]; W1[r, i+1:count] -=
+   * err * Hinv1[i, i+1:count]; Err1[r, i] = err (row-major, lde); codes[r * ldc + i] = code.
+   * loss_acc (backend memory, 1 double) += Σ_r (w - q)² / Hinv1[i,i]² / 2. */
+  void (*gptq_block)(struct hq_grid g, int64_t rows, int64_t count, int64_t c0, int64_t c1,
+                     float *W1, int64_t ldw, const float *Hinv1, int64_t ldh,
+                     const float *scale, const float *zero, float *Err1, int64_t lde,
+                     uint8_t *codes, int64_t ldc, double *loss_acc);
+  /* Round-to-nearest of a rows x ncols slice in place with per-row params; codes out. */
+  void (*rtn_cols)(struct hq_grid g, int64_t rows, int64_t ncols, float *W, int64_t ldw,
+                   const float *scale, const float *zero, uint8_t *codes, int64_t ldc);
+
+  /* ---- forward ops (issue 3; fp32, row-major, x is ntok x dim) ---- */
+  /* y[t, :] = x[t, :] / sqrt(mean(x[t, :]²) + eps) * w[:] */
+  void (*rmsnorm)(int64_t ntok, int64_t dim, const float *x, const float *w, float eps,
+                  float *y);
+  /* Rotate-half RoPE in place on x[ntok x (nheads*head_dim)]; pos[t] is the position of
+   * token t; cos/sin tables are [max_pos x head_dim/2] (inv_freq already scaled). */
+  void (*rope)(int64_t ntok, int64_t nheads, int64_t head_dim, const int32_t *pos,
+               const float *cos_t, const float *sin_t, float *x);
+  /* Causal grouped-query attention over nseq independent sequences of seqlen tokens each.
+   * q: [nseq*seqlen x nh*hd], k, v: [nseq*seqlen x nkv*hd], out: [nseq*seqlen x nh*hd]. */
+  void (*attention)(int64_t nseq, int64_t seqlen, int64_t nh, int64_t nkv, int64_t hd,
+                    const float *q, const float *k, const float *v, float *out);
+  /* out[i] = silu(gate[i]) * up[i] */
+  void (*swiglu)(int64_t n, const float *gate, const float *up, float *out);
+  /* y[i] += x[i] */
+  void (*add)(int64_t n, float *y, const float *x);
+};
+
+/* The CPU backend (always available). */
+const struct hq_backend *hq_backend_cpu(void);
+/* The CUDA backend for the calling rank's GPU, or NULL when hpcq was built without CUDA or no
+ * GPU is visible (hq_last_error() says which). */
+const struct hq_backend *hq_backend_cuda(void);
+/* "cpu", "cuda", or "auto" (cuda when available, else cpu). NULL + message on failure. */
+const struct hq_backend *hq_backend_by_name(const char *name);
+
+#endif

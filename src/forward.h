@@ -1,0 +1,59 @@
+/* The Llama-family forward through the backend interface, with a capture hook for the input
+ * of every linear input group (what Hessians are built from). Not collective. */
+#ifndef HQ_FORWARD_H
+#define HQ_FORWARD_H
+
+#include <stdint.h>
+
+#include "backend.h"
+#include "model.h"
+
+/* Called with the input X [ntok x cols] (backend memory, row-major) of input group `g` of the
+ * current block. Returning non-zero stops the block forward right after the call (used by
+ * the true-sequential pipeline, which only needs the inputs up to one group). */
+typedef int (*hq_capture_fn)(void *ctx, enum hq_group g, const float *X, int64_t ntok,
+                             int64_t cols);
+
+struct hq_rope_table {
+  int64_t max_pos, half;   /* rows, columns */
+  float *cos_t, *sin_t;    /* [max_pos x half], backend memory */
+};
+int hq_rope_table_init(struct hq_rope_table *r, const struct hq_backend *be,
+                       const struct hq_model_config *c, int64_t max_pos);
+void hq_rope_table_free(struct hq_rope_table *r, const struct hq_backend *be);
+
+/* A block's weights in backend memory (uploaded from hq_block_weights). */
+struct hq_block_dev {
+  float *lin[HQ_LIN_COUNT];
+  float *bias[HQ_LIN_COUNT];
+  float *ln_attn, *ln_mlp;
+};
+int hq_block_dev_upload(const struct hq_backend *be, const struct hq_model_config *c,
+                        const struct hq_block_weights *w, struct hq_block_dev *d);
+void hq_block_dev_free(const struct hq_backend *be, struct hq_block_dev *d);
+
+/* Workspace for nseq x seqlen tokens (backend memory). */
+struct hq_fwd_ws;
+struct hq_fwd_ws *hq_fwd_ws_new(const struct hq_backend *be, const struct hq_model_config *c,
+                                int64_t ntok);
+void hq_fwd_ws_free(struct hq_fwd_ws *ws);
+
+/* x [nseq*seqlen x hidden] (backend memory) -> block output in place. capture may be NULL.
+ * Returns 1 if the capture stopped it early (x then unchanged), else 0. */
+int hq_forward_block(const struct hq_backend *be, const struct hq_model_config *c,
+                     const struct hq_block_dev *w, const struct hq_rope_table *rope,
+                     struct hq_fwd_ws *ws, int64_t nseq, int64_t seqlen, float *x,
+                     hq_capture_fn capture, void *ctx);
+
+/* Embedding lookup: x[t, :] = embed[ids[t], :] (embed is host fp32 [vocab x hidden]). */
+void hq_forward_embed(const struct hq_backend *be, const struct hq_model_config *c,
+                      const float *embed_host, const int32_t *ids, int64_t ntok, float *x);
+
+/* Final norm + lm_head, and the summed next-token NLL of every window (tokens 1..seqlen-1
+ * predicted from their prefixes). norm/lm_head in backend memory, lm_head [vocab x hidden]. */
+double hq_forward_nll(const struct hq_backend *be, const struct hq_model_config *c,
+                      const float *norm_w, const float *lm_head, struct hq_fwd_ws *ws,
+                      int64_t nseq, int64_t seqlen, const float *x, const int32_t *ids,
+                      float *logits_out /* optional host [ntok x vocab] */);
+
+#endif

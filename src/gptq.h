@@ -1,0 +1,65 @@
+/* GPTQ and round-to-nearest for one linear layer (../shared/notes/gptq-facts.md).
+ * Not collective: the pipeline calls this on the rows a rank owns. */
+#ifndef HQ_GPTQ_H
+#define HQ_GPTQ_H
+
+#include <stdint.h>
+
+#include "backend.h"
+
+struct hq_gptq_opts {
+  int bits;           /* 2, 3, 4, 8 */
+  int64_t group_size; /* -1 or 0: per output channel; else columns per group (any g >= 1) */
+  int sym;            /* symmetric grid */
+  int mse;            /* MSE clip search for the grid parameters */
+  int act_order;      /* desc_act: columns by descending diag(H) */
+  int static_groups;  /* group params from the unpermuted, unupdated W */
+  float percdamp;     /* damping = percdamp * mean(diag H); default 0.01 */
+  int block_size;     /* lazy-batch block, default 128 */
+  int damp_retries;   /* how many times damping is raised (x10 each) when Cholesky fails; default 6 */
+};
+
+/* Defaults of the reference: 4 bits, per channel, asym, no act-order, 0.01, block 128. */
+struct hq_gptq_opts hq_gptq_opts_default(void);
+/* Check options (bits in {2,3,4,8}, group size, damping > 0, block size >= 1). */
+int hq_gptq_opts_check(const struct hq_gptq_opts *o, int64_t cols);
+
+/* Result of quantizing a rows x cols weight matrix. All host memory, owned by the result. */
+struct hq_gptq_result {
+  int64_t rows, cols, ngroups;
+  uint8_t *codes;  /* [rows x cols] row-major, in ORIGINAL column order, values 0..maxq */
+  float *scales;   /* [rows x ngroups] row-major, fp16-representable values */
+  float *zeros;    /* [rows x ngroups] row-major, integer values 0..maxq */
+  int32_t *g_idx;  /* [cols]: group of each ORIGINAL input column */
+  int32_t *perm;   /* [cols]: processing order (perm[j] = original column), identity without act-order */
+  /* statistics */
+  double loss_proxy;     /* tr(ΔW H ΔWᵀ) of the GPTQ result, H undamped (as given) */
+  double loss_proxy_rtn; /* the same for RTN on the same grid and groups */
+  double loss_ref;       /* reference-style Σ (w-q)² / Hinv[j,j]² / 2 */
+  double damp_used;      /* percdamp finally used (after automatic raises) */
+  double damp_abs;       /* absolute damping added to the diagonal */
+  int64_t dead_cols;     /* columns with H[i,i] == 0 */
+  double t_chol, t_quant, t_stats; /* seconds: damping+Cholesky inverse, GPTQ loop, stats */
+};
+
+/* GPTQ on W [rows x cols] (row-major host memory; on return it holds the dequantized weights
+ * in original column order) with Hessian H [cols x cols] (host, full symmetric, not modified).
+ * If `want_stats` is 0 the two proxy losses are not computed (saves two GEMMs).
+ * Errors: HQ_ERR_INPUT (NaN/Inf in W or H, bad options), HQ_ERR_NUMERIC (H not positive
+ * definite even after all damping raises). */
+int hq_gptq_quantize(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t rows,
+                     int64_t cols, float *W, const float *H, int want_stats,
+                     struct hq_gptq_result *res);
+
+/* Round-to-nearest on the same grid/groups (group params from W itself). H may be NULL (then
+ * loss_proxy is not computed). W is replaced by its dequantized values. */
+int hq_rtn_quantize(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t rows,
+                    int64_t cols, float *W, const float *H, struct hq_gptq_result *res);
+
+void hq_gptq_result_free(struct hq_gptq_result *res);
+
+/* tr(D H Dᵀ) for D [rows x cols] (host), H [cols x cols] (host). */
+double hq_proxy_loss(const struct hq_backend *be, int64_t rows, int64_t cols, const float *D,
+                     const float *H);
+
+#endif

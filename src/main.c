@@ -1,0 +1,72 @@
+/* hpcq command-line entry point: dispatches to the subcommands of src/cli_*.c. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "error.h"
+
+struct hq_cmd {
+  const char *name;
+  int (*fn)(int, char **);
+  const char *help;
+};
+
+static const struct hq_cmd hq_cmds[] = {
+    {"quantize", hq_cli_quantize, "quantize a Hugging Face model (GPTQ/RTN/...), MPI-distributed"},
+    {"eval", hq_cli_eval, "perplexity of a model folder or an hpcq .h5 result"},
+    {"inspect", hq_cli_inspect, "per-layer statistics of an hpcq .h5 result"},
+    {"export", hq_cli_export, "write a GPTQ safetensors checkpoint from an .h5 result"},
+    {"layer", hq_cli_layer, "quantize one real layer of a model, print GPTQ vs RTN"},
+};
+
+static void usage(FILE *f) {
+  fprintf(f, "hpcq %s — MPI-distributed post-training quantizer\n\nusage: hpcq <command> [options]\n\n",
+          HQ_VERSION);
+  for (size_t i = 0; i < sizeof hq_cmds / sizeof hq_cmds[0]; i++)
+    fprintf(f, "  %-9s %s\n", hq_cmds[i].name, hq_cmds[i].help);
+  fprintf(f, "\n`hpcq <command> --help` shows the options of a command.\n");
+}
+
+int hq_cli_int(const char *opt, const char *val, long long lo, long long hi, long long *out) {
+  if (!val) return hq_fail(HQ_ERR_INPUT, "%s needs a value", opt);
+  char *end = NULL;
+  errno = 0;
+  long long v = strtoll(val, &end, 10);
+  if (errno || end == val || *end)
+    return hq_fail(HQ_ERR_INPUT, "%s expects an integer, got '%s'", opt, val);
+  if (v < lo || v > hi)
+    return hq_fail(HQ_ERR_INPUT, "%s must be in [%lld, %lld], got %lld", opt, lo, hi, v);
+  *out = v;
+  return HQ_OK;
+}
+
+int hq_cli_float(const char *opt, const char *val, double lo, double hi, double *out) {
+  if (!val) return hq_fail(HQ_ERR_INPUT, "%s needs a value", opt);
+  char *end = NULL;
+  errno = 0;
+  double v = strtod(val, &end);
+  if (errno || end == val || *end || v != v)
+    return hq_fail(HQ_ERR_INPUT, "%s expects a number, got '%s'", opt, val);
+  if (v < lo || v > hi)
+    return hq_fail(HQ_ERR_INPUT, "%s must be in [%g, %g], got %g", opt, lo, hi, v);
+  *out = v;
+  return HQ_OK;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+    usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  if (!strcmp(argv[1], "--version")) {
+    printf("hpcq %s\n", HQ_VERSION);
+    return 0;
+  }
+  for (size_t i = 0; i < sizeof hq_cmds / sizeof hq_cmds[0]; i++)
+    if (!strcmp(argv[1], hq_cmds[i].name)) return hq_cmds[i].fn(argc - 1, argv + 1);
+  fprintf(stderr, "hpcq: unknown command '%s'\n\n", argv[1]);
+  usage(stderr);
+  return 2;
+}

@@ -1,0 +1,130 @@
+/* Hugging Face checkpoints: safetensors (single or sharded), config.json, the Llama-family
+ * model description and per-block weight loading. Not collective. */
+#ifndef HQ_MODEL_H
+#define HQ_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---------------- safetensors ---------------- */
+enum hq_dtype { HQ_DTYPE_F32 = 0, HQ_DTYPE_F16 = 1, HQ_DTYPE_BF16 = 2 };
+const char *hq_dtype_name(enum hq_dtype d);
+size_t hq_dtype_size(enum hq_dtype d);
+
+#define HQ_ST_MAXDIM 8
+struct hq_st_tensor {
+  char *name;
+  enum hq_dtype dtype;
+  int ndim;
+  int64_t shape[HQ_ST_MAXDIM];
+  int64_t numel;
+  const void *data;   /* inside the mapped file */
+  size_t nbytes;
+  int file;           /* index into hq_safetensors.files */
+};
+
+struct hq_st_file {
+  char *path;
+  void *map;          /* mmap of the whole file */
+  size_t size;
+};
+
+struct hq_safetensors {
+  int nfiles;
+  struct hq_st_file *files;
+  int64_t ntensors;
+  struct hq_st_tensor *tensors; /* sorted by name */
+};
+
+/* Parse and validate one safetensors header. `json` is the header text (len bytes, not NUL
+ * terminated), `data_len` the size of the data section that follows it. Appends the tensors
+ * to `st` with data pointers relative to `data` (may be NULL for fuzzing). `what` names the
+ * file in messages. Never crashes on any input. */
+int hq_st_parse_header(const char *json, size_t len, const void *data, size_t data_len,
+                       int file_index, const char *what, struct hq_safetensors *st);
+/* Open a file, or a model folder (model.safetensors or model.safetensors.index.json). */
+int hq_st_open(const char *path, struct hq_safetensors *st);
+const struct hq_st_tensor *hq_st_find(const struct hq_safetensors *st, const char *name);
+/* Convert a tensor to fp32 (out has numel floats). */
+void hq_st_to_f32(const struct hq_st_tensor *t, float *out);
+void hq_st_close(struct hq_safetensors *st);
+
+/* ---------------- config ---------------- */
+enum hq_arch { HQ_ARCH_LLAMA = 0, HQ_ARCH_MISTRAL = 1, HQ_ARCH_QWEN2 = 2 };
+enum hq_rope_type { HQ_ROPE_DEFAULT = 0, HQ_ROPE_LLAMA3 = 1 };
+
+struct hq_model_config {
+  enum hq_arch arch;
+  char arch_name[64];        /* as in "architectures" */
+  int64_t hidden;            /* hidden_size */
+  int64_t intermediate;      /* intermediate_size */
+  int64_t n_layers;          /* num_hidden_layers */
+  int64_t n_heads;           /* num_attention_heads */
+  int64_t n_kv_heads;        /* num_key_value_heads (default n_heads) */
+  int64_t head_dim;          /* head_dim (default hidden / n_heads) */
+  int64_t vocab;             /* vocab_size */
+  int64_t max_pos;           /* max_position_embeddings */
+  float rms_eps;             /* rms_norm_eps */
+  double rope_theta;         /* rope_theta (default 10000) */
+  enum hq_rope_type rope_type;
+  double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+  int64_t rope_original_max_pos;
+  int tie_embeddings;        /* tie_word_embeddings */
+  int qkv_bias;              /* attention_bias, or Qwen2 (always) */
+  char *json;                /* the config.json text as read (for the HDF5 metadata) */
+};
+
+int hq_config_parse(const char *text, size_t len, const char *what, struct hq_model_config *c);
+int hq_config_load(const char *dir, struct hq_model_config *c);
+void hq_config_free(struct hq_model_config *c);
+
+/* ---------------- model ---------------- */
+/* The seven linears of a Llama block, in true-sequential order. */
+enum hq_linear { HQ_LIN_Q = 0, HQ_LIN_K, HQ_LIN_V, HQ_LIN_O, HQ_LIN_GATE, HQ_LIN_UP, HQ_LIN_DOWN,
+                 HQ_LIN_COUNT };
+/* Input groups sharing one Hessian: {q,k,v} -> {o} -> {gate,up} -> {down}. */
+enum hq_group { HQ_GROUP_QKV = 0, HQ_GROUP_O, HQ_GROUP_GATEUP, HQ_GROUP_DOWN, HQ_GROUP_COUNT };
+const char *hq_linear_name(enum hq_linear l);        /* "self_attn.q_proj", ..., "mlp.down_proj" */
+enum hq_group hq_linear_group(enum hq_linear l);
+/* rows (out) and cols (in) of a linear for this config */
+void hq_linear_shape(const struct hq_model_config *c, enum hq_linear l, int64_t *rows, int64_t *cols);
+
+struct hq_model {
+  char *dir;
+  struct hq_model_config cfg;
+  struct hq_safetensors st;
+};
+
+/* Open config.json + safetensors of a model folder and check that every tensor the forward
+ * needs is present with the shape the config implies (clear error naming the tensor). */
+int hq_model_open(const char *dir, struct hq_model *m);
+void hq_model_close(struct hq_model *m);
+
+/* One block's weights as fp32 host arrays, row-major [out x in] for linears. */
+struct hq_block_weights {
+  float *lin[HQ_LIN_COUNT];
+  float *bias[HQ_LIN_COUNT];  /* q/k/v bias when cfg.qkv_bias, else NULL */
+  float *ln_attn;             /* input_layernorm.weight [hidden] */
+  float *ln_mlp;              /* post_attention_layernorm.weight [hidden] */
+};
+int hq_model_load_block(const struct hq_model *m, int64_t b, struct hq_block_weights *w);
+void hq_block_weights_free(struct hq_block_weights *w);
+/* Any tensor by name as fp32 (malloc'ed, caller frees); numel out. */
+int hq_model_load_f32(const struct hq_model *m, const char *name, float **out, int64_t *numel);
+
+/* ---------------- tokens ---------------- */
+struct hq_tokens {
+  int32_t *ids;
+  int64_t n;
+};
+/* Raw little-endian int32 file; every id checked against vocab (error names the offset). */
+int hq_tokens_load(const char *path, int64_t vocab, struct hq_tokens *t);
+void hq_tokens_free(struct hq_tokens *t);
+/* Calibration: nsamples random windows of seqlen (start uniform in [0, n - seqlen]), seeded;
+ * out is [nsamples x seqlen]. Error if n < seqlen. */
+int hq_tokens_sample(const struct hq_tokens *t, int64_t nsamples, int64_t seqlen, uint64_t seed,
+                     int32_t *out);
+/* Evaluation: contiguous non-overlapping windows; returns the window count (remainder dropped). */
+int64_t hq_tokens_nwindows(const struct hq_tokens *t, int64_t seqlen);
+
+#endif
