@@ -1,0 +1,51 @@
+/* Communicator setup and collectives (DESIGN.md "Communication has its own seam").
+ * Host buffers go through MPI; device buffers (CUDA backend) through NCCL, bootstrapped over
+ * MPI. Counts are ELEMENTS; buffers over INT_MAX elements are chunked internally.
+ * Every function says whether it is collective over the world communicator. */
+#ifndef HQ_COMM_H
+#define HQ_COMM_H
+
+#include <mpi.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct hq_comm {
+  MPI_Comm comm;      /* duplicate of MPI_COMM_WORLD */
+  int rank, size;
+  int local_rank;     /* rank among the ranks of this node (-> GPU index) */
+  int local_size;
+  char host[256];
+  int owns_mpi;       /* hq_comm_init called MPI_Init */
+};
+
+/* Collective. MPI_Init_thread (FUNNELED) if needed, node-local rank via
+ * MPI_Comm_split_type(SHARED), sets the rank used in error messages. */
+int hq_comm_init(struct hq_comm *c, int *argc, char ***argv);
+/* Collective. Frees the communicator; MPI_Finalize if hq_comm_init initialised MPI. */
+void hq_comm_finalize(struct hq_comm *c);
+
+/* Collective. Agree on failure before the next collective so that nobody hangs: returns HQ_OK
+ * if every rank passed HQ_OK; otherwise every rank returns the status of the lowest failing
+ * rank, and hq_last_error() on every rank holds "rank R: <its message>". */
+int hq_comm_agree(const struct hq_comm *c, int status);
+
+/* Collective. In-place sum over ranks of host buffers. */
+void hq_comm_allreduce_f32(const struct hq_comm *c, float *buf, int64_t count);
+void hq_comm_allreduce_f64(const struct hq_comm *c, double *buf, int64_t count);
+void hq_comm_allreduce_i64(const struct hq_comm *c, int64_t *buf, int64_t count);
+/* Collective. In-place max over ranks. */
+void hq_comm_allreduce_max_f64(const struct hq_comm *c, double *buf, int64_t count);
+/* Collective. Broadcast bytes from root. */
+void hq_comm_bcast(const struct hq_comm *c, void *buf, size_t bytes, int root);
+/* Collective. Gather variable-sized byte pieces: rank r contributes `mine` (bytes[r] bytes);
+ * `all` receives the concatenation in rank order (size Σ bytes). bytes[] must be identical
+ * on all ranks. */
+void hq_comm_allgatherv(const struct hq_comm *c, const void *mine, void *all,
+                        const size_t *bytes);
+/* Collective. Barrier. */
+void hq_comm_barrier(const struct hq_comm *c);
+
+/* Not collective. Peak resident set size of this process in bytes (getrusage). */
+size_t hq_peak_rss_bytes(void);
+
+#endif
