@@ -89,11 +89,19 @@ enum hq_group hq_linear_group(enum hq_linear l);
 /* rows (out) and cols (in) of a linear for this config */
 void hq_linear_shape(const struct hq_model_config *c, enum hq_linear l, int64_t *rows, int64_t *cols);
 
+struct hq_h5;
 struct hq_model {
   char *dir;
   struct hq_model_config cfg;
   struct hq_safetensors st;
+  struct hq_h5 *h5;  /* set when the model is an hpcq .h5 result (model_h5.c) */
 };
+
+/* model_h5.c: an hpcq result file as a model (dequantized linears). hq_model_open dispatches
+ * here for paths ending in ".h5"; hq_model_load_f32 and hq_model_close when m->h5 is set. */
+int hq_model_h5_open(const char *path, struct hq_model *m);
+int hq_model_h5_load_f32(const struct hq_model *m, const char *name, float **out, int64_t *numel);
+void hq_model_h5_close(struct hq_model *m);
 
 /* Open config.json + safetensors of a model folder and check that every tensor the forward
  * needs is present with the shape the config implies (clear error naming the tensor). */

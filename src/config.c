@@ -1,0 +1,255 @@
+/* config.json of a Hugging Face Llama-family checkpoint -> struct hq_model_config.
+ * Supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM with SiLU MLPs, RMSNorm and
+ * RoPE (default or "llama3" scaling). Anything else is refused with a message naming what is
+ * supported, never guessed. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "model.h"
+
+#define SUPPORTED_ARCHS "LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM"
+
+static const cJSON *get(const cJSON *o, const char *key) {
+  const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
+  return (j && !cJSON_IsNull(j)) ? j : NULL;
+}
+
+/* Integer field: *out untouched when absent and !required. */
+static int get_int(const cJSON *o, const char *key, int required, int64_t *out, const char *what) {
+  const cJSON *j = get(o, key);
+  if (!j) {
+    if (required)
+      return hq_fail(HQ_ERR_INPUT, "%s: required field \"%s\" is missing; hpcq needs "
+                     "hidden_size, intermediate_size, num_hidden_layers, num_attention_heads and "
+                     "vocab_size", what, key);
+    return HQ_OK;
+  }
+  double v = cJSON_IsNumber(j) ? j->valuedouble : NAN;
+  if (!(v >= 1.0 && v <= 9007199254740992.0) || v != floor(v))
+    return hq_fail(HQ_ERR_INPUT, "%s: \"%s\" must be a positive integer", what, key);
+  *out = (int64_t)v;
+  return HQ_OK;
+}
+
+static int get_num(const cJSON *o, const char *key, double *out, const char *what) {
+  const cJSON *j = get(o, key);
+  if (!j) return HQ_OK;
+  if (!cJSON_IsNumber(j) || !isfinite(j->valuedouble))
+    return hq_fail(HQ_ERR_INPUT, "%s: \"%s\" must be a number", what, key);
+  *out = j->valuedouble;
+  return HQ_OK;
+}
+
+static int get_bool(const cJSON *o, const char *key, int *out, const char *what) {
+  const cJSON *j = get(o, key);
+  if (!j) return HQ_OK;
+  if (!cJSON_IsBool(j))
+    return hq_fail(HQ_ERR_INPUT, "%s: \"%s\" must be true or false", what, key);
+  *out = cJSON_IsTrue(j) ? 1 : 0;
+  return HQ_OK;
+}
+
+/* Python's json (and so transformers) keeps the last of duplicate keys, cJSON the first. */
+static int no_dup_keys(const cJSON *o, const char *what) {
+  for (const cJSON *a = o->child; a; a = a->next)
+    for (const cJSON *b = a->next; b; b = b->next)
+      if (a->string && b->string && strcmp(a->string, b->string) == 0)
+        return hq_fail(HQ_ERR_INPUT, "%s: key \"%.60s\" appears twice; fix the config.json",
+                       what, a->string);
+  return HQ_OK;
+}
+
+static int parse_rope_scaling(const cJSON *rs, const char *what, struct hq_model_config *c) {
+  c->rope_type = HQ_ROPE_DEFAULT;
+  c->rope_factor = 1.0;
+  c->rope_low_freq_factor = 1.0;
+  c->rope_high_freq_factor = 1.0;
+  c->rope_original_max_pos = 0;
+  if (!rs) return HQ_OK;
+  if (!cJSON_IsObject(rs))
+    return hq_fail(HQ_ERR_INPUT, "%s: \"rope_scaling\" must be null or an object", what);
+  HQ_TRY(no_dup_keys(rs, what));
+  const cJSON *ty = get(rs, "rope_type");
+  if (!ty) ty = get(rs, "type");
+  if (!cJSON_IsString(ty))
+    return hq_fail(HQ_ERR_INPUT, "%s: \"rope_scaling\" has no \"rope_type\" (or \"type\") string; "
+                   "hpcq supports rope_scaling null, \"default\" or \"llama3\"", what);
+  if (strcmp(ty->valuestring, "default") == 0) return HQ_OK;
+  if (strcmp(ty->valuestring, "llama3") != 0)
+    return hq_fail(HQ_ERR_UNSUPPORTED, "%s: rope_scaling type \"%.40s\" is not supported; hpcq "
+                   "supports rope_scaling null, \"default\" or \"llama3\"", what, ty->valuestring);
+  c->rope_type = HQ_ROPE_LLAMA3;
+  static const char *keys[] = {"factor", "low_freq_factor", "high_freq_factor",
+                               "original_max_position_embeddings"};
+  for (int i = 0; i < 4; i++)
+    if (!get(rs, keys[i]))
+      return hq_fail(HQ_ERR_INPUT, "%s: rope_scaling type \"llama3\" needs \"%s\"", what,
+                     keys[i]);
+  HQ_TRY(get_num(rs, "factor", &c->rope_factor, what));
+  HQ_TRY(get_num(rs, "low_freq_factor", &c->rope_low_freq_factor, what));
+  HQ_TRY(get_num(rs, "high_freq_factor", &c->rope_high_freq_factor, what));
+  HQ_TRY(get_int(rs, "original_max_position_embeddings", 1, &c->rope_original_max_pos, what));
+  if (!(c->rope_factor > 0) || !(c->rope_low_freq_factor > 0) ||
+      !(c->rope_high_freq_factor > c->rope_low_freq_factor))
+    return hq_fail(HQ_ERR_INPUT, "%s: llama3 rope_scaling needs factor > 0 and "
+                   "high_freq_factor > low_freq_factor > 0", what);
+  return HQ_OK;
+}
+
+static int parse(const cJSON *root, const char *what, struct hq_model_config *c) {
+  if (!cJSON_IsObject(root))
+    return hq_fail(HQ_ERR_INPUT, "%s: not a JSON object; expected a Hugging Face config.json",
+                   what);
+  HQ_TRY(no_dup_keys(root, what));
+  /* architecture */
+  const cJSON *archs = get(root, "architectures");
+  const char *an = NULL;
+  if (cJSON_IsArray(archs) && cJSON_IsString(archs->child)) an = archs->child->valuestring;
+  if (!an)
+    return hq_fail(HQ_ERR_INPUT, "%s: no \"architectures\" list; hpcq supports " SUPPORTED_ARCHS,
+                   what);
+  if (strcmp(an, "LlamaForCausalLM") == 0) c->arch = HQ_ARCH_LLAMA;
+  else if (strcmp(an, "MistralForCausalLM") == 0) c->arch = HQ_ARCH_MISTRAL;
+  else if (strcmp(an, "Qwen2ForCausalLM") == 0) c->arch = HQ_ARCH_QWEN2;
+  else
+    return hq_fail(HQ_ERR_UNSUPPORTED, "%s: architecture \"%.60s\" is not supported; hpcq "
+                   "supports " SUPPORTED_ARCHS, what, an);
+  snprintf(c->arch_name, sizeof c->arch_name, "%s", an);
+
+  const cJSON *act = get(root, "hidden_act");
+  if (act && (!cJSON_IsString(act) || strcmp(act->valuestring, "silu") != 0))
+    return hq_fail(HQ_ERR_UNSUPPORTED, "%s: hidden_act \"%.40s\" is not supported; hpcq supports "
+                   "the SiLU-gated MLP (hidden_act \"silu\") of " SUPPORTED_ARCHS, what,
+                   cJSON_IsString(act) ? act->valuestring : "(not a string)");
+  int mlp_bias = 0;
+  HQ_TRY(get_bool(root, "mlp_bias", &mlp_bias, what));
+  if (mlp_bias)
+    return hq_fail(HQ_ERR_UNSUPPORTED, "%s: mlp_bias true is not supported; hpcq supports MLPs "
+                   "without bias", what);
+  int sliding = 0;
+  HQ_TRY(get_bool(root, "use_sliding_window", &sliding, what));
+  if (sliding)
+    return hq_fail(HQ_ERR_UNSUPPORTED, "%s: use_sliding_window true is not supported; hpcq "
+                   "supports full causal attention", what);
+
+  HQ_TRY(get_int(root, "hidden_size", 1, &c->hidden, what));
+  HQ_TRY(get_int(root, "intermediate_size", 1, &c->intermediate, what));
+  HQ_TRY(get_int(root, "num_hidden_layers", 1, &c->n_layers, what));
+  HQ_TRY(get_int(root, "num_attention_heads", 1, &c->n_heads, what));
+  HQ_TRY(get_int(root, "vocab_size", 1, &c->vocab, what));
+  c->n_kv_heads = c->n_heads;
+  HQ_TRY(get_int(root, "num_key_value_heads", 0, &c->n_kv_heads, what));
+  c->head_dim = 0;
+  HQ_TRY(get_int(root, "head_dim", 0, &c->head_dim, what));
+  /* transformers' defaults per architecture */
+  c->max_pos = c->arch == HQ_ARCH_LLAMA ? 2048 : c->arch == HQ_ARCH_MISTRAL ? 131072 : 32768;
+  HQ_TRY(get_int(root, "max_position_embeddings", 0, &c->max_pos, what));
+  double eps = 1e-6;
+  HQ_TRY(get_num(root, "rms_norm_eps", &eps, what));
+  if (!(eps > 0 && eps < 1))
+    return hq_fail(HQ_ERR_INPUT, "%s: rms_norm_eps %g must be in (0, 1)", what, eps);
+  c->rms_eps = (float)eps;
+  c->rope_theta = 10000.0;
+  HQ_TRY(get_num(root, "rope_theta", &c->rope_theta, what));
+  if (!(c->rope_theta > 1.0))
+    return hq_fail(HQ_ERR_INPUT, "%s: rope_theta %g must be > 1", what, c->rope_theta);
+  c->tie_embeddings = 0;
+  HQ_TRY(get_bool(root, "tie_word_embeddings", &c->tie_embeddings, what));
+  int ab = 0;
+  HQ_TRY(get_bool(root, "attention_bias", &ab, what));
+  c->qkv_bias = ab || c->arch == HQ_ARCH_QWEN2;
+  HQ_TRY(parse_rope_scaling(get(root, "rope_scaling"), what, c));
+
+  /* shapes must be consistent */
+  if (c->head_dim == 0) {
+    if (c->hidden % c->n_heads != 0)
+      return hq_fail(HQ_ERR_UNSUPPORTED, "%s: num_attention_heads %lld does not divide "
+                     "hidden_size %lld and no head_dim is given; hpcq supports head_dim = "
+                     "hidden_size / num_attention_heads or an explicit head_dim", what,
+                     (long long)c->n_heads, (long long)c->hidden);
+    c->head_dim = c->hidden / c->n_heads;
+  }
+  if (c->n_kv_heads > c->n_heads || c->n_heads % c->n_kv_heads != 0)
+    return hq_fail(HQ_ERR_UNSUPPORTED, "%s: num_key_value_heads %lld does not divide "
+                   "num_attention_heads %lld; hpcq supports multi-head and grouped-query "
+                   "attention (num_attention_heads a multiple of num_key_value_heads)", what,
+                   (long long)c->n_kv_heads, (long long)c->n_heads);
+  if (c->head_dim % 2 != 0)
+    return hq_fail(HQ_ERR_UNSUPPORTED, "%s: head_dim %lld is odd; rotary embeddings need an even "
+                   "head_dim", what, (long long)c->head_dim);
+  if (c->vocab > INT32_MAX)
+    return hq_fail(HQ_ERR_UNSUPPORTED, "%s: vocab_size %lld does not fit int32 token ids", what,
+                   (long long)c->vocab);
+  return HQ_OK;
+}
+
+int hq_config_parse(const char *text, size_t len, const char *what, struct hq_model_config *c) {
+  memset(c, 0, sizeof *c);
+  if (!what) what = "config.json";
+  cJSON *root = cJSON_ParseWithLength(text, len);
+  if (!root)
+    return hq_fail(HQ_ERR_INPUT, "%s: not valid JSON; expected a Hugging Face config.json", what);
+  int rc = parse(root, what, c);
+  cJSON_Delete(root);
+  if (rc != HQ_OK) {
+    memset(c, 0, sizeof *c);
+    return rc;
+  }
+  c->json = malloc(len + 1);
+  if (!c->json) return hq_fail(HQ_ERR_NOMEM, "out of memory");
+  memcpy(c->json, text, len);
+  c->json[len] = 0;
+  return HQ_OK;
+}
+
+int hq_config_load(const char *dir, struct hq_model_config *c) {
+  memset(c, 0, sizeof *c);
+  char path[4096];
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  FILE *fp = fopen(path, "rb");
+  if (!fp)
+    return hq_fail(HQ_ERR_IO, "cannot open %s: %s; point hpcq at a Hugging Face model folder",
+                   path, strerror(errno));
+  char *buf = NULL;
+  size_t len = 0, cap = 0;
+  for (;;) {
+    if (len == cap) {
+      if (cap >= ((size_t)16 << 20)) {
+        free(buf);
+        fclose(fp);
+        return hq_fail(HQ_ERR_INPUT, "%s is larger than 16 MB; not a config.json", path);
+      }
+      cap = cap ? cap * 2 : 4096;
+      char *nb = realloc(buf, cap);
+      if (!nb) {
+        free(buf);
+        fclose(fp);
+        return hq_fail(HQ_ERR_NOMEM, "out of memory reading %s", path);
+      }
+      buf = nb;
+    }
+    size_t got = fread(buf + len, 1, cap - len, fp);
+    len += got;
+    if (got == 0) break;
+  }
+  int err = ferror(fp);
+  fclose(fp);
+  if (err) {
+    free(buf);
+    return hq_fail(HQ_ERR_IO, "error reading %s", path);
+  }
+  int rc = hq_config_parse(buf, len, path, c);
+  free(buf);
+  return rc;
+}
+
+void hq_config_free(struct hq_model_config *c) {
+  if (!c) return;
+  free(c->json);
+  c->json = NULL;
+}

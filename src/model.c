@@ -1,0 +1,188 @@
+/* The Llama-family model description over a Hugging Face folder: tensor names, the shapes the
+ * config implies, and per-block fp32 loading. Not collective. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "model.h"
+
+static const char *const lin_names[HQ_LIN_COUNT] = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+
+const char *hq_linear_name(enum hq_linear l) {
+  HQ_ASSERT((int)l >= 0 && l < HQ_LIN_COUNT);
+  return lin_names[l];
+}
+
+enum hq_group hq_linear_group(enum hq_linear l) {
+  switch (l) {
+  case HQ_LIN_Q:
+  case HQ_LIN_K:
+  case HQ_LIN_V: return HQ_GROUP_QKV;
+  case HQ_LIN_O: return HQ_GROUP_O;
+  case HQ_LIN_GATE:
+  case HQ_LIN_UP: return HQ_GROUP_GATEUP;
+  case HQ_LIN_DOWN: return HQ_GROUP_DOWN;
+  default: HQ_DIE("bad linear %d", (int)l);
+  }
+}
+
+void hq_linear_shape(const struct hq_model_config *c, enum hq_linear l, int64_t *rows,
+                     int64_t *cols) {
+  int64_t q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim;
+  switch (l) {
+  case HQ_LIN_Q: *rows = q; *cols = c->hidden; break;
+  case HQ_LIN_K:
+  case HQ_LIN_V: *rows = kv; *cols = c->hidden; break;
+  case HQ_LIN_O: *rows = c->hidden; *cols = q; break;
+  case HQ_LIN_GATE:
+  case HQ_LIN_UP: *rows = c->intermediate; *cols = c->hidden; break;
+  case HQ_LIN_DOWN: *rows = c->hidden; *cols = c->intermediate; break;
+  default: HQ_DIE("bad linear %d", (int)l);
+  }
+}
+
+static void shape_str(const int64_t *s, int nd, char *buf, size_t n) {
+  size_t o = 0;
+  o += (size_t)snprintf(buf + o, n - o, "[");
+  for (int i = 0; i < nd && o < n; i++)
+    o += (size_t)snprintf(buf + o, n - o, "%s%lld", i ? ", " : "", (long long)s[i]);
+  if (o < n) snprintf(buf + o, n - o, "]");
+}
+
+/* The tensor must exist with exactly this shape (nd 1 or 2). */
+static int expect(const struct hq_model *m, const char *name, int nd, int64_t d0, int64_t d1,
+                  const char *why) {
+  const struct hq_st_tensor *t = hq_st_find(&m->st, name);
+  int64_t want[2] = {d0, d1};
+  char ws[96], hs[192];
+  shape_str(want, nd, ws, sizeof ws);
+  if (!t)
+    return hq_fail(HQ_ERR_INPUT, "model %s: tensor '%s' %s is missing from the safetensors; the "
+                   "checkpoint is incomplete or not a %s", m->dir, name, ws, m->cfg.arch_name);
+  int ok = t->ndim == nd && t->shape[0] == d0 && (nd < 2 || t->shape[1] == d1);
+  if (!ok) {
+    shape_str(t->shape, t->ndim, hs, sizeof hs);
+    return hq_fail(HQ_ERR_INPUT, "model %s: tensor '%s' has shape %s but config.json implies %s "
+                   "(%s); config.json and the weights do not belong together", m->dir, name, hs,
+                   ws, why);
+  }
+  return HQ_OK;
+}
+
+static int check_tensors(const struct hq_model *m) {
+  const struct hq_model_config *c = &m->cfg;
+  char name[256], why[160];
+  snprintf(why, sizeof why, "vocab_size=%lld, hidden_size=%lld", (long long)c->vocab,
+           (long long)c->hidden);
+  HQ_TRY(expect(m, "model.embed_tokens.weight", 2, c->vocab, c->hidden, why));
+  if (!c->tie_embeddings) HQ_TRY(expect(m, "lm_head.weight", 2, c->vocab, c->hidden, why));
+  snprintf(why, sizeof why, "hidden_size=%lld", (long long)c->hidden);
+  HQ_TRY(expect(m, "model.norm.weight", 1, c->hidden, 0, why));
+  for (int64_t b = 0; b < c->n_layers; b++) {
+    snprintf(why, sizeof why, "hidden_size=%lld", (long long)c->hidden);
+    snprintf(name, sizeof name, "model.layers.%lld.input_layernorm.weight", (long long)b);
+    HQ_TRY(expect(m, name, 1, c->hidden, 0, why));
+    snprintf(name, sizeof name, "model.layers.%lld.post_attention_layernorm.weight",
+             (long long)b);
+    HQ_TRY(expect(m, name, 1, c->hidden, 0, why));
+    for (int l = 0; l < HQ_LIN_COUNT; l++) {
+      int64_t r, k;
+      hq_linear_shape(c, (enum hq_linear)l, &r, &k);
+      snprintf(why, sizeof why, "hidden_size=%lld, intermediate_size=%lld, heads=%lld, "
+               "kv_heads=%lld, head_dim=%lld", (long long)c->hidden, (long long)c->intermediate,
+               (long long)c->n_heads, (long long)c->n_kv_heads, (long long)c->head_dim);
+      snprintf(name, sizeof name, "model.layers.%lld.%s.weight", (long long)b, lin_names[l]);
+      HQ_TRY(expect(m, name, 2, r, k, why));
+      if (c->qkv_bias && l <= HQ_LIN_V) {
+        snprintf(name, sizeof name, "model.layers.%lld.%s.bias", (long long)b, lin_names[l]);
+        HQ_TRY(expect(m, name, 1, r, 0, c->arch == HQ_ARCH_QWEN2 ? "Qwen2 has q/k/v bias"
+                                                                 : "attention_bias=true"));
+      }
+    }
+  }
+  return HQ_OK;
+}
+
+int hq_model_open(const char *dir, struct hq_model *m) {
+  memset(m, 0, sizeof *m);
+  size_t dl = strlen(dir);
+  if (dl > 3 && strcmp(dir + dl - 3, ".h5") == 0) return hq_model_h5_open(dir, m);
+  m->dir = strdup(dir);
+  if (!m->dir) return hq_fail(HQ_ERR_NOMEM, "out of memory");
+  int rc = hq_config_load(dir, &m->cfg);
+  if (rc == HQ_OK) rc = hq_st_open(dir, &m->st);
+  if (rc == HQ_OK) rc = check_tensors(m);
+  if (rc != HQ_OK) hq_model_close(m);
+  return rc;
+}
+
+void hq_model_close(struct hq_model *m) {
+  if (!m) return;
+  if (m->h5) hq_model_h5_close(m);
+  hq_st_close(&m->st);
+  hq_config_free(&m->cfg);
+  free(m->dir);
+  memset(m, 0, sizeof *m);
+}
+
+int hq_model_load_f32(const struct hq_model *m, const char *name, float **out, int64_t *numel) {
+  *out = NULL;
+  if (numel) *numel = 0;
+  if (m->h5) return hq_model_h5_load_f32(m, name, out, numel);
+  const struct hq_st_tensor *t = hq_st_find(&m->st, name);
+  /* a tied head is the embedding (HF checkpoints usually do not store it twice) */
+  if (!t && m->cfg.tie_embeddings && strcmp(name, "lm_head.weight") == 0)
+    t = hq_st_find(&m->st, "model.embed_tokens.weight");
+  if (!t)
+    return hq_fail(HQ_ERR_INPUT, "model %s: no tensor named '%s'", m->dir ? m->dir : "?", name);
+  float *p = malloc(t->numel ? (size_t)t->numel * sizeof(float) : 1);
+  if (!p)
+    return hq_fail(HQ_ERR_NOMEM, "out of memory loading '%s' (%lld floats)", name,
+                   (long long)t->numel);
+  hq_st_to_f32(t, p);
+  *out = p;
+  if (numel) *numel = t->numel;
+  return HQ_OK;
+}
+
+int hq_model_load_block(const struct hq_model *m, int64_t b, struct hq_block_weights *w) {
+  memset(w, 0, sizeof *w);
+  if (b < 0 || b >= m->cfg.n_layers)
+    return hq_fail(HQ_ERR_INPUT, "block %lld does not exist; the model has %lld layers",
+                   (long long)b, (long long)m->cfg.n_layers);
+  char name[256];
+  int rc = HQ_OK;
+  for (int l = 0; l < HQ_LIN_COUNT && rc == HQ_OK; l++) {
+    snprintf(name, sizeof name, "model.layers.%lld.%s.weight", (long long)b, lin_names[l]);
+    rc = hq_model_load_f32(m, name, &w->lin[l], NULL);
+    if (rc == HQ_OK && m->cfg.qkv_bias && l <= HQ_LIN_V) {
+      snprintf(name, sizeof name, "model.layers.%lld.%s.bias", (long long)b, lin_names[l]);
+      rc = hq_model_load_f32(m, name, &w->bias[l], NULL);
+    }
+  }
+  if (rc == HQ_OK) {
+    snprintf(name, sizeof name, "model.layers.%lld.input_layernorm.weight", (long long)b);
+    rc = hq_model_load_f32(m, name, &w->ln_attn, NULL);
+  }
+  if (rc == HQ_OK) {
+    snprintf(name, sizeof name, "model.layers.%lld.post_attention_layernorm.weight",
+             (long long)b);
+    rc = hq_model_load_f32(m, name, &w->ln_mlp, NULL);
+  }
+  if (rc != HQ_OK) hq_block_weights_free(w);
+  return rc;
+}
+
+void hq_block_weights_free(struct hq_block_weights *w) {
+  if (!w) return;
+  for (int l = 0; l < HQ_LIN_COUNT; l++) {
+    free(w->lin[l]);
+    free(w->bias[l]);
+  }
+  free(w->ln_attn);
+  free(w->ln_mlp);
+  memset(w, 0, sizeof *w);
+}

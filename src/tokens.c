@@ -1,0 +1,93 @@
+/* Token files (raw little-endian int32, no header) and calibration/evaluation windows.
+ * Not collective: every rank that samples with the same seed gets the same windows. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "error.h"
+#include "model.h"
+#include "util.h"
+
+int hq_tokens_load(const char *path, int64_t vocab, struct hq_tokens *t) {
+  memset(t, 0, sizeof *t);
+  FILE *fp = fopen(path, "rb");
+  if (!fp) return hq_fail(HQ_ERR_IO, "cannot open token file %s: %s", path, strerror(errno));
+  struct stat sb;
+  if (fstat(fileno(fp), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    fclose(fp);
+    return hq_fail(HQ_ERR_IO, "%s is not a regular file", path);
+  }
+  size_t size = (size_t)sb.st_size;
+  if (size == 0 || size % 4 != 0) {
+    fclose(fp);
+    return hq_fail(HQ_ERR_INPUT, "token file %s has %zu bytes, %s; hpcq reads raw little-endian "
+                   "int32 token ids without a header (e.g. numpy.array(ids, dtype='<i4')"
+                   ".tofile(path))", path, size,
+                   size == 0 ? "it is empty" : "not a multiple of 4");
+  }
+  int64_t n = (int64_t)(size / 4);
+  int32_t *ids = malloc(size);
+  if (!ids) {
+    fclose(fp);
+    return hq_fail(HQ_ERR_NOMEM, "out of memory for %lld tokens of %s", (long long)n, path);
+  }
+  size_t got = fread(ids, 1, size, fp);
+  fclose(fp);
+  if (got != size) {
+    free(ids);
+    return hq_fail(HQ_ERR_IO, "short read of %s (%zu of %zu bytes)", path, got, size);
+  }
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+  for (int64_t i = 0; i < n; i++) ids[i] = (int32_t)__builtin_bswap32((uint32_t)ids[i]);
+#endif
+  for (int64_t i = 0; i < n; i++) {
+    if (ids[i] < 0 || (vocab > 0 && ids[i] >= vocab)) {
+      int32_t v = ids[i];
+      free(ids);
+      if (vocab > 0)
+        return hq_fail(HQ_ERR_INPUT, "token file %s: token %lld (byte offset %lld) has id %d, "
+                       "outside the model's vocabulary [0, %lld); the tokens were probably made "
+                       "with another tokenizer than this model's", path, (long long)i,
+                       (long long)(4 * i), v, (long long)vocab);
+      return hq_fail(HQ_ERR_INPUT, "token file %s: token %lld (byte offset %lld) has negative id "
+                     "%d; the file is not raw little-endian int32 token ids", path, (long long)i,
+                     (long long)(4 * i), v);
+    }
+  }
+  t->ids = ids;
+  t->n = n;
+  return HQ_OK;
+}
+
+void hq_tokens_free(struct hq_tokens *t) {
+  if (!t) return;
+  free(t->ids);
+  t->ids = NULL;
+  t->n = 0;
+}
+
+int hq_tokens_sample(const struct hq_tokens *t, int64_t nsamples, int64_t seqlen, uint64_t seed,
+                     int32_t *out) {
+  if (seqlen <= 0 || nsamples < 0)
+    return hq_fail(HQ_ERR_INPUT, "calibration needs seqlen > 0 and nsamples >= 0 (got seqlen "
+                   "%lld, nsamples %lld)", (long long)seqlen, (long long)nsamples);
+  if (t->n < seqlen)
+    return hq_fail(HQ_ERR_INPUT, "the calibration file has %lld tokens, fewer than one window of "
+                   "seqlen %lld; it needs at least %lld tokens (use a longer file or a smaller "
+                   "seqlen)", (long long)t->n, (long long)seqlen, (long long)seqlen);
+  struct hq_rng r;
+  hq_rng_seed(&r, seed);
+  uint64_t nstarts = (uint64_t)(t->n - seqlen) + 1;
+  for (int64_t s = 0; s < nsamples; s++) {
+    int64_t start = (int64_t)hq_rng_below(&r, nstarts);
+    memcpy(out + s * seqlen, t->ids + start, (size_t)seqlen * sizeof(int32_t));
+  }
+  return HQ_OK;
+}
+
+int64_t hq_tokens_nwindows(const struct hq_tokens *t, int64_t seqlen) {
+  if (seqlen <= 0 || t->n < seqlen) return 0;
+  return t->n / seqlen;
+}
