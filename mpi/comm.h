@@ -45,6 +45,10 @@ void hq_comm_allgatherv(const struct hq_comm *c, const void *mine, void *all,
 /* Collective. Barrier. */
 void hq_comm_barrier(const struct hq_comm *c);
 
+/* Not collective. Test hook: cut every collective above into MPI calls of at most `elems`
+ * elements (default and <= 0: INT_MAX). Set the same value on every rank. */
+void hq_comm_set_chunk_for_test(int64_t elems);
+
 /* Not collective. Peak resident set size of this process in bytes (getrusage). */
 size_t hq_peak_rss_bytes(void);
 

@@ -1,0 +1,183 @@
+/* Communicator setup and host-buffer collectives over MPI (mpi/comm.h).
+ * Counts passed to MPI are int, so every collective here is cut into pieces of at most
+ * hq_comm_chunk elements (INT_MAX unless a test lowers it with hq_comm_set_chunk_for_test). */
+#include "comm.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "error.h"
+
+/* Largest element count handed to one MPI call. Tests lower it to exercise the chunking. */
+static int64_t hq_comm_chunk = INT_MAX;
+
+/* Not collective. Test hook: cut collectives into pieces of `elems` elements (<= 0 restores
+ * INT_MAX). Must be set to the same value on every rank before the next collective. */
+void hq_comm_set_chunk_for_test(int64_t elems) {
+  hq_comm_chunk = (elems <= 0 || elems > INT_MAX) ? INT_MAX : elems;
+}
+
+/* Collective. */
+int hq_comm_init(struct hq_comm *c, int *argc, char ***argv) {
+  memset(c, 0, sizeof *c);
+  int init = 0;
+  MPI_Initialized(&init);
+  if (!init) {
+    int provided = 0;
+    if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+      return hq_fail(HQ_ERR_IO, "MPI_Init_thread failed; check the MPI installation/launcher");
+    c->owns_mpi = 1;
+    if (provided < MPI_THREAD_FUNNELED) {
+      /* Every rank of one MPI library sees the same level, so all return this together. */
+      return hq_fail(HQ_ERR_UNSUPPORTED,
+                     "the MPI library provides thread level %d, hpcq needs MPI_THREAD_FUNNELED "
+                     "(OpenMP threads inside each rank); use an MPI built with thread support",
+                     provided);
+    }
+  }
+  MPI_Comm_dup(MPI_COMM_WORLD, &c->comm);
+  MPI_Comm_rank(c->comm, &c->rank);
+  MPI_Comm_size(c->comm, &c->size);
+  MPI_Comm node;
+  MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &node);
+  MPI_Comm_rank(node, &c->local_rank);
+  MPI_Comm_size(node, &c->local_size);
+  MPI_Comm_free(&node);
+  if (gethostname(c->host, sizeof c->host - 1) != 0) strcpy(c->host, "?");
+  c->host[sizeof c->host - 1] = 0;
+  hq_error_set_rank(c->rank);
+  return HQ_OK;
+}
+
+/* Collective. */
+void hq_comm_finalize(struct hq_comm *c) {
+  int fin = 0;
+  MPI_Finalized(&fin);
+  if (fin) return;
+  if (c->comm != MPI_COMM_NULL && c->comm != 0) MPI_Comm_free(&c->comm);
+  c->comm = MPI_COMM_NULL;
+  if (c->owns_mpi) MPI_Finalize();
+  c->owns_mpi = 0;
+}
+
+/* Collective. One MINLOC all-reduce when everybody passed; a broadcast of the lowest failing
+ * rank's status and message otherwise. */
+int hq_comm_agree(const struct hq_comm *c, int status) {
+  struct { int failed_not; int rank; } in, out;
+  in.failed_not = status == HQ_OK ? 1 : 0; /* MINLOC: value 0 (failed) wins, lowest rank */
+  in.rank = c->rank;
+  MPI_Allreduce(&in, &out, 1, MPI_2INT, MPI_MINLOC, c->comm);
+  if (out.failed_not == 1) return HQ_OK;
+  struct { int status; char msg[1800]; } m;
+  memset(&m, 0, sizeof m);
+  int root = out.rank;
+  if (c->rank == root) {
+    m.status = status;
+    snprintf(m.msg, sizeof m.msg, "%s", hq_last_error());
+  }
+  MPI_Bcast(&m, (int)sizeof m, MPI_BYTE, root, c->comm);
+  m.msg[sizeof m.msg - 1] = 0;
+  /* Do not stack "rank R: " prefixes when an agreed error is agreed on again (every rank
+   * then passes the failure and the message already names the rank it came from). */
+  int r_in_msg = -1, consumed = 0;
+  if (sscanf(m.msg, "rank %d: %n", &r_in_msg, &consumed) == 1 && consumed > 0)
+    hq_fail(m.status, "%s", m.msg);
+  else
+    hq_fail(m.status, "rank %d: %s", root, m.msg);
+  return m.status;
+}
+
+static void allreduce_chunked(const struct hq_comm *c, void *buf, int64_t count, size_t esize,
+                              MPI_Datatype type, MPI_Op op) {
+  HQ_ASSERT(count >= 0);
+  char *p = (char *)buf;
+  for (int64_t off = 0; off < count; off += hq_comm_chunk) {
+    int64_t n = count - off < hq_comm_chunk ? count - off : hq_comm_chunk;
+    MPI_Allreduce(MPI_IN_PLACE, p + (size_t)off * esize, (int)n, type, op, c->comm);
+  }
+}
+
+/* Collective. */
+void hq_comm_allreduce_f32(const struct hq_comm *c, float *buf, int64_t count) {
+  allreduce_chunked(c, buf, count, sizeof(float), MPI_FLOAT, MPI_SUM);
+}
+/* Collective. */
+void hq_comm_allreduce_f64(const struct hq_comm *c, double *buf, int64_t count) {
+  allreduce_chunked(c, buf, count, sizeof(double), MPI_DOUBLE, MPI_SUM);
+}
+/* Collective. */
+void hq_comm_allreduce_i64(const struct hq_comm *c, int64_t *buf, int64_t count) {
+  allreduce_chunked(c, buf, count, sizeof(int64_t), MPI_INT64_T, MPI_SUM);
+}
+/* Collective. */
+void hq_comm_allreduce_max_f64(const struct hq_comm *c, double *buf, int64_t count) {
+  allreduce_chunked(c, buf, count, sizeof(double), MPI_DOUBLE, MPI_MAX);
+}
+
+/* Collective. */
+void hq_comm_bcast(const struct hq_comm *c, void *buf, size_t bytes, int root) {
+  char *p = (char *)buf;
+  size_t chunk = (size_t)hq_comm_chunk;
+  for (size_t off = 0; off < bytes; off += chunk) {
+    size_t n = bytes - off < chunk ? bytes - off : chunk;
+    MPI_Bcast(p + off, (int)n, MPI_BYTE, root, c->comm);
+  }
+}
+
+/* Collective. Small case (total and every displacement fit one MPI call): one
+ * MPI_Allgatherv. Large case: every rank's piece is broadcast from its owner in chunks with
+ * non-blocking broadcasts, all issued in the same order on every rank, then waited for. */
+void hq_comm_allgatherv(const struct hq_comm *c, const void *mine, void *all,
+                        const size_t *bytes) {
+  size_t total = 0;
+  for (int r = 0; r < c->size; r++) total += bytes[r];
+  char *out = (char *)all;
+  size_t myoff = 0;
+  for (int r = 0; r < c->rank; r++) myoff += bytes[r];
+  if (total <= (size_t)hq_comm_chunk) {
+    int *counts = hq_xmalloc(sizeof(int) * (size_t)c->size);
+    int *displs = hq_xmalloc(sizeof(int) * (size_t)c->size);
+    size_t off = 0;
+    for (int r = 0; r < c->size; r++) {
+      counts[r] = (int)bytes[r];
+      displs[r] = (int)off;
+      off += bytes[r];
+    }
+    /* MPI_IN_PLACE when the caller already put its piece in place (a common pattern). */
+    const void *send = (mine == (const void *)(out + myoff)) ? MPI_IN_PLACE : mine;
+    MPI_Allgatherv(send, counts[c->rank], MPI_BYTE, out, counts, displs, MPI_BYTE, c->comm);
+    free(counts);
+    free(displs);
+    return;
+  }
+  if (bytes[c->rank] && mine != (const void *)(out + myoff))
+    memmove(out + myoff, mine, bytes[c->rank]);
+  size_t chunk = (size_t)hq_comm_chunk;
+  size_t nreq = 0;
+  for (int r = 0; r < c->size; r++) nreq += (bytes[r] + chunk - 1) / chunk;
+  MPI_Request *req = hq_xmalloc(sizeof(MPI_Request) * (nreq ? nreq : 1));
+  size_t k = 0, off = 0;
+  for (int r = 0; r < c->size; r++) {
+    for (size_t o = 0; o < bytes[r]; o += chunk) {
+      size_t n = bytes[r] - o < chunk ? bytes[r] - o : chunk;
+      MPI_Ibcast(out + off + o, (int)n, MPI_BYTE, r, c->comm, &req[k++]);
+    }
+    off += bytes[r];
+  }
+  MPI_Waitall((int)k, req, MPI_STATUSES_IGNORE);
+  free(req);
+}
+
+/* Collective. */
+void hq_comm_barrier(const struct hq_comm *c) { MPI_Barrier(c->comm); }
+
+/* Not collective. */
+size_t hq_peak_rss_bytes(void) {
+  struct rusage ru;
+  if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+  return (size_t)ru.ru_maxrss * 1024u; /* Linux reports KiB */
+}
