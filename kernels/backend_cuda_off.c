@@ -1,4 +1,4 @@
-/* Built instead of kernels/*.cu when hpcq is configured without CUDA (-DHQ_CUDA=OFF or no
+/* Built instead of kernels/ (.cu) when hpcq is configured without CUDA (-DHQ_CUDA=OFF or no
  * nvcc): the CUDA backend reports itself unavailable. */
 #include "backend.h"
 #include "error.h"

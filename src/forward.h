@@ -56,4 +56,31 @@ double hq_forward_nll(const struct hq_backend *be, const struct hq_model_config 
                       int64_t nseq, int64_t seqlen, const float *x, const int32_t *ids,
                       float *logits_out /* optional host [ntok x vocab] */);
 
+/* ---------------- whole-model helper (streams the blocks) ---------------- */
+/* Options of hq_forward_model_nll; zero-initialize for the defaults. */
+struct hq_eval_opts {
+  int64_t chunk_tokens;  /* tokens per hq_forward_block call (sizes the workspace), rounded
+                            down to whole windows, at least one; 0: 4096 */
+  int64_t batch_windows; /* windows whose activations stay resident while the blocks stream;
+                            0: as many as fit in 1 GiB of activations (at least one chunk) */
+  /* Called after each step (one chunk through a block, or through the final norm + lm_head);
+   * done/total count steps (total = chunks x (n_layers + 1)). May be NULL. */
+  void (*progress)(void *ctx, int64_t done, int64_t total);
+  void *progress_ctx;
+};
+
+/* Summed next-token NLL of nwin windows ids [nwin x seqlen] (host; each window starts at
+ * position 0, tokens 1..seqlen-1 predicted from their prefixes, so nwin * (seqlen - 1)
+ * predictions) through the whole model, streaming it block by block: for each batch of
+ * windows, embed; for each block b: load b (hq_model_load_block), upload, forward every chunk
+ * of the batch, free; then final norm + lm_head (the embedding when tied) + NLL.
+ * Memory: one block's weights + the batch's activations [batch x seqlen x hidden] + one
+ * chunk's workspace + the fp32 embedding (and lm_head during the last step).
+ * logits_out: optional host [nwin*seqlen x vocab]. Returns HQ_OK or a status + message
+ * (seqlen > the rope table / max_position_embeddings, a missing tensor, out of memory,
+ * non-finite NLL). Not collective. */
+int hq_forward_model_nll(const struct hq_backend *be, const struct hq_model *m,
+                         const int32_t *ids, int64_t nwin, int64_t seqlen,
+                         const struct hq_eval_opts *o, double *nll_sum, float *logits_out);
+
 #endif

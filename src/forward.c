@@ -1,0 +1,475 @@
+/* The Llama-family forward through the backend interface (see forward.h): rope tables,
+ * block upload, workspace, one block forward with the capture hook, embedding, final norm +
+ * lm_head + next-token NLL, and the whole-model helper that streams blocks. Not collective. */
+#include "forward.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "fastmath.h"
+
+/* ---------------- rope ---------------- */
+
+/* inv_freq[i], i < half, in double: theta^(-2i/head_dim), then HF's "llama3" rope_scaling
+ * (transformers _compute_llama3_parameters): wavelengths longer than
+ * original_max_pos / low_freq_factor are divided by factor, shorter than
+ * original_max_pos / high_freq_factor kept, and the band in between interpolated smoothly. */
+static int rope_inv_freq(const struct hq_model_config *c, double *inv) {
+  const int64_t hd = c->head_dim, half = hd / 2;
+  if (!(c->rope_theta > 0))
+    return hq_fail(HQ_ERR_INPUT, "rope_theta is %g; it must be positive (check config.json)",
+                   c->rope_theta);
+  for (int64_t i = 0; i < half; i++) inv[i] = 1.0 / pow(c->rope_theta, (double)(2 * i) / (double)hd);
+  if (c->rope_type == HQ_ROPE_DEFAULT) return HQ_OK;
+  if (c->rope_type != HQ_ROPE_LLAMA3)
+    return hq_fail(HQ_ERR_UNSUPPORTED, "rope_scaling type %d is not supported (default and "
+                   "llama3 are)", (int)c->rope_type);
+  const double factor = c->rope_factor, lo = c->rope_low_freq_factor,
+               hi = c->rope_high_freq_factor, old = (double)c->rope_original_max_pos;
+  if (!(factor > 0) || !(lo > 0) || !(hi > lo) || !(old > 0))
+    return hq_fail(HQ_ERR_INPUT,
+                   "llama3 rope_scaling needs factor > 0, 0 < low_freq_factor < "
+                   "high_freq_factor and original_max_position_embeddings > 0; got factor %g, "
+                   "low %g, high %g, original %g (check config.json)", factor, lo, hi, old);
+  const double lo_wl = old / lo, hi_wl = old / hi;
+  for (int64_t i = 0; i < half; i++) {
+    const double wl = 2.0 * M_PI / inv[i];
+    if (wl < hi_wl) continue;                 /* high frequency: unchanged */
+    if (wl > lo_wl) {                         /* low frequency: scaled */
+      inv[i] /= factor;
+      continue;
+    }
+    const double smooth = (old / wl - lo) / (hi - lo);
+    inv[i] = (1.0 - smooth) * inv[i] / factor + smooth * inv[i];
+  }
+  return HQ_OK;
+}
+
+int hq_rope_table_init(struct hq_rope_table *r, const struct hq_backend *be,
+                       const struct hq_model_config *c, int64_t max_pos) {
+  memset(r, 0, sizeof *r);
+  if (c->head_dim <= 0 || c->head_dim % 2)
+    return hq_fail(HQ_ERR_UNSUPPORTED, "head_dim %lld: rotary embeddings need an even head_dim",
+                   (long long)c->head_dim);
+  if (max_pos <= 0) return hq_fail(HQ_ERR_INPUT, "rope table for %lld positions", (long long)max_pos);
+  const int64_t half = c->head_dim / 2;
+  double *inv = malloc((size_t)half * sizeof(double));
+  float *ct = malloc((size_t)(max_pos * half) * sizeof(float));
+  float *st = malloc((size_t)(max_pos * half) * sizeof(float));
+  int rc = HQ_OK;
+  if (!inv || !ct || !st) {
+    rc = hq_fail(HQ_ERR_NOMEM, "rope table of %lld x %lld: out of host memory",
+                 (long long)max_pos, (long long)half);
+    goto done;
+  }
+  rc = rope_inv_freq(c, inv);
+  if (rc) goto done;
+  /* Like HF: inv_freq and the angle pos * inv_freq are fp32 (one rounding of the product),
+   * cos/sin of that fp32 angle. */
+  for (int64_t p = 0; p < max_pos; p++)
+    for (int64_t i = 0; i < half; i++) {
+      const float ang = (float)p * (float)inv[i];
+      ct[p * half + i] = (float)cos((double)ang);
+      st[p * half + i] = (float)sin((double)ang);
+    }
+  const size_t bytes = (size_t)(max_pos * half) * sizeof(float);
+  r->cos_t = be->alloc(bytes);
+  r->sin_t = be->alloc(bytes);
+  if (!r->cos_t || !r->sin_t) {
+    hq_rope_table_free(r, be);
+    rc = hq_fail(HQ_ERR_NOMEM, "rope table: out of %s memory", be->name);
+    goto done;
+  }
+  be->upload(r->cos_t, ct, bytes);
+  be->upload(r->sin_t, st, bytes);
+  r->max_pos = max_pos;
+  r->half = half;
+done:
+  free(inv);
+  free(ct);
+  free(st);
+  return rc;
+}
+
+void hq_rope_table_free(struct hq_rope_table *r, const struct hq_backend *be) {
+  if (r->cos_t) be->free(r->cos_t);
+  if (r->sin_t) be->free(r->sin_t);
+  memset(r, 0, sizeof *r);
+}
+
+/* ---------------- block weights ---------------- */
+
+int hq_block_dev_upload(const struct hq_backend *be, const struct hq_model_config *c,
+                        const struct hq_block_weights *w, struct hq_block_dev *d) {
+  memset(d, 0, sizeof *d);
+  for (int l = 0; l < HQ_LIN_COUNT; l++) {
+    int64_t rows, cols;
+    hq_linear_shape(c, (enum hq_linear)l, &rows, &cols);
+    const size_t bytes = (size_t)(rows * cols) * sizeof(float);
+    if (!(d->lin[l] = be->alloc(bytes))) goto oom;
+    be->upload(d->lin[l], w->lin[l], bytes);
+    if (w->bias[l]) {
+      if (!(d->bias[l] = be->alloc((size_t)rows * sizeof(float)))) goto oom;
+      be->upload(d->bias[l], w->bias[l], (size_t)rows * sizeof(float));
+    }
+  }
+  const size_t hb = (size_t)c->hidden * sizeof(float);
+  if (!(d->ln_attn = be->alloc(hb)) || !(d->ln_mlp = be->alloc(hb))) goto oom;
+  be->upload(d->ln_attn, w->ln_attn, hb);
+  be->upload(d->ln_mlp, w->ln_mlp, hb);
+  return HQ_OK;
+oom:
+  hq_block_dev_free(be, d);
+  return hq_fail(HQ_ERR_NOMEM, "uploading a block's weights: out of %s memory", be->name);
+}
+
+void hq_block_dev_free(const struct hq_backend *be, struct hq_block_dev *d) {
+  for (int l = 0; l < HQ_LIN_COUNT; l++) {
+    if (d->lin[l]) be->free(d->lin[l]);
+    if (d->bias[l]) be->free(d->bias[l]);
+  }
+  if (d->ln_attn) be->free(d->ln_attn);
+  if (d->ln_mlp) be->free(d->ln_mlp);
+  memset(d, 0, sizeof *d);
+}
+
+/* ---------------- workspace ---------------- */
+
+/* Target size of one logits chunk (floats): 16 M floats = 64 MiB. */
+#define HQ_LOGITS_CHUNK_FLOATS (16LL << 20)
+
+struct hq_fwd_ws {
+  const struct hq_backend *be;
+  int64_t cap;            /* tokens */
+  int64_t hidden, qdim, kvdim, inter, vocab;
+  float *xn;              /* [cap x hidden] normed input of QKV / GATEUP */
+  float *h;               /* [cap x hidden] residual stream */
+  float *q, *att;         /* [cap x nh*hd] */
+  float *k, *v;           /* [cap x nkv*hd] */
+  float *g, *u;           /* [cap x inter]; g holds silu(g)*u after swiglu */
+  float *ones;            /* [cap] of 1.0f (bias broadcast through gemm), NULL without bias */
+  int32_t *pos;           /* [cap] positions t % pos_seqlen, backend memory */
+  int64_t pos_seqlen;     /* the seqlen pos was filled for (0: not yet) */
+  int64_t lchunk;         /* rows of a logits chunk */
+  float *logits;          /* [lchunk x vocab] backend memory */
+  float *logits_host;     /* [lchunk x vocab] host (== logits on a host backend) */
+  double *row_nll;        /* [lchunk] host */
+};
+
+void hq_fwd_ws_free(struct hq_fwd_ws *ws) {
+  if (!ws) return;
+  const struct hq_backend *be = ws->be;
+  float *dev[] = {ws->xn, ws->h, ws->q, ws->att, ws->k, ws->v, ws->g, ws->u, ws->ones, ws->logits};
+  for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+    if (dev[i]) be->free(dev[i]);
+  if (ws->pos) be->free(ws->pos);
+  if (ws->logits_host && ws->logits_host != ws->logits) free(ws->logits_host);
+  free(ws->row_nll);
+  free(ws);
+}
+
+struct hq_fwd_ws *hq_fwd_ws_new(const struct hq_backend *be, const struct hq_model_config *c,
+                                int64_t ntok) {
+  HQ_ASSERT(ntok > 0);
+  struct hq_fwd_ws *ws = calloc(1, sizeof *ws);
+  if (!ws) {
+    hq_fail(HQ_ERR_NOMEM, "forward workspace: out of host memory");
+    return NULL;
+  }
+  ws->be = be;
+  ws->cap = ntok;
+  ws->hidden = c->hidden;
+  ws->qdim = c->n_heads * c->head_dim;
+  ws->kvdim = c->n_kv_heads * c->head_dim;
+  ws->inter = c->intermediate;
+  ws->vocab = c->vocab;
+  ws->lchunk = HQ_LOGITS_CHUNK_FLOATS / c->vocab;
+  if (ws->lchunk < 1) ws->lchunk = 1;
+  if (ws->lchunk > ntok) ws->lchunk = ntok;
+  const size_t f = sizeof(float);
+  int ok = (ws->xn = be->alloc((size_t)(ntok * ws->hidden) * f)) &&
+           (ws->h = be->alloc((size_t)(ntok * ws->hidden) * f)) &&
+           (ws->q = be->alloc((size_t)(ntok * ws->qdim) * f)) &&
+           (ws->att = be->alloc((size_t)(ntok * ws->qdim) * f)) &&
+           (ws->k = be->alloc((size_t)(ntok * ws->kvdim) * f)) &&
+           (ws->v = be->alloc((size_t)(ntok * ws->kvdim) * f)) &&
+           (ws->g = be->alloc((size_t)(ntok * ws->inter) * f)) &&
+           (ws->u = be->alloc((size_t)(ntok * ws->inter) * f)) &&
+           (ws->pos = be->alloc((size_t)ntok * sizeof(int32_t))) &&
+           (ws->logits = be->alloc((size_t)(ws->lchunk * ws->vocab) * f)) &&
+           (ws->row_nll = malloc((size_t)ws->lchunk * sizeof(double)));
+  if (ok) {
+    ws->logits_host = be->on_device ? malloc((size_t)(ws->lchunk * ws->vocab) * f) : ws->logits;
+    ok = ws->logits_host != NULL;
+  }
+  if (ok && c->qkv_bias) {
+    float *one = malloc((size_t)ntok * f);
+    ok = one && (ws->ones = be->alloc((size_t)ntok * f));
+    if (ok) {
+      for (int64_t i = 0; i < ntok; i++) one[i] = 1.0f;
+      be->upload(ws->ones, one, (size_t)ntok * f);
+    }
+    free(one);
+  }
+  if (!ok) {
+    hq_fwd_ws_free(ws);
+    const double mb = (double)ntok * (double)(2 * c->hidden + 2 * (c->n_heads + c->n_kv_heads) *
+                                                  c->head_dim + 2 * c->intermediate) * 4.0 / 1048576.0;
+    hq_fail(HQ_ERR_NOMEM,
+            "forward workspace for %lld tokens (~%.0f MiB of %s memory): out of memory; "
+            "use fewer tokens per chunk", (long long)ntok, mb, be->name);
+    return NULL;
+  }
+  return ws;
+}
+
+/* positions t % seqlen for the first cap tokens (refilled only when seqlen changes) */
+static void ws_positions(struct hq_fwd_ws *ws, int64_t seqlen) {
+  if (ws->pos_seqlen == seqlen) return;
+  int32_t *p = hq_xmalloc((size_t)ws->cap * sizeof(int32_t));
+  for (int64_t t = 0; t < ws->cap; t++) p[t] = (int32_t)(t % seqlen);
+  ws->be->upload(ws->pos, p, (size_t)ws->cap * sizeof(int32_t));
+  free(p);
+  ws->pos_seqlen = seqlen;
+}
+
+/* Y[ntok x rows] = X[ntok x cols] · Wᵀ (+ bias broadcast over tokens) (+ Y when accumulate) */
+static void linear(const struct hq_backend *be, const struct hq_fwd_ws *ws, int64_t ntok,
+                   int64_t rows, int64_t cols, const float *X, const float *W, const float *bias,
+                   float *Y, int accumulate) {
+  float beta = accumulate ? 1.0f : 0.0f;
+  if (bias) {
+    /* Y (+)= ones[ntok x 1] · bias[1 x rows]: the broadcast through one rank-1 gemm */
+    be->gemm(0, 0, ntok, rows, 1, 1.0f, ws->ones, 1, bias, rows, beta, Y, rows);
+    beta = 1.0f;
+  }
+  be->gemm(0, 1, ntok, rows, cols, 1.0f, X, cols, W, cols, beta, Y, rows);
+}
+
+int hq_forward_block(const struct hq_backend *be, const struct hq_model_config *c,
+                     const struct hq_block_dev *w, const struct hq_rope_table *rope,
+                     struct hq_fwd_ws *ws, int64_t nseq, int64_t seqlen, float *x,
+                     hq_capture_fn capture, void *ctx) {
+  const int64_t ntok = nseq * seqlen, H = c->hidden, nh = c->n_heads, nkv = c->n_kv_heads,
+                hd = c->head_dim, qd = nh * hd, kvd = nkv * hd, I = c->intermediate;
+  HQ_ASSERT(ntok > 0 && ntok <= ws->cap && ws->hidden == H && ws->qdim == qd &&
+            ws->kvdim == kvd && ws->inter == I);
+  HQ_ASSERT(seqlen <= rope->max_pos && rope->half == hd / 2);
+  HQ_ASSERT(!(w->bias[HQ_LIN_Q] || w->bias[HQ_LIN_K] || w->bias[HQ_LIN_V]) || ws->ones);
+  ws_positions(ws, seqlen);
+
+  /* attention: h = x + o_proj(attn(rope(q), rope(k), v)) of the normed x */
+  be->rmsnorm(ntok, H, x, w->ln_attn, c->rms_eps, ws->xn);
+  if (capture && capture(ctx, HQ_GROUP_QKV, ws->xn, ntok, H)) return 1;
+  linear(be, ws, ntok, qd, H, ws->xn, w->lin[HQ_LIN_Q], w->bias[HQ_LIN_Q], ws->q, 0);
+  linear(be, ws, ntok, kvd, H, ws->xn, w->lin[HQ_LIN_K], w->bias[HQ_LIN_K], ws->k, 0);
+  linear(be, ws, ntok, kvd, H, ws->xn, w->lin[HQ_LIN_V], w->bias[HQ_LIN_V], ws->v, 0);
+  be->rope(ntok, nh, hd, ws->pos, rope->cos_t, rope->sin_t, ws->q);
+  be->rope(ntok, nkv, hd, ws->pos, rope->cos_t, rope->sin_t, ws->k);
+  be->attention(nseq, seqlen, nh, nkv, hd, ws->q, ws->k, ws->v, ws->att);
+  if (capture && capture(ctx, HQ_GROUP_O, ws->att, ntok, qd)) return 1;
+  be->copy(ws->h, x, (size_t)(ntok * H) * sizeof(float));
+  linear(be, ws, ntok, H, qd, ws->att, w->lin[HQ_LIN_O], w->bias[HQ_LIN_O], ws->h, 1);
+
+  /* MLP: h += down(silu(gate(xn)) * up(xn)) with xn = rmsnorm(h) */
+  be->rmsnorm(ntok, H, ws->h, w->ln_mlp, c->rms_eps, ws->xn);
+  if (capture && capture(ctx, HQ_GROUP_GATEUP, ws->xn, ntok, H)) return 1;
+  linear(be, ws, ntok, I, H, ws->xn, w->lin[HQ_LIN_GATE], w->bias[HQ_LIN_GATE], ws->g, 0);
+  linear(be, ws, ntok, I, H, ws->xn, w->lin[HQ_LIN_UP], w->bias[HQ_LIN_UP], ws->u, 0);
+  be->swiglu(ntok * I, ws->g, ws->u, ws->g);
+  if (capture && capture(ctx, HQ_GROUP_DOWN, ws->g, ntok, I)) return 1;
+  linear(be, ws, ntok, H, I, ws->g, w->lin[HQ_LIN_DOWN], w->bias[HQ_LIN_DOWN], ws->h, 1);
+  be->copy(x, ws->h, (size_t)(ntok * H) * sizeof(float));
+  return 0;
+}
+
+/* ---------------- embedding, head ---------------- */
+
+void hq_forward_embed(const struct hq_backend *be, const struct hq_model_config *c,
+                      const float *embed_host, const int32_t *ids, int64_t ntok, float *x) {
+  const int64_t H = c->hidden;
+  float *dst = be->on_device ? hq_xmalloc((size_t)(ntok * H) * sizeof(float)) : x;
+  for (int64_t t = 0; t < ntok; t++) {
+    HQ_ASSERT(ids[t] >= 0 && ids[t] < c->vocab); /* token files are checked on load */
+    memcpy(dst + t * H, embed_host + (int64_t)ids[t] * H, (size_t)H * sizeof(float));
+  }
+  if (be->on_device) {
+    be->upload(x, dst, (size_t)(ntok * H) * sizeof(float));
+    free(dst);
+  }
+}
+
+double hq_forward_nll(const struct hq_backend *be, const struct hq_model_config *c,
+                      const float *norm_w, const float *lm_head, struct hq_fwd_ws *ws,
+                      int64_t nseq, int64_t seqlen, const float *x, const int32_t *ids,
+                      float *logits_out) {
+  const int64_t ntok = nseq * seqlen, H = c->hidden, V = c->vocab;
+  HQ_ASSERT(ntok > 0 && ntok <= ws->cap && ws->vocab == V && ws->hidden == H);
+  be->rmsnorm(ntok, H, x, norm_w, c->rms_eps, ws->xn);
+  double total = 0;
+  for (int64_t r0 = 0; r0 < ntok; r0 += ws->lchunk) {
+    const int64_t nr = ntok - r0 < ws->lchunk ? ntok - r0 : ws->lchunk;
+    be->gemm(0, 1, nr, V, H, 1.0f, ws->xn + r0 * H, H, lm_head, H, 0.0f, ws->logits, V);
+    if (be->on_device) be->download(ws->logits_host, ws->logits, (size_t)(nr * V) * sizeof(float));
+    const float *L = ws->logits_host;
+    if (logits_out) memcpy(logits_out + r0 * V, L, (size_t)(nr * V) * sizeof(float));
+    /* -log softmax(row)[next token]: float exps, double accumulation; rows in parallel,
+     * summed in order afterwards (deterministic for any thread count) */
+#pragma omp parallel for schedule(static) if (nr * V > 65536)
+    for (int64_t i = 0; i < nr; i++) {
+      const int64_t t = r0 + i;
+      if (t % seqlen == seqlen - 1) {
+        ws->row_nll[i] = 0;
+        continue;
+      }
+      const float *row = L + i * V;
+      const float m = hq_maxf(row, V);
+      const double lse = (double)m + log(hq_sum_exp_shift(row, V, m));
+      ws->row_nll[i] = lse - (double)row[ids[t + 1]];
+    }
+    for (int64_t i = 0; i < nr; i++) total += ws->row_nll[i];
+  }
+  return total;
+}
+
+/* ---------------- whole model ---------------- */
+
+#define HQ_EVAL_ACT_BUDGET (1LL << 30) /* bytes of resident activations by default */
+
+int hq_forward_model_nll(const struct hq_backend *be, const struct hq_model *m,
+                         const int32_t *ids, int64_t nwin, int64_t seqlen,
+                         const struct hq_eval_opts *o, double *nll_sum, float *logits_out) {
+  const struct hq_model_config *c = &m->cfg;
+  const struct hq_eval_opts defaults = {0};
+  if (!o) o = &defaults;
+  *nll_sum = 0;
+  if (nwin < 1 || seqlen < 2)
+    return hq_fail(HQ_ERR_INPUT, "need at least one window of at least 2 tokens (got %lld x %lld)",
+                   (long long)nwin, (long long)seqlen);
+  if (seqlen > c->max_pos)
+    return hq_fail(HQ_ERR_INPUT,
+                   "seqlen %lld is longer than the model's max_position_embeddings %lld; use "
+                   "a seqlen <= %lld", (long long)seqlen, (long long)c->max_pos,
+                   (long long)c->max_pos);
+  const int64_t H = c->hidden, V = c->vocab, L = c->n_layers;
+  int64_t cw = (o->chunk_tokens > 0 ? o->chunk_tokens : 4096) / seqlen; /* windows per chunk */
+  if (cw < 1) cw = 1;
+  if (cw > nwin) cw = nwin;
+  int64_t bw = o->batch_windows; /* windows per batch */
+  if (bw <= 0) bw = HQ_EVAL_ACT_BUDGET / (seqlen * H * (int64_t)sizeof(float));
+  if (bw < cw) bw = cw;
+  if (bw > nwin) bw = nwin;
+  /* progress steps: one per chunk forward (block or head) */
+  const int64_t nchunks = (nwin / bw) * ((bw + cw - 1) / cw) + (nwin % bw + cw - 1) / cw;
+  const int64_t total_steps = nchunks * (L + 1);
+
+  int rc = HQ_OK;
+  struct hq_rope_table rope = {0};
+  struct hq_fwd_ws *ws = NULL;
+  float *embed = NULL, *norm_h = NULL, *norm_d = NULL, *x = NULL;
+  int64_t n = 0;
+  double total = 0;
+  rc = hq_rope_table_init(&rope, be, c, seqlen);
+  if (rc) goto done;
+  if (!(ws = hq_fwd_ws_new(be, c, cw * seqlen))) {
+    rc = HQ_ERR_NOMEM;
+    goto done;
+  }
+  rc = hq_model_load_f32(m, "model.embed_tokens.weight", &embed, &n);
+  if (rc) goto done;
+  HQ_ASSERT(n == V * H); /* hq_model_open checked the shapes */
+  rc = hq_model_load_f32(m, "model.norm.weight", &norm_h, &n);
+  if (rc) goto done;
+  HQ_ASSERT(n == H);
+  if (!(norm_d = be->alloc((size_t)H * sizeof(float))) ||
+      !(x = be->alloc((size_t)(bw * seqlen * H) * sizeof(float)))) {
+    rc = hq_fail(HQ_ERR_NOMEM,
+                 "activations of %lld windows x %lld tokens x %lld (%.0f MiB): out of %s memory; "
+                 "use fewer windows per batch", (long long)bw, (long long)seqlen, (long long)H,
+                 (double)(bw * seqlen * H) * 4.0 / 1048576.0, be->name);
+    goto done;
+  }
+  be->upload(norm_d, norm_h, (size_t)H * sizeof(float));
+
+  int64_t step = 0;
+  for (int64_t w0 = 0; w0 < nwin; w0 += bw) {
+    const int64_t nb = nwin - w0 < bw ? nwin - w0 : bw;
+    const int32_t *bids = ids + w0 * seqlen;
+    hq_forward_embed(be, c, embed, bids, nb * seqlen, x);
+    for (int64_t b = 0; b < L; b++) {
+      struct hq_block_weights hw;
+      memset(&hw, 0, sizeof hw);
+      rc = hq_model_load_block(m, b, &hw);
+      if (rc) {
+        hq_fail_ctx(rc, "block %lld: ", (long long)b);
+        goto done;
+      }
+      struct hq_block_dev dw;
+      if (be->on_device) {
+        rc = hq_block_dev_upload(be, c, &hw, &dw);
+        if (rc) {
+          hq_block_weights_free(&hw);
+          goto done;
+        }
+      } else { /* host backend: use the loaded arrays in place */
+        memset(&dw, 0, sizeof dw);
+        memcpy(dw.lin, hw.lin, sizeof dw.lin);
+        memcpy(dw.bias, hw.bias, sizeof dw.bias);
+        dw.ln_attn = hw.ln_attn;
+        dw.ln_mlp = hw.ln_mlp;
+      }
+      for (int64_t s0 = 0; s0 < nb; s0 += cw) {
+        const int64_t ns = nb - s0 < cw ? nb - s0 : cw;
+        hq_forward_block(be, c, &dw, &rope, ws, ns, seqlen, x + s0 * seqlen * H, NULL, NULL);
+        step++;
+        if (o->progress) o->progress(o->progress_ctx, step, total_steps);
+      }
+      if (be->on_device) hq_block_dev_free(be, &dw);
+      hq_block_weights_free(&hw);
+    }
+    /* head: lm_head is the embedding when tied; loaded for this step only otherwise */
+    float *head_h = embed, *head_d = NULL;
+    if (!c->tie_embeddings) {
+      rc = hq_model_load_f32(m, "lm_head.weight", &head_h, &n);
+      if (rc) goto done;
+      HQ_ASSERT(n == V * H);
+    }
+    if (be->on_device) {
+      if (!(head_d = be->alloc((size_t)(V * H) * sizeof(float)))) {
+        if (head_h != embed) free(head_h);
+        rc = hq_fail(HQ_ERR_NOMEM, "lm_head [%lld x %lld]: out of %s memory", (long long)V,
+                     (long long)H, be->name);
+        goto done;
+      }
+      be->upload(head_d, head_h, (size_t)(V * H) * sizeof(float));
+    }
+    for (int64_t s0 = 0; s0 < nb; s0 += cw) {
+      const int64_t ns = nb - s0 < cw ? nb - s0 : cw;
+      const int64_t t0 = (w0 + s0) * seqlen;
+      total += hq_forward_nll(be, c, norm_d, be->on_device ? head_d : head_h, ws, ns, seqlen,
+                              x + s0 * seqlen * H, ids + t0, logits_out ? logits_out + t0 * V : NULL);
+      step++;
+        if (o->progress) o->progress(o->progress_ctx, step, total_steps);
+    }
+    if (head_d) be->free(head_d);
+    if (head_h != embed) free(head_h);
+  }
+  if (!isfinite(total)) {
+    rc = hq_fail(HQ_ERR_NUMERIC,
+                 "the next-token NLL is not finite (%g): the model produced NaN/Inf logits; "
+                 "check the checkpoint's weights (e.g. fp16 overflow)", total);
+    goto done;
+  }
+  HQ_ASSERT(step == total_steps);
+  *nll_sum = total;
+done:
+  if (x) be->free(x);
+  if (norm_d) be->free(norm_d);
+  free(norm_h);
+  free(embed);
+  hq_fwd_ws_free(ws);
+  hq_rope_table_free(&rope, be);
+  return rc;
+}
