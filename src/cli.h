@@ -7,6 +7,7 @@ int hq_cli_eval(int argc, char **argv);     /* perplexity of a model folder or a
 int hq_cli_quantize(int argc, char **argv); /* the distributed pipeline */
 int hq_cli_inspect(int argc, char **argv);  /* per-layer statistics of an .h5 result */
 int hq_cli_export(int argc, char **argv);   /* GPTQ safetensors checkpoint */
+int hq_cli_compare(int argc, char **argv);  /* codes/loss agreement of two .h5 results */
 
 /* Shared option helpers: parse "--name value" integers/floats with range checks and a clear
  * message; return HQ_OK or HQ_ERR_INPUT. */

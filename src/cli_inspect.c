@@ -1,10 +1,107 @@
+/* hpcq inspect FILE.h5: run metadata and the per-layer statistics table. Not collective
+ * (serial read; runs as one process). */
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "cli.h"
+#include "error.h"
+#include "h5io.h"
+
+static double attr_f64(struct hq_h5 *h, const char *obj, const char *name) {
+  double v = NAN;
+  if (hq_h5_attr_exists(h, obj, name)) hq_h5_attr_get_f64(h, obj, name, &v);
+  return v;
+}
 
 int hq_cli_inspect(int argc, char **argv) {
-  (void)argc;
-  (void)argv;
-  fprintf(stderr, "hpcq inspect: not implemented yet\n");
-  return 2;
+  const char *path = NULL;
+  int json = 0;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+      printf("usage: hpcq inspect FILE.h5 [--json]\n  prints the run settings and the per-layer "
+             "statistics (proxy losses of GPTQ and RTN, damping, time, owning ranks)\n");
+      return 0;
+    } else if (!strcmp(argv[i], "--json")) json = 1;
+    else if (argv[i][0] == '-') {
+      fprintf(stderr, "hpcq inspect: unknown option '%s'\n", argv[i]);
+      return 2;
+    } else path = argv[i];
+  }
+  if (!path) {
+    fprintf(stderr, "hpcq inspect: give the .h5 file written by hpcq quantize\n");
+    return 2;
+  }
+  struct hq_h5 *h = NULL;
+  int rc = hq_h5_open_read(path, 1, &h);
+  if (rc) {
+    fprintf(stderr, "hpcq inspect: %s\n", hq_last_error());
+    return 1;
+  }
+  struct hq_h5_state st;
+  memset(&st, 0, sizeof st);
+  hq_h5_status(h, &st);
+  char *settings = NULL, *method = NULL;
+  hq_h5_attr_get_str(h, "/", "settings_json", &settings);
+  hq_h5_attr_get_str(h, "/", "method", &method);
+  char **names = NULL;
+  int64_t n = 0;
+  rc = hq_h5_list_linears(h, &names, &n);
+  if (rc) {
+    fprintf(stderr, "hpcq inspect: %s\n", hq_last_error());
+    hq_h5_close(h);
+    return 1;
+  }
+  if (json) {
+    printf("{\"file\": \"%s\", \"complete\": %s, \"blocks_done\": %lld, \"n_blocks\": %lld, \"settings\": %s, \"linears\": [",
+           path, st.complete ? "true" : "false", (long long)st.blocks_done, (long long)st.n_blocks,
+           settings ? settings : "null");
+  } else {
+    printf("%s: %s, %lld of %lld blocks%s\nsettings: %s\n\n", path, method ? method : "?",
+           (long long)st.blocks_done, (long long)st.n_blocks, st.complete ? " (complete)" : " (INCOMPLETE: resume with --resume)",
+           settings ? settings : "?");
+    printf("%-36s %11s %4s %5s %12s %12s %7s %10s %8s %8s %s\n", "linear", "shape", "bits", "group",
+           "loss_gptq", "loss_rtn", "ratio", "damp", "chol_s", "gptq_s", "owner rows");
+  }
+  double sum_g = 0, sum_r = 0;
+  for (int64_t i = 0; i < n; i++) {
+    char obj[512];
+    snprintf(obj, sizeof obj, "/linears/%s", names[i]);
+    struct hq_h5_linear_desc d;
+    memset(&d, 0, sizeof d);
+    hq_h5_linear_info(h, names[i], &d);
+    double lg = attr_f64(h, obj, "loss_proxy_gptq"), lr = attr_f64(h, obj, "loss_proxy_rtn");
+    double damp = attr_f64(h, obj, "damp_used");
+    double tc = attr_f64(h, obj, "seconds_cholesky"), tg = attr_f64(h, obj, "seconds_gptq");
+    int64_t *own = NULL, nown = 0;
+    char owners[256] = "";
+    if (hq_h5_attr_exists(h, obj, "owner_rows") && !hq_h5_attr_get_i64_array(h, obj, "owner_rows", &own, &nown)) {
+      int k = 0;
+      for (int64_t r = 0; r < nown && k < (int)sizeof owners - 24; r++)
+        k += snprintf(owners + k, sizeof owners - (size_t)k, "%s%lld", r ? "," : "", (long long)own[r]);
+    }
+    free(own);
+    if (isfinite(lg)) sum_g += lg;
+    if (isfinite(lr)) sum_r += lr;
+    if (json) {
+      printf("%s{\"name\": \"%s\", \"rows\": %lld, \"cols\": %lld, \"bits\": %d, \"group_size\": %lld, "
+             "\"loss_proxy_gptq\": %.9g, \"loss_proxy_rtn\": %.9g, \"damp_used\": %.9g, \"owner_rows\": [%s]}",
+             i ? ", " : "", names[i], (long long)d.rows, (long long)d.cols, d.bits, (long long)d.group_size,
+             isfinite(lg) ? lg : -1.0, isfinite(lr) ? lr : -1.0, isfinite(damp) ? damp : -1.0, owners);
+    } else {
+      char shape[32];
+      snprintf(shape, sizeof shape, "%lldx%lld", (long long)d.rows, (long long)d.cols);
+      printf("%-36s %11s %4d %5lld %12.5g %12.5g %7.3f %10.3g %8.3f %8.3f %s\n", names[i], shape, d.bits,
+             (long long)d.group_size, lg, lr, lg / lr, damp, tc, tg, owners);
+    }
+  }
+  if (json) printf("]}\n");
+  else if (n) printf("\ntotal proxy loss: GPTQ %.6g, RTN %.6g (ratio %.3f)\n", sum_g, sum_r, sum_g / sum_r);
+  hq_h5_names_free(names, n);
+  hq_h5_state_free(&st);
+  free(settings);
+  free(method);
+  hq_h5_close(h);
+  return 0;
 }

@@ -1,10 +1,108 @@
+/* hpcq quantize: parse options, start MPI, run the pipeline (src/pipeline.c). */
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "cli.h"
+#include "comm.h"
+#include "error.h"
+#include "pipeline.h"
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: hpcq quantize --model DIR --calib FILE --out FILE.h5 [options]\n"
+          "       mpirun -np N hpcq quantize ...   |   srun --mpi=pmix hpcq quantize ...\n\n"
+          "  --model DIR         Hugging Face model folder (config.json, *.safetensors)\n"
+          "  --calib FILE        calibration tokens: raw little-endian int32 ids (GPTQ)\n"
+          "  --out FILE.h5       output (one HDF5 file, written collectively)\n"
+          "  --method M          gptq (default) or rtn (round-to-nearest, no calibration)\n"
+          "  --bits N            2, 3, 4 (default) or 8\n"
+          "  --group-size G      columns per quantization group; -1 = per channel (default 128)\n"
+          "  --sym               symmetric grid (default asymmetric)\n"
+          "  --mse               MSE clip search for the grid\n"
+          "  --act-order         quantize columns by descending Hessian diagonal (desc_act)\n"
+          "  --static-groups     group parameters from the unpermuted weights\n"
+          "  --damp F            percdamp: damping = F * mean(diag H) (default 0.01; raised\n"
+          "                      automatically when the Cholesky factorisation fails)\n"
+          "  --nsamples N        calibration windows (default 128)\n"
+          "  --seqlen N          window length (default 2048, capped by the model)\n"
+          "  --seed N            window sampling seed (default 0)\n"
+          "  --block-size N      GPTQ lazy-update block (default 128)\n"
+          "  --batch N           windows per forward call (default 8)\n"
+          "  --backend B         cpu (default), cuda or auto\n"
+          "  --resume            continue an interrupted run from its last complete block\n"
+          "  --overwrite         replace an existing output file\n"
+          "  --json-summary FILE write phase times and memory as JSON (rank 0)\n"
+          "  --quiet             no progress lines\n\n"
+          "Exit status: 0 done, 1 error, 2 usage, 75 stopped by SIGTERM/SIGINT (resumable).\n");
+}
 
 int hq_cli_quantize(int argc, char **argv) {
-  (void)argc;
-  (void)argv;
-  fprintf(stderr, "hpcq quantize: not implemented yet\n");
-  return 2;
+  struct hq_quant_opts o;
+  hq_quant_opts_default(&o);
+  o.g.group_size = 128;
+  long long v;
+  double d;
+  int rc = HQ_OK;
+  for (int i = 1; i < argc && !rc; i++) {
+    const char *a = argv[i];
+    const char *nx = i + 1 < argc ? argv[i + 1] : NULL;
+#define NEEDV()                                                                            \
+  do {                                                                                     \
+    if (!nx) {                                                                             \
+      rc = hq_fail(HQ_ERR_INPUT, "%s needs a value", a);                                   \
+      break;                                                                               \
+    }                                                                                      \
+    i++;                                                                                   \
+  } while (0)
+    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+      usage(stdout);
+      return 0;
+    } else if (!strcmp(a, "--model")) { NEEDV(); o.model_dir = nx; }
+    else if (!strcmp(a, "--calib")) { NEEDV(); o.calib_path = nx; }
+    else if (!strcmp(a, "--out")) { NEEDV(); o.out_path = nx; }
+    else if (!strcmp(a, "--backend")) { NEEDV(); o.backend = nx; }
+    else if (!strcmp(a, "--json-summary")) { NEEDV(); o.json_summary = nx; }
+    else if (!strcmp(a, "--method")) {
+      NEEDV();
+      if (!rc && !strcmp(nx, "gptq")) o.method = HQ_METHOD_GPTQ;
+      else if (!rc && !strcmp(nx, "rtn")) o.method = HQ_METHOD_RTN;
+      else if (!rc) rc = hq_fail(HQ_ERR_INPUT, "--method must be gptq or rtn (got '%s')", nx);
+    } else if (!strcmp(a, "--bits")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, 2, 8, &v))) o.g.bits = (int)v; }
+    else if (!strcmp(a, "--group-size")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, -1, 1 << 30, &v))) o.g.group_size = v; }
+    else if (!strcmp(a, "--damp")) { NEEDV(); if (!rc && !(rc = hq_cli_float(a, nx, 1e-8, 10.0, &d))) o.g.percdamp = (float)d; }
+    else if (!strcmp(a, "--nsamples")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, 1, 1 << 24, &v))) o.nsamples = v; }
+    else if (!strcmp(a, "--seqlen")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, 2, 1 << 24, &v))) o.seqlen = v; }
+    else if (!strcmp(a, "--seed")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, 0, (1LL << 62), &v))) o.seed = (uint64_t)v; }
+    else if (!strcmp(a, "--block-size")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, 1, 1 << 16, &v))) o.g.block_size = (int)v; }
+    else if (!strcmp(a, "--batch")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, 1, 1 << 20, &v))) o.batch = v; }
+    else if (!strcmp(a, "--sym")) o.g.sym = 1;
+    else if (!strcmp(a, "--mse")) o.g.mse = 1;
+    else if (!strcmp(a, "--act-order")) o.g.act_order = 1;
+    else if (!strcmp(a, "--static-groups")) o.g.static_groups = 1;
+    else if (!strcmp(a, "--resume")) o.resume = 1;
+    else if (!strcmp(a, "--overwrite")) o.overwrite = 1;
+    else if (!strcmp(a, "--quiet")) o.quiet = 1;
+    else rc = hq_fail(HQ_ERR_INPUT, "unknown option '%s' (see hpcq quantize --help)", a);
+#undef NEEDV
+  }
+  if (!rc && (!o.model_dir || !o.out_path))
+    rc = hq_fail(HQ_ERR_INPUT, "--model and --out are required (see hpcq quantize --help)");
+  if (!rc && o.g.group_size == 0) o.g.group_size = -1;
+  if (rc) {
+    fprintf(stderr, "hpcq quantize: %s\n", hq_last_error());
+    return 2;
+  }
+  struct hq_comm comm;
+  rc = hq_comm_init(&comm, &argc, &argv);
+  if (rc) {
+    fprintf(stderr, "hpcq quantize: %s\n", hq_last_error());
+    return 1;
+  }
+  hq_pipeline_install_signals();
+  rc = hq_quantize_run(&comm, &o);
+  if (rc && comm.rank == 0)
+    fprintf(stderr, "hpcq quantize: %s: %s\n", rc == HQ_ERR_INTERRUPTED ? "interrupted" : "error", hq_last_error());
+  hq_comm_finalize(&comm);
+  return rc == HQ_OK ? 0 : rc == HQ_ERR_INTERRUPTED ? 75 : 1;
 }

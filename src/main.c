@@ -18,6 +18,7 @@ static const struct hq_cmd hq_cmds[] = {
     {"eval", hq_cli_eval, "perplexity of a model folder or an hpcq .h5 result"},
     {"inspect", hq_cli_inspect, "per-layer statistics of an hpcq .h5 result"},
     {"export", hq_cli_export, "write a GPTQ safetensors checkpoint from an .h5 result"},
+    {"compare", hq_cli_compare, "compare two .h5 results (identical codes, proxy losses)"},
     {"layer", hq_cli_layer, "quantize one real layer of a model, print GPTQ vs RTN"},
 };
 

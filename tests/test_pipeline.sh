@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# hpcq quantize end to end on the bundled 5M model (issue 4 proofs, small sizes for CI):
+#  1. np 1, 2, 3 agree: >= 99.9 % identical codes, proxy loss within 1e-3, perplexity within 0.1 %
+#  2. SIGTERM mid-run -> exit 75 + resumable file; --resume gives the uninterrupted result
+#  3. SIGKILL of one rank mid-run -> --resume gives the uninterrupted result
+#  4. bad inputs fail on every rank with a clear message, no hang, no complete-looking file
+set -u
+BIN=${HQ_BIN:-build/hpcq}
+DATA=${HQ_TESTDATA:-tests/data}
+M=$DATA/llama-sotu-5m
+MPIEXEC=${MPIEXEC:-mpiexec}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+T=$(mktemp -d /tmp/hq_pipeline.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+pass=0; fail=0
+ok() { echo "ok: $*"; pass=$((pass + 1)); }
+bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
+COMMON=(--model "$M" --calib "$M/calib.i32" --nsamples 24 --seqlen 128 --bits 4 --group-size 128 --quiet)
+run() { timeout 300 "$MPIEXEC" -np "$1" "$BIN" quantize "${@:2}"; }
+
+# ---- 1. rank counts agree ----
+for np in 1 2 3; do
+  if run $np "${COMMON[@]}" --out "$T/np$np.h5" 2> "$T/np$np.log"; then ok "np $np ran"; else bad "np $np failed: $(tail -3 "$T/np$np.log")"; fi
+done
+for np in 2 3; do
+  if "$BIN" compare "$T/np1.h5" "$T/np$np.h5" --min-equal 0.999 --loss-rtol 1e-3 > "$T/cmp$np.txt"; then
+    ok "np $np vs np 1: $(tail -1 "$T/cmp$np.txt")"
+  else bad "np $np vs np 1 differ: $(grep differs "$T/cmp$np.txt" | head -3; tail -1 "$T/cmp$np.txt")"; fi
+done
+ppl() { "$BIN" eval --model "$1" --tokens "$M/wikitext2-test.i32" --seqlen 256 --max-windows 24 --json 2>/dev/null |
+        sed -n 's/.*"perplexity":\([0-9.eE+-]*\).*/\1/p'; }
+p1=$(ppl "$T/np1.h5"); p2=$(ppl "$T/np2.h5"); p3=$(ppl "$T/np3.h5"); pf=$(ppl "$M")
+echo "perplexity (24 windows x 256): FP $pf, np1 $p1, np2 $p2, np3 $p3"
+for p in "$p2" "$p3"; do
+  if awk -v a="$p1" -v b="$p" 'BEGIN{d=(a-b)/a; if (d<0) d=-d; exit !(a>0 && d<=0.001)}'; then ok "perplexity $p within 0.1 % of $p1"
+  else bad "perplexity $p not within 0.1 % of $p1"; fi
+done
+if awk -v a="$pf" -v b="$p1" 'BEGIN{exit !(b>a && b<1.5*a)}'; then ok "quantized perplexity $p1 is above FP $pf and sane"; else bad "quantized perplexity $p1 vs FP $pf"; fi
+
+# ---- 2. SIGTERM at a block boundary, then --resume ----
+"$MPIEXEC" -np 2 "$BIN" quantize "${COMMON[@]}" --out "$T/term.h5" 2> "$T/term.log" --batch 2 &
+mp=$!
+for _ in $(seq 1 600); do [ -f "$T/term.h5" ] && grep -q . "$T/term.log" 2>/dev/null && break; sleep 0.05; done
+# wait until the run is inside its blocks, then TERM the ranks as Slurm does
+for _ in $(seq 1 600); do h5dump -d /progress "$T/term.h5" 2>/dev/null | grep -q "1," && break; sleep 0.05; done
+pkill -TERM -f "^$BIN quantize.*term.h5"   # the ranks only (mpiexec's own command line starts with mpiexec)
+wait $mp; rc=$?
+if [ $rc -eq 75 ] || [ $rc -eq 0 ]; then ok "SIGTERM run exited $rc"; else bad "SIGTERM run exited $rc: $(tail -3 "$T/term.log")"; fi
+if [ $rc -eq 75 ]; then
+  grep -q "resum" "$T/term.log" && ok "SIGTERM message says how to resume" || bad "no resume hint: $(tail -2 "$T/term.log")"
+  "$BIN" eval --model "$T/term.h5" --tokens "$M/wikitext2-test.i32" --seqlen 256 --max-windows 1 > /dev/null 2>&1 && bad "interrupted file evaluates as if complete" || ok "interrupted file is refused as incomplete"
+  run 2 "${COMMON[@]}" --out "$T/term.h5" --resume 2> "$T/term2.log" && ok "resume after SIGTERM" || bad "resume after SIGTERM failed: $(tail -3 "$T/term2.log")"
+fi
+if "$BIN" compare "$T/np2.h5" "$T/term.h5" --min-equal 1 --loss-rtol 1e-12 > "$T/cmpt.txt"; then ok "SIGTERM+resume identical to uninterrupted"; else bad "SIGTERM+resume differs: $(tail -2 "$T/cmpt.txt")"; fi
+
+# ---- 3. SIGKILL of one rank, then --resume ----
+"$MPIEXEC" -np 2 "$BIN" quantize "${COMMON[@]}" --out "$T/kill.h5" 2> "$T/kill.log" &
+mp=$!
+for _ in $(seq 1 1200); do h5dump -d /progress "$T/kill.h5" 2>/dev/null | grep -q "1, 1" && break; sleep 0.05; done
+victim=$(pgrep -f "^$BIN quantize.*kill.h5" | tail -1)
+[ -n "$victim" ] && kill -KILL "$victim"
+wait $mp; rc=$?
+[ $rc -ne 0 ] && ok "run with a killed rank failed ($rc)" || bad "run with a killed rank exited 0"
+run 2 "${COMMON[@]}" --out "$T/kill.h5" --resume 2> "$T/kill2.log" && ok "resume after SIGKILL" || bad "resume after SIGKILL failed: $(tail -3 "$T/kill2.log")"
+if "$BIN" compare "$T/np2.h5" "$T/kill.h5" --min-equal 1 --loss-rtol 1e-12 > "$T/cmpk.txt"; then ok "SIGKILL+resume identical to uninterrupted"; else bad "SIGKILL+resume differs: $(tail -2 "$T/cmpk.txt")"; fi
+
+# ---- 4. bad inputs: non-zero exit, clear message, no hang, no complete file ----
+expect_fail() { # name, pattern, args...
+  local name=$1 pat=$2; shift 2
+  rm -f "$T/bad.h5"
+  timeout 120 "$MPIEXEC" -np 2 "$BIN" quantize "$@" > "$T/bad.log" 2>&1; local rc=$?
+  if [ $rc -eq 0 ] || [ $rc -eq 124 ]; then bad "$name: exit $rc"; return; fi
+  if grep -qiE "$pat" "$T/bad.log"; then ok "$name: $(grep -iE "$pat" "$T/bad.log" | head -1 | cut -c1-150)"; else bad "$name: message does not match /$pat/: $(head -3 "$T/bad.log")"; fi
+  if [ -f "$T/bad.h5" ] && "$BIN" inspect "$T/bad.h5" 2>/dev/null | grep -q "(complete)"; then bad "$name: left a complete-looking file"; fi
+}
+mkdir -p "$T/nomodel" "$T/mism"
+cp "$M/config.json" "$T/mism/"; ln -s "$(cd "$DATA/stories260K-hf" && pwd)/model.safetensors" "$T/mism/model.safetensors"
+printf '\x01\x00\x00\x00\xff\xff\x00\x00' > "$T/badtok.i32"
+head -c 400 "$M/calib.i32" > "$T/short.i32"
+expect_fail "missing model" "config.json|no such|not found|cannot" --model "$T/nomodel" --calib "$M/calib.i32" --out "$T/bad.h5"
+expect_fail "mismatched weights" "shape|expected" --model "$T/mism" --calib "$M/calib.i32" --out "$T/bad.h5"
+expect_fail "token id out of range" "vocab|token" --model "$M" --calib "$T/badtok.i32" --out "$T/bad.h5"
+expect_fail "too few tokens" "fewer|tokens" "${COMMON[@]}" --calib "$T/short.i32" --out "$T/bad.h5"
+expect_fail "unwritable output" "directory|permission|cannot|No such" "${COMMON[@]}" --out "$T/no/such/dir/x.h5"
+cp "$T/np2.h5" "$T/exists.h5"
+expect_fail "existing output" "overwrite" "${COMMON[@]}" --out "$T/exists.h5"
+cp "$T/np2.h5" "$T/exists.h5"
+expect_fail "resume of a complete file" "complete|overwrite" "${COMMON[@]}" --out "$T/exists.h5" --resume
+"$MPIEXEC" -np 1 "$BIN" quantize "${COMMON[@]}" --out "$T/part.h5" > /dev/null 2>&1 &
+mp=$!
+for _ in $(seq 1 1200); do h5dump -d /progress "$T/part.h5" 2>/dev/null | grep -q "1," && break; sleep 0.05; done
+pkill -KILL -f "^$BIN quantize.*part.h5"; wait $mp 2>/dev/null
+expect_fail "resume with other settings" "other settings|settings" --model "$M" --calib "$M/calib.i32" --nsamples 24 --seqlen 128 --bits 3 --group-size 128 --out "$T/part.h5" --resume
+
+echo "test_pipeline: $pass passed, $fail failed"
+[ $fail -eq 0 ]
