@@ -32,48 +32,46 @@ static inline float hq_expf(float x) {
   return p * s;
 }
 
-/* max of x[0..n) (n >= 1), 16 independent lanes so it vectorizes without -ffast-math. */
+/* The reductions below use `omp simd reduction`, which lets the compiler vectorize them
+ * without -ffast-math (OpenMP is on for the whole project). */
+
+/* max of x[0..n), n >= 1 */
 static inline float hq_maxf(const float *x, int64_t n) {
-  float acc[16];
-  for (int k = 0; k < 16; k++) acc[k] = x[0];
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16)
-    for (int k = 0; k < 16; k++) acc[k] = x[j + k] > acc[k] ? x[j + k] : acc[k];
-  float m = acc[0];
-  for (int k = 1; k < 16; k++) m = acc[k] > m ? acc[k] : m;
-  for (; j < n; j++) m = x[j] > m ? x[j] : m;
+  float m = x[0];
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; j++) m = x[j] > m ? x[j] : m;
   return m;
 }
 
-/* x[j] <- exp(x[j] - m) for j < n; returns the sum (16 float lanes, combined in double). */
+/* x[j] <- exp(x[j] - m) for j < n; returns Σ x[j]: float partial sums over runs of 1024
+ * (vector lanes), accumulated in double. */
 static inline double hq_exp_shift_sum(float *x, int64_t n, float m) {
-  float acc[16] = {0};
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16)
-    for (int k = 0; k < 16; k++) {
-      float e = hq_expf(x[j + k] - m);
-      x[j + k] = e;
-      acc[k] += e;
+  double total = 0;
+  for (int64_t j0 = 0; j0 < n; j0 += 1024) {
+    const int64_t j1 = n - j0 < 1024 ? n : j0 + 1024;
+    float s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = j0; j < j1; j++) {
+      const float e = hq_expf(x[j] - m);
+      x[j] = e;
+      s += e;
     }
-  double s = 0;
-  for (int k = 0; k < 16; k++) s += acc[k];
-  for (; j < n; j++) {
-    x[j] = hq_expf(x[j] - m);
-    s += x[j];
+    total += s;
   }
-  return s;
+  return total;
 }
 
-/* Σ exp(x[j] - m) for j < n without writing x: 8 double lanes of float exps. */
+/* Σ exp(x[j] - m) for j < n without writing x; same accumulation as hq_exp_shift_sum. */
 static inline double hq_sum_exp_shift(const float *x, int64_t n, float m) {
-  double acc[8] = {0};
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8)
-    for (int k = 0; k < 8; k++) acc[k] += (double)hq_expf(x[j + k] - m);
-  double s = 0;
-  for (int k = 0; k < 8; k++) s += acc[k];
-  for (; j < n; j++) s += (double)hq_expf(x[j] - m);
-  return s;
+  double total = 0;
+  for (int64_t j0 = 0; j0 < n; j0 += 1024) {
+    const int64_t j1 = n - j0 < 1024 ? n : j0 + 1024;
+    float s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = j0; j < j1; j++) s += hq_expf(x[j] - m);
+    total += s;
+  }
+  return total;
 }
 
 #endif

@@ -315,9 +315,8 @@ double hq_forward_nll(const struct hq_backend *be, const struct hq_model_config 
     if (be->on_device) be->download(ws->logits_host, ws->logits, (size_t)(nr * V) * sizeof(float));
     const float *L = ws->logits_host;
     if (logits_out) memcpy(logits_out + r0 * V, L, (size_t)(nr * V) * sizeof(float));
-    /* -log softmax(row)[next token]: float exps, double accumulation; rows in parallel,
-     * summed in order afterwards (deterministic for any thread count) */
-#pragma omp parallel for schedule(static) if (nr * V > 65536)
+    /* -log softmax(row)[next token]: vectorized float exps, double accumulation, one thread
+     * (no OpenMP region next to OpenBLAS's threads, see backend_cpu_fwd.c); deterministic */
     for (int64_t i = 0; i < nr; i++) {
       const int64_t t = r0 + i;
       if (t % seqlen == seqlen - 1) {

@@ -76,8 +76,8 @@ expect_fail "token id out of range" "outside the model's vocabulary" --model "$M
 expect_fail "token id out of range names the offset" "byte offset 12" --model "$M" --tokens "$TMP/oov.i32" --seqlen 2
 head -c 400 "$TOK" >"$TMP/short.i32" # 100 tokens
 expect_fail "too few tokens" "fewer than one window" --model "$M" --tokens "$TMP/short.i32" --seqlen 256
-expect_fail ".h5 result" "not supported yet" --model "$TMP/result.h5" --tokens "$TOK" --seqlen 16
-expect_fail ".h5 positional" "not supported yet" "$TMP/result.h5" --tokens "$TOK" --seqlen 16
+expect_fail "missing .h5 result" "cannot open model" --model "$TMP/result.h5" --tokens "$TOK" --seqlen 16
+expect_fail "missing .h5 positional" "cannot open model" "$TMP/result.h5" --tokens "$TOK" --seqlen 16
 expect_fail "no --tokens" "--tokens is required" --model "$M" --seqlen 16
 expect_fail "bad --seqlen" "--seqlen expects an integer" --model "$M" --tokens "$TOK" --seqlen abc
 expect_fail "seqlen 1" "--seqlen must be in" --model "$M" --tokens "$TOK" --seqlen 1

@@ -25,8 +25,8 @@ What it writes (tests/data/fixtures/, all small and committed):
 The models run in float32 on the CPU with eager attention (bf16 weights of llama-sotu-5m
 are upcast to fp32 exactly).
 
-Rerun (from the repository root; needs torch, transformers, safetensors, numpy; ~2 min on
-2 cores):
+Rerun (from the repository root; needs torch, transformers, safetensors, numpy; 2-7 min on
+2 busy cores, almost all of it the perplexity):
     python3 tools/make_hf_fixtures.py
 Options: --out DIR (default tests/data/fixtures), --skip-ppl (logits + rope only).
 """
