@@ -49,16 +49,34 @@ static void cpu_symmetrize(int64_t n, float *A, int64_t lda) {
         for (int64_t j = jb; j < jb + B && j < i; j++) A[i * lda + j] = A[j * lda + i];
 }
 
-/* Row-major upper == column-major lower on the same memory, so LAPACK runs in its native
- * column-major layout with uplo 'L' and no transposition copies. */
+/* Reverse a row-major n x n matrix in both indices: A[i][j] <-> A[n-1-i][n-1-j] (J A J). */
+static void reverse_both(int64_t n, float *A, int64_t lda) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < (n + 1) / 2; i++) {
+    float *r = A + i * lda, *q = A + (n - 1 - i) * lda;
+    int64_t jend = (i == n - 1 - i) ? n / 2 : n; /* middle row: swap within itself once */
+    for (int64_t j = 0; j < jend; j++) {
+      float t = r[j];
+      r[j] = q[n - 1 - j];
+      q[n - 1 - j] = t;
+    }
+  }
+}
+
+/* Upper Cholesky factor of H⁻¹ in 2/3 n³ flops instead of the 4/3 n³ of potrf+potri+potrf:
+ * with J the reversal, J H J = L Lᵀ (L lower) gives H = U Uᵀ with U = J L J upper, hence
+ * H⁻¹ = (U⁻¹)ᵀ U⁻¹ and the wanted factor (unique with a positive diagonal) is
+ * V = U⁻¹ = J L⁻¹ J. LAPACK sees the row-major buffer as column-major, so uplo 'U' there is
+ * the row-major lower triangle: potrf('U') factors J H J = L Lᵀ with L row-major lower, and
+ * trtri('U') inverts it in place. */
 static int cpu_chol_inverse_upper(int64_t n, float *H, int64_t ldh) {
   if (n == 0) return 0;
-  lapack_int info = LAPACKE_spotrf(LAPACK_COL_MAJOR, 'L', (lapack_int)n, H, (lapack_int)ldh);
+  reverse_both(n, H, ldh);
+  lapack_int info = LAPACKE_spotrf(LAPACK_COL_MAJOR, 'U', (lapack_int)n, H, (lapack_int)ldh);
   if (info != 0) return (int)(info > 0 ? info : 1);
-  info = LAPACKE_spotri(LAPACK_COL_MAJOR, 'L', (lapack_int)n, H, (lapack_int)ldh);
+  info = LAPACKE_strtri(LAPACK_COL_MAJOR, 'U', 'N', (lapack_int)n, H, (lapack_int)ldh);
   if (info != 0) return (int)(info > 0 ? info : 1);
-  info = LAPACKE_spotrf(LAPACK_COL_MAJOR, 'L', (lapack_int)n, H, (lapack_int)ldh);
-  if (info != 0) return (int)(info > 0 ? info : 1);
+  reverse_both(n, H, ldh);
   /* zero the row-major strict lower triangle */
 #pragma omp parallel for schedule(static)
   for (int64_t i = 1; i < n; i++) memset(H + i * ldh, 0, (size_t)i * sizeof(float));
