@@ -523,7 +523,9 @@ int hq_quantize_run(const struct hq_comm *comm, const struct hq_quant_opts *o) {
 
   /* ---- output file: create, or reopen for --resume ---- */
   int64_t start_block = 0;
-  int exists = file_exists(o->out_path);
+  /* rank 0 decides (another rank could otherwise see the file rank 0 is creating) */
+  int exists = comm->rank == 0 ? file_exists(o->out_path) : 0;
+  hq_comm_bcast(comm, &exists, sizeof exists, 0);
   if (o->resume && exists) {
     struct hq_h5_state st;
     memset(&st, 0, sizeof st);
