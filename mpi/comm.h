@@ -52,4 +52,20 @@ void hq_comm_set_chunk_for_test(int64_t elems);
 /* Not collective. Peak resident set size of this process in bytes (getrusage). */
 size_t hq_peak_rss_bytes(void);
 
+#ifdef HQ_HAVE_NCCL
+/* ---- NCCL: collectives on device buffers of the CUDA backend (mpi/comm_nccl.c) ----
+ * Only in builds with NCCL (HQ_HAVE_NCCL). One GPU per rank: the CUDA backend's device
+ * (hq_backend_cuda() must have succeeded first). Communication runs on its own stream, ordered
+ * against the backend's stream by events, so the host never waits for it. */
+struct hq_nccl; /* opaque */
+/* Collective. Rank 0 creates the NCCL unique id, MPI_Bcast over c, ncclCommInitRank. Returns
+ * HQ_ERR_UNSUPPORTED (every rank) when the CUDA backend is not initialised somewhere. */
+int hq_nccl_init(const struct hq_comm *c, struct hq_nccl **out);
+/* Collective. In-place sum over ranks of `count` floats of device memory. Runs after every op
+ * already queued on the backend stream; ops queued afterwards run after it. Not a host sync. */
+void hq_nccl_allreduce_f32(struct hq_nccl *n, float *dbuf, int64_t count);
+/* Collective. Waits for outstanding communication and destroys the communicator. */
+void hq_nccl_free(struct hq_nccl *n);
+#endif
+
 #endif

@@ -1,0 +1,97 @@
+/* Private to the kernels/ .cu files: the CUDA backend's process-wide state and its error funnel.
+ * Every CUDA, cuBLAS and cuSOLVER error is a tier-2 failure (error.h): HQ_DIE with the
+ * library's own error string, which prints "[rank R host H] file:line" and aborts the job. */
+#ifndef HQ_CUDA_INTERNAL_CUH
+#define HQ_CUDA_INTERNAL_CUH
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cusolverDn.h>
+
+extern "C" {
+#include "backend.h"
+#include "error.h"
+}
+#include "backend_cuda.h"
+
+/* One GPU per process (the node-local rank's), one stream for every op. */
+struct hq_cuda_state {
+  int ready;                 /* 1 once hq_backend_cuda() succeeded */
+  int device;
+  cudaStream_t stream;
+  cublasHandle_t blas;
+  cusolverDnHandle_t solver;
+  int nsm;                   /* multiprocessors */
+  int smem_optin;            /* max dynamic shared memory per block (opt-in), bytes */
+  int *info;                 /* device int[3]: cuSOLVER devInfo of potrf, potri, potrf */
+};
+extern struct hq_cuda_state hq_cuda;
+
+const char *hq_cublas_str(cublasStatus_t s);
+const char *hq_cusolver_str(cusolverStatus_t s);
+
+#define HQ_CUDA_CHECK(expr)                                                                 \
+  do {                                                                                      \
+    cudaError_t hq_e_ = (expr);                                                             \
+    if (hq_e_ != cudaSuccess)                                                               \
+      HQ_DIE("CUDA error in %s: %s (%s)", #expr, cudaGetErrorString(hq_e_),                 \
+             cudaGetErrorName(hq_e_));                                                      \
+  } while (0)
+#define HQ_CUBLAS_CHECK(expr)                                                               \
+  do {                                                                                      \
+    cublasStatus_t hq_s_ = (expr);                                                          \
+    if (hq_s_ != CUBLAS_STATUS_SUCCESS)                                                     \
+      HQ_DIE("cuBLAS error in %s: %s", #expr, hq_cublas_str(hq_s_));                        \
+  } while (0)
+#define HQ_CUSOLVER_CHECK(expr)                                                             \
+  do {                                                                                      \
+    cusolverStatus_t hq_s_ = (expr);                                                        \
+    if (hq_s_ != CUSOLVER_STATUS_SUCCESS)                                                   \
+      HQ_DIE("cuSOLVER error in %s: %s", #expr, hq_cusolver_str(hq_s_));                    \
+  } while (0)
+/* After every kernel launch (catches bad launch configurations at once; execution errors
+ * surface at the next synchronising call, which is checked too). */
+#define HQ_LAUNCH_CHECK(name)                                                               \
+  do {                                                                                      \
+    cudaError_t hq_e_ = cudaGetLastError();                                                 \
+    if (hq_e_ != cudaSuccess) HQ_DIE("CUDA kernel %s: %s", name, cudaGetErrorString(hq_e_)); \
+  } while (0)
+
+/* Scratch device buffers owned by the backend, grown on demand (growing synchronises the
+ * stream first, so a buffer is never freed under a running kernel). */
+enum hq_cuda_scratch { HQ_SCRATCH_SOLVER = 0, HQ_SCRATCH_ATTN = 1, HQ_SCRATCH_PTRS = 2,
+                       HQ_SCRATCH_COUNT = 3 };
+void *hq_cuda_scratch(int slot, size_t bytes);
+
+/* Grid size for grid-stride loops over n items with `threads` per block. */
+static inline unsigned hq_cuda_grid(int64_t n, int threads) {
+  int64_t b = (n + threads - 1) / threads;
+  int64_t cap = (int64_t)hq_cuda.nsm * 32;
+  if (b > cap) b = cap;
+  return (unsigned)(b < 1 ? 1 : b);
+}
+
+/* Row-major gemm on the backend stream (backend.h semantics, int64 sizes). */
+void hq_cuda_gemm(int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha, const float *A,
+                  int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+
+/* Ops implemented in cuda_quant.cu and cuda_fwd.cu (backend.h semantics). */
+void hq_cuda_quant_params(struct hq_grid g, int64_t rows, int64_t ncols, const float *W,
+                          int64_t ldw, float *scale, float *zero);
+void hq_cuda_gptq_block(struct hq_grid g, int64_t rows, int64_t count, int64_t c0, int64_t c1,
+                        float *W1, int64_t ldw, const float *Hinv1, int64_t ldh,
+                        const float *scale, const float *zero, float *Err1, int64_t lde,
+                        uint8_t *codes, int64_t ldc, double *loss_acc);
+void hq_cuda_rtn_cols(struct hq_grid g, int64_t rows, int64_t ncols, float *W, int64_t ldw,
+                      const float *scale, const float *zero, uint8_t *codes, int64_t ldc);
+void hq_cuda_quant_init(void); /* kernel attributes (dynamic shared memory opt-in) */
+void hq_cuda_rmsnorm(int64_t ntok, int64_t dim, const float *x, const float *w, float eps,
+                     float *y);
+void hq_cuda_rope(int64_t ntok, int64_t nheads, int64_t head_dim, const int32_t *pos,
+                  const float *cos_t, const float *sin_t, float *x);
+void hq_cuda_attention(int64_t nseq, int64_t seqlen, int64_t nh, int64_t nkv, int64_t hd,
+                       const float *q, const float *k, const float *v, float *out);
+void hq_cuda_swiglu(int64_t n, const float *gate, const float *up, float *out);
+void hq_cuda_add(int64_t n, float *y, const float *x);
+
+#endif
