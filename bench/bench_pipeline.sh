@@ -12,10 +12,10 @@ export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
 T=$(mktemp -d /tmp/hq_benchpipe.XXXXXX); trap 'rm -rf "$T"' EXIT
 python3 tools/make_synthetic_model.py "$T/syn2048" --hidden 2048 --intermediate 5632 --layers 2 >&2
 M5=tests/data/llama-sotu-5m
-cores=$(nproc)
+cores=$(nproc --all)
 declare -A ARGS
 ARGS[llama-sotu-5m]="--model $M5 --calib $M5/calib.i32 --nsamples 32 --seqlen 256"
-ARGS[synthetic-2048]="--model $T/syn2048 --calib $M5/calib.i32 --nsamples 16 --seqlen 256"
+ARGS[synthetic-2048]="--model $T/syn2048 --calib $M5/calib.i32 --nsamples 8 --seqlen 256"
 echo "| model | ranks | end-to-end s (median of $R) | speedup | efficiency | forward | hessian | allreduce | cholesky | gptq | stats | gather | write | peak RSS/rank MB |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 echo "[" > bench_pipeline.json

@@ -1,5 +1,6 @@
 /* hpcq command-line entry point: dispatches to the subcommands of src/cli_*.c. */
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +58,10 @@ int hq_cli_float(const char *opt, const char *val, double lo, double hi, double 
 }
 
 int main(int argc, char **argv) {
+  /* A fixed mmap threshold: buffers >= 1 MiB (block weights, Hessians) go back to the OS when
+   * freed, so the peak RSS does not creep up block after block (glibc would otherwise raise
+   * the threshold dynamically and keep them in the heap). */
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
   if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;

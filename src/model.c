@@ -143,6 +143,7 @@ int hq_model_load_f32(const struct hq_model *m, const char *name, float **out, i
     return hq_fail(HQ_ERR_NOMEM, "out of memory loading '%s' (%lld floats)", name,
                    (long long)t->numel);
   hq_st_to_f32(t, p);
+  hq_st_release(t);
   *out = p;
   if (numel) *numel = t->numel;
   return HQ_OK;

@@ -47,6 +47,10 @@ int hq_st_open(const char *path, struct hq_safetensors *st);
 const struct hq_st_tensor *hq_st_find(const struct hq_safetensors *st, const char *name);
 /* Convert a tensor to fp32 (out has numel floats). */
 void hq_st_to_f32(const struct hq_st_tensor *t, float *out);
+/* Drop the tensor's pages from this process's resident set (madvise DONTNEED on the read-only
+ * file mapping; a later access reads them from the file again). Keeps the peak RSS of a run
+ * independent of the number of blocks streamed through it. */
+void hq_st_release(const struct hq_st_tensor *t);
 void hq_st_close(struct hq_safetensors *st);
 
 /* ---------------- config ---------------- */

@@ -502,3 +502,12 @@ void hq_st_close(struct hq_safetensors *st) {
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "hpcq reads safetensors (little-endian) with memcpy; add byte swapping for big-endian hosts"
 #endif
+
+void hq_st_release(const struct hq_st_tensor *t) {
+  if (!t || !t->data || !t->nbytes) return;
+  long pg = sysconf(_SC_PAGESIZE);
+  uintptr_t a = (uintptr_t)t->data, e = a + t->nbytes;
+  uintptr_t a0 = (a + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1); /* whole pages inside only */
+  uintptr_t e0 = e & ~((uintptr_t)pg - 1);
+  if (e0 > a0) madvise((void *)a0, e0 - a0, MADV_DONTNEED);
+}
