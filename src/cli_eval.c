@@ -35,6 +35,8 @@ static void usage(FILE *f) {
           "                       stream (default: as many as fit in 1 GiB)\n"
           "  --chunk-tokens T     tokens per block forward call (workspace size, default 4096)\n"
           "  --backend NAME       cpu (default), cuda or auto\n"
+          "  --act-bits N         fake-quantize every linear's input per token (dynamic,\n"
+          "                       symmetric, N bits: 8 for W?A8, 4 for W?A4; default off)\n"
           "  --json               print one JSON object on stdout\n"
           "  --quiet              no progress lines on stderr\n");
 }
@@ -65,7 +67,7 @@ static int fail(const char *what) {
 
 int hq_cli_eval(int argc, char **argv) {
   const char *model = NULL, *tokens = NULL, *backend = "cpu";
-  long long seqlen = 0, max_windows = 0, batch_windows = 0, chunk_tokens = 0;
+  long long seqlen = 0, max_windows = 0, batch_windows = 0, chunk_tokens = 0, act_bits = 0;
   int json = 0, quiet = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -90,6 +92,8 @@ int hq_cli_eval(int argc, char **argv) {
       rc = hq_cli_int(a, v, 1, 1LL << 40, &batch_windows), i++;
     } else if (!strcmp(a, "--chunk-tokens")) {
       rc = hq_cli_int(a, v, 1, 1LL << 40, &chunk_tokens), i++;
+    } else if (!strcmp(a, "--act-bits")) {
+      rc = hq_cli_int(a, v, 2, 16, &act_bits), i++;
     } else if (!strcmp(a, "--json")) {
       json = 1;
     } else if (!strcmp(a, "--quiet")) {
@@ -146,7 +150,7 @@ int hq_cli_eval(int argc, char **argv) {
 
   struct progress pr = {.t0 = hq_now(), .last = hq_now(), .quiet = quiet, .nwin = nwin, .seqlen = seqlen};
   struct hq_eval_opts o = {.chunk_tokens = chunk_tokens, .batch_windows = batch_windows,
-                           .progress = on_progress, .progress_ctx = &pr};
+                           .progress = on_progress, .progress_ctx = &pr, .act_bits = (int)act_bits};
   if (!quiet)
     fprintf(stderr, "[eval] %s: %lld windows x %lld tokens (%lld tokens in the file, %lld "
             "windows in all), %lld blocks, backend %s\n", model, (long long)nwin, seqlen,
@@ -167,6 +171,7 @@ int hq_cli_eval(int argc, char **argv) {
     cJSON_AddNumberToObject(j, "seqlen", (double)seqlen);
     cJSON_AddNumberToObject(j, "windows", (double)nwin);
     cJSON_AddNumberToObject(j, "tokens", (double)npred);
+    cJSON_AddNumberToObject(j, "act_bits", (double)act_bits);
     cJSON_AddNumberToObject(j, "nll_mean", mean);
     cJSON_AddNumberToObject(j, "perplexity", ppl);
     cJSON_AddNumberToObject(j, "seconds", secs);

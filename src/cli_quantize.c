@@ -5,6 +5,7 @@
 
 #include "cli.h"
 #include "comm.h"
+#include "equalize.h"
 #include "error.h"
 #include "pipeline.h"
 
@@ -15,9 +16,11 @@ static void usage(FILE *f) {
           "  --model DIR         Hugging Face model folder (config.json, *.safetensors)\n"
           "  --calib FILE        calibration tokens: raw little-endian int32 ids (GPTQ)\n"
           "  --out FILE.h5       output (one HDF5 file, written collectively)\n"
-          "  --method M          gptq (default) or rtn (round-to-nearest, no calibration)\n"
+          "  --method M          gptq (default), rtn (round-to-nearest, no calibration) or hqq\n"
+          "                      (half-quadratic zero/scale optimisation, no calibration)\n"
           "  --bits N            2, 3, 4 (default) or 8\n"
-          "  --group-size G      columns per quantization group; -1 = per channel (default 128)\n"
+          "  --group-size G      columns per quantization group; -1 = per channel (default 128,\n"
+          "                      64 for hqq)\n"
           "  --sym               symmetric grid (default asymmetric)\n"
           "  --mse               MSE clip search for the grid\n"
           "  --act-order         quantize columns by descending Hessian diagonal (desc_act)\n"
@@ -30,6 +33,18 @@ static void usage(FILE *f) {
           "  --block-size N      GPTQ lazy-update block (default 128)\n"
           "  --batch N           windows per forward call (default 8)\n"
           "  --backend B         cpu (default), cuda or auto\n"
+          "  --hqq-scale         hqq: also optimise the scale (default: zero point only)\n"
+          "  --hqq-iters N       hqq: iterations (default 20, early stop)\n"
+          "  --hqq-p F           hqq: lp shrinkage norm, 0 < p < 1 (default 0.7)\n"
+          "  --hqq-beta F        hqq: initial beta (default 10)\n"
+          "  --hqq-kappa F       hqq: beta growth per iteration (default 1.01)\n"
+          "  --act-bits N        fake-quantize linear inputs per token (8 or 4) in the calibration\n"
+          "                      forward: Hessians and next-block inputs see them (gptq)\n"
+          "  --equalize E        none (default), smooth (SmoothQuant norm->linear migration,\n"
+          "                      needs --calib), cle (cross-layer v->o, up->down) or smooth,cle\n"
+          "  --smooth-alpha F    SmoothQuant migration strength in [0, 1] (default 0.5)\n"
+          "  --scale-from-hessian  EXPERIMENTAL: group scales minimising the H-diagonal-weighted\n"
+          "                      error (gptq, rtn; needs --calib)\n"
           "  --resume            continue an interrupted run from its last complete block\n"
           "  --overwrite         replace an existing output file\n"
           "  --json-summary FILE write phase times and memory as JSON (rank 0)\n"
@@ -43,6 +58,7 @@ int hq_cli_quantize(int argc, char **argv) {
   o.g.group_size = 128;
   long long v;
   double d;
+  int gs_given = 0;
   int rc = HQ_OK;
   for (int i = 1; i < argc && !rc; i++) {
     const char *a = argv[i];
@@ -67,9 +83,22 @@ int hq_cli_quantize(int argc, char **argv) {
       NEEDV();
       if (!rc && !strcmp(nx, "gptq")) o.method = HQ_METHOD_GPTQ;
       else if (!rc && !strcmp(nx, "rtn")) o.method = HQ_METHOD_RTN;
-      else if (!rc) rc = hq_fail(HQ_ERR_INPUT, "--method must be gptq or rtn (got '%s')", nx);
+      else if (!rc && !strcmp(nx, "hqq")) o.method = HQ_METHOD_HQQ;
+      else if (!rc) rc = hq_fail(HQ_ERR_INPUT, "--method must be gptq, rtn or hqq (got '%s')", nx);
+    } else if (!strcmp(a, "--equalize")) {
+      NEEDV();
+      if (!rc && (o.equalize = hq_equalize_parse(nx)) < 0)
+        rc = hq_fail(HQ_ERR_INPUT, "--equalize must be none, smooth, cle or smooth,cle (got '%s')", nx);
     } else if (!strcmp(a, "--bits")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, 2, 8, &v))) o.g.bits = (int)v; }
-    else if (!strcmp(a, "--group-size")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, -1, 1 << 30, &v))) o.g.group_size = v; }
+    else if (!strcmp(a, "--group-size")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, -1, 1 << 30, &v))) { o.g.group_size = v; gs_given = 1; } }
+    else if (!strcmp(a, "--act-bits")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, 2, 16, &v))) o.act_bits = (int)v; }
+    else if (!strcmp(a, "--hqq-iters")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, 0, 10000, &v))) o.hqq.iters = (int)v; }
+    else if (!strcmp(a, "--hqq-p")) { NEEDV(); if (!rc && !(rc = hq_cli_float(a, nx, 1e-3, 0.999, &d))) o.hqq.lp = (float)d; }
+    else if (!strcmp(a, "--hqq-beta")) { NEEDV(); if (!rc && !(rc = hq_cli_float(a, nx, 1e-6, 1e12, &d))) o.hqq.beta = (float)d; }
+    else if (!strcmp(a, "--hqq-kappa")) { NEEDV(); if (!rc && !(rc = hq_cli_float(a, nx, 1.0, 100.0, &d))) o.hqq.kappa = (float)d; }
+    else if (!strcmp(a, "--smooth-alpha")) { NEEDV(); if (!rc && !(rc = hq_cli_float(a, nx, 0.0, 1.0, &d))) o.smooth_alpha = (float)d; }
+    else if (!strcmp(a, "--hqq-scale")) o.hqq.opt_scale = 1;
+    else if (!strcmp(a, "--scale-from-hessian")) o.scale_from_hessian = 1;
     else if (!strcmp(a, "--damp")) { NEEDV(); if (!rc && !(rc = hq_cli_float(a, nx, 1e-8, 10.0, &d))) o.g.percdamp = (float)d; }
     else if (!strcmp(a, "--nsamples")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, 1, 1 << 24, &v))) o.nsamples = v; }
     else if (!strcmp(a, "--seqlen")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, 2, 1 << 24, &v))) o.seqlen = v; }
@@ -88,6 +117,7 @@ int hq_cli_quantize(int argc, char **argv) {
   }
   if (!rc && (!o.model_dir || !o.out_path))
     rc = hq_fail(HQ_ERR_INPUT, "--model and --out are required (see hpcq quantize --help)");
+  if (!rc && !gs_given && o.method == HQ_METHOD_HQQ) o.g.group_size = 64;
   if (!rc && o.g.group_size == 0) o.g.group_size = -1;
   if (rc) {
     fprintf(stderr, "hpcq quantize: %s\n", hq_last_error());

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "actquant.h"
 #include "error.h"
 #include "fastmath.h"
 
@@ -156,6 +157,8 @@ struct hq_fwd_ws {
   float *logits;          /* [lchunk x vocab] backend memory */
   float *logits_host;     /* [lchunk x vocab] host (== logits on a host backend) */
   double *row_nll;        /* [lchunk] host */
+  int act_bits;           /* 0 or per-token activation fake-quantization bits */
+  float *act_host;        /* [cap x max(hidden, qdim, inter)] host staging (device backends) */
 };
 
 void hq_fwd_ws_free(struct hq_fwd_ws *ws) {
@@ -167,7 +170,31 @@ void hq_fwd_ws_free(struct hq_fwd_ws *ws) {
   if (ws->pos) be->free(ws->pos);
   if (ws->logits_host && ws->logits_host != ws->logits) free(ws->logits_host);
   free(ws->row_nll);
+  free(ws->act_host);
   free(ws);
+}
+
+int hq_fwd_ws_set_act_bits(struct hq_fwd_ws *ws, int bits) {
+  if (bits != 0 && (bits < 2 || bits > 16))
+    return hq_fail(HQ_ERR_INPUT, "activation bits must be 0 (off) or 2..16, got %d", bits);
+  if (bits && ws->be->on_device && !ws->act_host) {
+    int64_t w = ws->hidden > ws->qdim ? ws->hidden : ws->qdim;
+    w = w > ws->inter ? w : ws->inter;
+    ws->act_host = malloc((size_t)(ws->cap * w) * sizeof(float));
+    if (!ws->act_host)
+      return hq_fail(HQ_ERR_NOMEM, "activation quantization staging buffer of %lld x %lld floats: "
+                     "out of host memory", (long long)ws->cap, (long long)w);
+  }
+  ws->act_bits = bits;
+  return HQ_OK;
+}
+
+int hq_fwd_ws_act_bits(const struct hq_fwd_ws *ws) { return ws->act_bits; }
+
+/* the input of a linear group, fake-quantized per token when act_bits is set */
+static void act_quant(const struct hq_backend *be, struct hq_fwd_ws *ws, float *X, int64_t ntok,
+                      int64_t cols) {
+  if (ws->act_bits) hq_act_quant_apply(be, X, ntok, cols, ws->act_bits, ws->act_host);
 }
 
 struct hq_fwd_ws *hq_fwd_ws_new(const struct hq_backend *be, const struct hq_model_config *c,
@@ -262,6 +289,7 @@ int hq_forward_block(const struct hq_backend *be, const struct hq_model_config *
 
   /* attention: h = x + o_proj(attn(rope(q), rope(k), v)) of the normed x */
   be->rmsnorm(ntok, H, x, w->ln_attn, c->rms_eps, ws->xn);
+  act_quant(be, ws, ws->xn, ntok, H);
   if (capture && capture(ctx, HQ_GROUP_QKV, ws->xn, ntok, H)) return 1;
   linear(be, ws, ntok, qd, H, ws->xn, w->lin[HQ_LIN_Q], w->bias[HQ_LIN_Q], ws->q, 0);
   linear(be, ws, ntok, kvd, H, ws->xn, w->lin[HQ_LIN_K], w->bias[HQ_LIN_K], ws->k, 0);
@@ -269,16 +297,19 @@ int hq_forward_block(const struct hq_backend *be, const struct hq_model_config *
   be->rope(ntok, nh, hd, ws->pos, rope->cos_t, rope->sin_t, ws->q);
   be->rope(ntok, nkv, hd, ws->pos, rope->cos_t, rope->sin_t, ws->k);
   be->attention(nseq, seqlen, nh, nkv, hd, ws->q, ws->k, ws->v, ws->att);
+  act_quant(be, ws, ws->att, ntok, qd);
   if (capture && capture(ctx, HQ_GROUP_O, ws->att, ntok, qd)) return 1;
   be->copy(ws->h, x, (size_t)(ntok * H) * sizeof(float));
   linear(be, ws, ntok, H, qd, ws->att, w->lin[HQ_LIN_O], w->bias[HQ_LIN_O], ws->h, 1);
 
   /* MLP: h += down(silu(gate(xn)) * up(xn)) with xn = rmsnorm(h) */
   be->rmsnorm(ntok, H, ws->h, w->ln_mlp, c->rms_eps, ws->xn);
+  act_quant(be, ws, ws->xn, ntok, H);
   if (capture && capture(ctx, HQ_GROUP_GATEUP, ws->xn, ntok, H)) return 1;
   linear(be, ws, ntok, I, H, ws->xn, w->lin[HQ_LIN_GATE], w->bias[HQ_LIN_GATE], ws->g, 0);
   linear(be, ws, ntok, I, H, ws->xn, w->lin[HQ_LIN_UP], w->bias[HQ_LIN_UP], ws->u, 0);
   be->swiglu(ntok * I, ws->g, ws->u, ws->g);
+  act_quant(be, ws, ws->g, ntok, I);
   if (capture && capture(ctx, HQ_GROUP_DOWN, ws->g, ntok, I)) return 1;
   linear(be, ws, ntok, H, I, ws->g, w->lin[HQ_LIN_DOWN], w->bias[HQ_LIN_DOWN], ws->h, 1);
   be->copy(x, ws->h, (size_t)(ntok * H) * sizeof(float));
@@ -376,6 +407,8 @@ int hq_forward_model_nll(const struct hq_backend *be, const struct hq_model *m,
     rc = HQ_ERR_NOMEM;
     goto done;
   }
+  rc = hq_fwd_ws_set_act_bits(ws, o->act_bits);
+  if (rc) goto done;
   rc = hq_model_load_f32(m, "model.embed_tokens.weight", &embed, &n);
   if (rc) goto done;
   HQ_ASSERT(n == V * H); /* hq_model_open checked the shapes */

@@ -37,6 +37,13 @@ struct hq_fwd_ws;
 struct hq_fwd_ws *hq_fwd_ws_new(const struct hq_backend *be, const struct hq_model_config *c,
                                 int64_t ntok);
 void hq_fwd_ws_free(struct hq_fwd_ws *ws);
+/* Activation quantization (src/actquant.h): with bits > 0, hq_forward_block fake-quantizes the
+ * input of every linear input group per token (dynamic, symmetric, `bits` bits) BEFORE the
+ * capture hook and the linears, so captured inputs (Hessians) and the block output both see
+ * the quantized activations. 0 (the default) turns it off. bits must be 0 or in [2, 16].
+ * Returns HQ_OK, or HQ_ERR_INPUT / HQ_ERR_NOMEM (device backends need a host staging buffer). */
+int hq_fwd_ws_set_act_bits(struct hq_fwd_ws *ws, int bits);
+int hq_fwd_ws_act_bits(const struct hq_fwd_ws *ws);
 
 /* x [nseq*seqlen x hidden] (backend memory) -> block output in place. capture may be NULL.
  * Returns 1 if the capture stopped it early (x then unchanged), else 0. */
@@ -67,6 +74,7 @@ struct hq_eval_opts {
    * done/total count steps (total = chunks x (n_layers + 1)). May be NULL. */
   void (*progress)(void *ctx, int64_t done, int64_t total);
   void *progress_ctx;
+  int act_bits;          /* 0: off; else per-token activation fake quantization (W?A<bits>) */
 };
 
 /* Summed next-token NLL of nwin windows ids [nwin x seqlen] (host; each window starts at

@@ -24,8 +24,11 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "actquant.h"
+#include "equalize.h"
 #include "error.h"
 #include "forward.h"
+#include "hscale.h"
 #include "h5io.h"
 #include "model.h"
 #include "pack.h"
@@ -58,9 +61,25 @@ void hq_quant_opts_default(struct hq_quant_opts *o) {
   o->seqlen = 2048;
   o->seed = 0;
   o->batch = 0;
+  o->hqq = hq_hqq_opts_default();
+  o->act_bits = 0;
+  o->equalize = HQ_EQ_NONE;
+  o->smooth_alpha = 0.5f;
+  o->scale_from_hessian = 0;
 }
 
-const char *hq_method_name(enum hq_method m) { return m == HQ_METHOD_RTN ? "rtn" : "gptq"; }
+/* the Hessian is collected for GPTQ and for --scale-from-hessian; calibration windows are
+ * forwarded for those and for smoothing (activation maxima) */
+static int need_hessian(const struct hq_quant_opts *o) {
+  return o->method == HQ_METHOD_GPTQ || o->scale_from_hessian;
+}
+static int need_calib(const struct hq_quant_opts *o) {
+  return need_hessian(o) || (o->equalize & HQ_EQ_SMOOTH);
+}
+
+const char *hq_method_name(enum hq_method m) {
+  return m == HQ_METHOD_RTN ? "rtn" : m == HQ_METHOD_HQQ ? "hqq" : "gptq";
+}
 
 /* FNV-1a 64 of a byte range: identifies the calibration data in the metadata (not crypto). */
 static uint64_t fnv1a64(const void *p, size_t n) {
@@ -84,6 +103,8 @@ static char *settings_json(const struct hq_quant_opts *o, const struct hq_model_
     cJSON_AddBoolToObject(j, "static_groups", o->g.static_groups);
     cJSON_AddNumberToObject(j, "percdamp", o->g.percdamp);
     cJSON_AddNumberToObject(j, "block_size", o->g.block_size);
+  }
+  if (need_calib(o)) {
     cJSON_AddNumberToObject(j, "nsamples", (double)o->nsamples);
     cJSON_AddNumberToObject(j, "seqlen", (double)seqlen);
     cJSON_AddNumberToObject(j, "seed", (double)o->seed);
@@ -92,6 +113,20 @@ static char *settings_json(const struct hq_quant_opts *o, const struct hq_model_
     cJSON_AddStringToObject(j, "calib_fnv1a64", hx);
     cJSON_AddNumberToObject(j, "calib_tokens", (double)calib_tokens);
   }
+  /* the other methods' settings, only when used (so GPTQ/RTN settings stay as they were) */
+  if (o->method == HQ_METHOD_HQQ) {
+    cJSON_AddNumberToObject(j, "hqq_lp", o->hqq.lp);
+    cJSON_AddNumberToObject(j, "hqq_beta", o->hqq.beta);
+    cJSON_AddNumberToObject(j, "hqq_kappa", o->hqq.kappa);
+    cJSON_AddNumberToObject(j, "hqq_iters", o->hqq.iters);
+    cJSON_AddBoolToObject(j, "hqq_scale", o->hqq.opt_scale);
+  }
+  if (o->act_bits) cJSON_AddNumberToObject(j, "act_bits", o->act_bits);
+  if (o->equalize) {
+    cJSON_AddStringToObject(j, "equalize", hq_equalize_name(o->equalize));
+    if (o->equalize & HQ_EQ_SMOOTH) cJSON_AddNumberToObject(j, "smooth_alpha", o->smooth_alpha);
+  }
+  if (o->scale_from_hessian) cJSON_AddBoolToObject(j, "scale_from_hessian", 1);
   cJSON_AddStringToObject(j, "zero_convention", "gptq_v2");
   cJSON_AddNumberToObject(j, "hidden_size", (double)c->hidden);
   cJSON_AddNumberToObject(j, "num_hidden_layers", (double)c->n_layers);
@@ -182,7 +217,62 @@ static void forward_local(struct run *R, const struct hq_block_dev *dev, hq_capt
   R->be->sync();
 }
 
-/* Quantize one input group of block b: Hessian, GPTQ/RTN of the owned rows, gather, write. */
+/* ---- SmoothQuant: per-channel max |X_j| of a group's input (activation quantization off) ---- */
+struct amax_ctx {
+  const struct hq_backend *be;
+  enum hq_group want;
+  double *amax; /* [cols] */
+};
+static int cap_amax(void *ctx, enum hq_group g, const float *X, int64_t ntok, int64_t cols) {
+  struct amax_ctx *c = ctx;
+  if (g != c->want) return 0;
+  const float *x = X;
+  float *host = NULL;
+  if (c->be->on_device) {
+    host = hq_xmalloc((size_t)(ntok * cols) * sizeof(float));
+    c->be->sync();
+    c->be->download(host, X, (size_t)(ntok * cols) * sizeof(float));
+    x = host;
+  }
+  for (int64_t t = 0; t < ntok; t++)
+    for (int64_t j = 0; j < cols; j++) {
+      const double a = fabs((double)x[t * cols + j]);
+      if (a > c->amax[j]) c->amax[j] = a;
+    }
+  free(host);
+  return 1;
+}
+
+/* Smooth the norm feeding group g (QKV or GATEUP) of block b with the maxima of its input over
+ * all ranks' calibration windows (all-reduce MAX), in bw. Collective. */
+static int smooth_group(struct run *R, enum hq_group g, struct hq_block_weights *bw) {
+  const struct hq_model_config *c = &R->model.cfg;
+  const int64_t H = c->hidden;
+  struct amax_ctx ac = {R->be, g, calloc((size_t)H, sizeof(double))};
+  float *am = malloc((size_t)H * sizeof(float));
+  struct hq_block_dev dev;
+  memset(&dev, 0, sizeof dev);
+  int rc = ac.amax && am ? HQ_OK : hq_fail(HQ_ERR_NOMEM, "smoothing: out of memory");
+  if (!rc) rc = hq_block_dev_upload(R->be, c, bw, &dev);
+  rc = hq_comm_agree(R->comm, rc);
+  if (!rc) {
+    const double t = hq_now();
+    const int ab = hq_fwd_ws_act_bits(R->ws);
+    hq_fwd_ws_set_act_bits(R->ws, 0); /* maxima of the unquantized activations */
+    forward_local(R, &dev, cap_amax, &ac);
+    hq_fwd_ws_set_act_bits(R->ws, ab);
+    hq_comm_allreduce_max_f64(R->comm, ac.amax, H);
+    for (int64_t j = 0; j < H; j++) am[j] = (float)ac.amax[j];
+    hq_equalize_smooth(c, bw, g, am, R->o->smooth_alpha, NULL);
+    R->phase[PH_HESSIAN] += hq_now() - t;
+  }
+  hq_block_dev_free(R->be, &dev);
+  free(ac.amax);
+  free(am);
+  return rc;
+}
+
+/* Quantize one input group of block b: Hessian, GPTQ/RTN/HQQ of the owned rows, gather, write. */
 static int do_group(struct run *R, int64_t b, enum hq_group g, struct hq_block_weights *bw) {
   const struct hq_model_config *c = &R->model.cfg;
   const struct hq_comm *cm = R->comm;
@@ -194,9 +284,15 @@ static int do_group(struct run *R, int64_t b, enum hq_group g, struct hq_block_w
   int rc = HQ_OK;
   double t;
 
-  /* 1. Hessian of the group's input (GPTQ only) */
+  /* 0. smoothing of the norm feeding this group (before its Hessian and quantization) */
+  if ((o->equalize & HQ_EQ_SMOOTH) && (g == HQ_GROUP_QKV || g == HQ_GROUP_GATEUP)) {
+    rc = smooth_group(R, g, bw);
+    if (rc) return rc;
+  }
+
+  /* 1. Hessian of the group's input (GPTQ, --scale-from-hessian) */
   float *H = NULL;
-  if (o->method == HQ_METHOD_GPTQ) {
+  if (need_hessian(o)) {
     size_t nn = (size_t)cols * (size_t)cols;
     struct cap_ctx cc = {R->be, g, cols, R->seqlen, R->be->alloc(nn * sizeof(float)),
                          R->be->on_device ? malloc(nn * sizeof(float)) : NULL,
@@ -262,7 +358,8 @@ static int do_group(struct run *R, int64_t b, enum hq_group g, struct hq_block_w
   if (!rc && nrows > 0) {
     t = hq_now();
     if (o->method == HQ_METHOD_GPTQ) {
-      rc = hq_gptq_quantize(R->be, &o->g, nrows, cols, W, H, 0, &res);
+      rc = o->scale_from_hessian ? hq_gptq_quantize_hscale(R->be, &o->g, nrows, cols, W, H, 0, &res)
+                                 : hq_gptq_quantize(R->be, &o->g, nrows, cols, W, H, 0, &res);
       if (!rc) {
         R->phase[PH_CHOL] += res.t_chol;
         R->phase[PH_GPTQ] += res.t_quant;
@@ -270,8 +367,12 @@ static int do_group(struct run *R, int64_t b, enum hq_group g, struct hq_block_w
         loss_ref = res.loss_ref;
         dead = res.dead_cols;
       }
+    } else if (o->method == HQ_METHOD_HQQ) {
+      rc = hq_hqq_quantize(&o->g, &o->hqq, nrows, cols, W, &res, NULL);
+      R->phase[PH_GPTQ] += hq_now() - t;
     } else {
-      rc = hq_rtn_quantize(R->be, &o->g, nrows, cols, W, NULL, &res);
+      rc = o->scale_from_hessian ? hq_rtn_quantize_hscale(R->be, &o->g, nrows, cols, W, H, &res)
+                                 : hq_rtn_quantize(R->be, &o->g, nrows, cols, W, NULL, &res);
       R->phase[PH_GPTQ] += hq_now() - t;
     }
     if (rc) hq_fail_ctx(rc, "block %lld %s: ", (long long)b, hq_linear_name(lins[0]));
@@ -298,6 +399,34 @@ static int do_group(struct run *R, int64_t b, enum hq_group g, struct hq_block_w
       off += n;
     }
     free(D);
+    free(Wr);
+    R->phase[PH_STATS] += hq_now() - t;
+  }
+  /* HQQ: mean absolute reconstruction error of HQQ and of RTN on the same grid, per linear */
+  double l1[4][2];
+  memset(l1, 0, sizeof l1);
+  if (!rc && nrows > 0 && o->method == HQ_METHOD_HQQ) {
+    t = hq_now();
+    float *Wr = malloc((size_t)nrows * (size_t)cols * sizeof(float));
+    if (!Wr) rc = hq_fail(HQ_ERR_NOMEM, "cannot allocate statistics buffers");
+    int64_t off = 0;
+    for (int i = 0; i < nl && !rc; i++) {
+      const int64_t n = myn[i];
+      if (n == 0) continue;
+      const float *a = W0 + off * cols, *q = W + off * cols;
+      memcpy(Wr, a, (size_t)(n * cols) * sizeof(float));
+      struct hq_gptq_result rr;
+      memset(&rr, 0, sizeof rr);
+      struct hq_gptq_opts ro = o->g;
+      ro.mse = 0;
+      rc = hq_rtn_quantize(R->be, &ro, n, cols, Wr, NULL, &rr);
+      hq_gptq_result_free(&rr);
+      for (int64_t k = 0; k < n * cols && !rc; k++) {
+        l1[i][0] += fabs((double)a[k] - (double)q[k]);
+        l1[i][1] += fabs((double)a[k] - (double)Wr[k]);
+      }
+      off += n;
+    }
     free(Wr);
     R->phase[PH_STATS] += hq_now() - t;
   }
@@ -337,6 +466,7 @@ static int do_group(struct run *R, int64_t b, enum hq_group g, struct hq_block_w
     sums[3 * nl] = loss_ref;
     sums[3 * nl + 1] = (double)nrows;
     hq_comm_allreduce_f64(cm, sums, 3 * nl + 2);
+    if (o->method == HQ_METHOD_HQQ) hq_comm_allreduce_f64(cm, &l1[0][0], 8);
     double dmax = damp_abs, ddead = (double)dead;
     hq_comm_allreduce_max_f64(cm, &dmax, 1);
     hq_comm_allreduce_max_f64(cm, &ddead, 1);
@@ -373,8 +503,8 @@ static int do_group(struct run *R, int64_t b, enum hq_group g, struct hq_block_w
       for (int r = 0; r < cm->size; r++)
         owner[r] = R->plan.rows[lins[i]][r].end - R->plan.rows[lins[i]][r].begin;
       struct hq_h5_linear_stats st = {
-          .loss_proxy_gptq = o->method == HQ_METHOD_GPTQ ? sums[3 * i] : NAN,
-          .loss_proxy_rtn = o->method == HQ_METHOD_GPTQ ? sums[3 * i + 1] : NAN,
+          .loss_proxy_gptq = need_hessian(o) ? sums[3 * i] : NAN, /* of the method used */
+          .loss_proxy_rtn = need_hessian(o) ? sums[3 * i + 1] : NAN,
           .loss_ref = o->method == HQ_METHOD_GPTQ ? sums[3 * nl] : NAN, /* of the whole group */
           .damp_used = dmax,
           .dead_cols = (int64_t)ddead,
@@ -386,6 +516,14 @@ static int do_group(struct run *R, int64_t b, enum hq_group g, struct hq_block_w
       rc = hq_h5_linear_stats(R->h5, name, &st);
       free(owner);
       if (rc) goto out;
+      if (o->method == HQ_METHOD_HQQ) {
+        char obj[300];
+        snprintf(obj, sizeof obj, "/linears/%s", name);
+        const double numel = (double)rows_l[i] * (double)cols;
+        rc = hq_h5_attr_set_f64(R->h5, obj, "hqq_mean_abs_error", l1[i][0] / numel);
+        if (!rc) rc = hq_h5_attr_set_f64(R->h5, obj, "rtn_mean_abs_error", l1[i][1] / numel);
+        if (rc) goto out;
+      }
       off += myn[i];
     }
   }
@@ -396,6 +534,32 @@ out:
   free(W);
   free(W0);
   return rc;
+}
+
+/* Unquantized tensors that equalization rescales: the norms (smoothing) and v_proj's bias
+ * (CLE). They are stored as float32: rounding the rescaled values to the checkpoint's bf16
+ * would break the exact equivalence of the transformed model. */
+static int equalized_tensor(const struct hq_quant_opts *o, const char *name) {
+  if ((o->equalize & HQ_EQ_SMOOTH) && (strstr(name, "input_layernorm.weight") ||
+                                       strstr(name, "post_attention_layernorm.weight")))
+    return 1;
+  return (o->equalize & HQ_EQ_CLE) && strstr(name, "v_proj.bias") != NULL;
+}
+
+/* Collective: write block b's equalized unquantized tensors (identical on every rank). */
+static int write_equalized(struct run *R, int64_t b, const struct hq_block_weights *bw) {
+  const struct hq_model_config *c = &R->model.cfg;
+  const char *sfx[3] = {"input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.v_proj.bias"};
+  const float *src[3] = {bw->ln_attn, bw->ln_mlp, bw->bias[HQ_LIN_V]};
+  const int64_t n[3] = {c->hidden, c->hidden, c->n_kv_heads * c->head_dim};
+  for (int k = 0; k < 3; k++) {
+    char name[256];
+    snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)b, sfx[k]);
+    if (!src[k] || !equalized_tensor(R->o, name)) continue;
+    int rc = hq_h5_write_tensor(R->h5, name, HQ_DTYPE_F32, 1, &n[k], src[k]);
+    if (rc) return rc;
+  }
+  return HQ_OK;
 }
 
 static int write_unquantized(struct run *R) {
@@ -420,6 +584,16 @@ static int write_unquantized(struct run *R) {
     int lrc = t ? HQ_OK : hq_fail(HQ_ERR_INPUT, "tensor %s missing from the model", name);
     rc = hq_comm_agree(R->comm, lrc);
     if (rc) return rc;
+    if (t->dtype != HQ_DTYPE_F32 && equalized_tensor(R->o, name)) {
+      /* rescaled by equalization at its block: stored as float32 (written again then) */
+      float *f = malloc((size_t)t->numel * sizeof(float) + 1);
+      if (f) hq_st_to_f32(t, f);
+      rc = hq_comm_agree(R->comm, f ? HQ_OK : hq_fail(HQ_ERR_NOMEM, "tensor %s", name));
+      if (!rc) rc = hq_h5_write_tensor(R->h5, name, HQ_DTYPE_F32, t->ndim, t->shape, f);
+      free(f);
+      if (rc) return rc;
+      continue;
+    }
     rc = hq_h5_write_tensor(R->h5, name, t->dtype, t->ndim, t->shape, t->data);
     if (rc) return rc;
   }
@@ -437,6 +611,23 @@ static int load_block_from_file(struct run *R, int64_t b, struct hq_block_weight
     rc = hq_pack_dequantize(&p, bw->lin[l]);
     hq_pack_free(&p);
     if (rc) return hq_fail_ctx(rc, "resume: %s: ", name);
+  }
+  /* equalized norms / v bias as stored */
+  const struct hq_model_config *c = &R->model.cfg;
+  const char *sfx[3] = {"input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.v_proj.bias"};
+  float *dst[3] = {bw->ln_attn, bw->ln_mlp, bw->bias[HQ_LIN_V]};
+  const int64_t want[3] = {c->hidden, c->hidden, c->n_kv_heads * c->head_dim};
+  for (int k = 0; k < 3; k++) {
+    char name[256];
+    snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)b, sfx[k]);
+    if (!dst[k] || !equalized_tensor(R->o, name)) continue;
+    float *f = NULL;
+    int64_t n = 0;
+    int rc = hq_h5_read_tensor_f32(R->h5, name, &f, &n);
+    if (!rc && n != want[k]) rc = hq_fail(HQ_ERR_INPUT, "resume: %s has %lld values, expected %lld", name, (long long)n, (long long)want[k]);
+    if (!rc) memcpy(dst[k], f, (size_t)n * sizeof(float));
+    free(f);
+    if (rc) return hq_fail_ctx(rc, "resume: reading %s: ", name);
   }
   return HQ_OK;
 }
@@ -492,10 +683,23 @@ int hq_quantize_run(const struct hq_comm *comm, const struct hq_quant_opts *o) {
     fprintf(stderr, "hpcq quantize: --seqlen %lld capped to the model's max_position_embeddings %lld\n",
             (long long)o->seqlen, (long long)R.seqlen);
   uint64_t calib_hash = 0;
-  if (!rc && o->method == HQ_METHOD_GPTQ) {
+  if (!rc && o->method == HQ_METHOD_HQQ) rc = hq_hqq_opts_check(&o->hqq);
+  if (!rc && o->method == HQ_METHOD_HQQ && o->scale_from_hessian)
+    rc = hq_fail(HQ_ERR_INPUT, "--scale-from-hessian works with gptq and rtn, not hqq (HQQ is "
+                 "calibration-free)");
+  if (!rc && o->act_bits && (o->act_bits < 2 || o->act_bits > 16))
+    rc = hq_fail(HQ_ERR_INPUT, "--act-bits must be in 2..16 (8 or 4 usually), got %d", o->act_bits);
+  if (!rc && o->act_bits && !need_hessian(o))
+    rc = hq_fail(HQ_ERR_INPUT, "--act-bits changes quantization only through the Hessians "
+                 "(gptq or --scale-from-hessian); with --method %s measure activation "
+                 "quantization with hpcq eval --act-bits instead", hq_method_name(o->method));
+  if (!rc && (o->equalize & HQ_EQ_SMOOTH) && !(o->smooth_alpha >= 0.0f && o->smooth_alpha <= 1.0f))
+    rc = hq_fail(HQ_ERR_INPUT, "--smooth-alpha must be in [0, 1], got %g", (double)o->smooth_alpha);
+  if (!rc && need_calib(o)) {
     if (!o->calib_path)
-      rc = hq_fail(HQ_ERR_INPUT, "GPTQ needs calibration tokens: --calib FILE (raw int32 token ids "
-                                 "made with the model's tokenizer)");
+      rc = hq_fail(HQ_ERR_INPUT, "%s needs calibration tokens: --calib FILE (raw int32 token ids "
+                   "made with the model's tokenizer)", o->method == HQ_METHOD_GPTQ ? "GPTQ"
+                   : o->scale_from_hessian ? "--scale-from-hessian" : "--equalize smooth");
     if (!rc) rc = hq_tokens_load(o->calib_path, c->vocab, &tok);
     if (!rc && tok.n < R.seqlen)
       rc = hq_fail(HQ_ERR_INPUT, "%s has %lld tokens, fewer than one window of --seqlen %lld; use "
@@ -572,13 +776,15 @@ int hq_quantize_run(const struct hq_comm *comm, const struct hq_quant_opts *o) {
     if (!rc) rc = hq_h5_attr_set_str(R.h5, "/", "model_dir", o->model_dir);
     if (!rc) rc = hq_h5_attr_set_str(R.h5, "/", "calibration_json", calib);
     if (!rc) rc = hq_h5_attr_set_str(R.h5, "/", "zero_convention", "gptq_v2");
+    if (!rc) rc = hq_h5_attr_set_i64(R.h5, "/", "act_bits", o->act_bits);
+    if (!rc) rc = hq_h5_attr_set_str(R.h5, "/", "equalize", hq_equalize_name(o->equalize));
     if (!rc) rc = write_unquantized(&R);
     if (!rc) rc = hq_h5_progress_init(R.h5, c->n_layers);
     if (rc) goto done;
   }
 
   /* ---- calibration windows: same sample on every rank, each keeps its share ---- */
-  if (o->method == HQ_METHOD_GPTQ) {
+  if (need_calib(o)) {
     int32_t *all = malloc((size_t)o->nsamples * (size_t)R.seqlen * sizeof(int32_t));
     rc = all ? hq_tokens_sample(&tok, o->nsamples, R.seqlen, o->seed, all) : hq_fail(HQ_ERR_NOMEM, "calibration windows");
     struct hq_row_range wr = hq_plan_windows(o->nsamples, comm->size, comm->rank);
@@ -607,6 +813,7 @@ int hq_quantize_run(const struct hq_comm *comm, const struct hq_quant_opts *o) {
       R.ws = hq_fwd_ws_new(R.be, c, R.batch * R.seqlen);
       if (!R.ws) rc = hq_fail(HQ_ERR_NOMEM, "cannot allocate the forward workspace; try --batch 1");
     }
+    if (!rc) rc = hq_fwd_ws_set_act_bits(R.ws, o->act_bits);
     rc = hq_comm_agree(comm, rc);
     if (rc) goto done;
   }
@@ -615,7 +822,7 @@ int hq_quantize_run(const struct hq_comm *comm, const struct hq_quant_opts *o) {
     fprintf(stderr, "hpcq quantize: %s %d-bit%s%s, %lld blocks, %d rank%s, %lld x %lld calibration tokens\n",
             hq_method_name(o->method), o->g.bits, o->g.group_size > 0 ? " grouped" : " per-channel",
             o->g.act_order ? " act-order" : "", (long long)c->n_layers, comm->size, comm->size > 1 ? "s" : "",
-            (long long)(o->method == HQ_METHOD_GPTQ ? o->nsamples : 0), (long long)R.seqlen);
+            (long long)(need_calib(o) ? o->nsamples : 0), (long long)R.seqlen);
 
   /* ---- the blocks ---- */
   double t_blocks = hq_now();
@@ -627,12 +834,17 @@ int hq_quantize_run(const struct hq_comm *comm, const struct hq_quant_opts *o) {
     rc = hq_comm_agree(comm, rc);
     if (rc) goto done;
     if (b >= start_block) {
+      if (o->equalize & HQ_EQ_CLE) hq_equalize_cle(c, &bw); /* data-free, on the FP weights */
       for (int g = 0; g < HQ_GROUP_COUNT; g++) {
         rc = do_group(&R, b, (enum hq_group)g, &bw);
         if (rc) goto done;
       }
+      if (o->equalize) {
+        rc = write_equalized(&R, b, &bw);
+        if (rc) goto done;
+      }
     }
-    if (o->method == HQ_METHOD_GPTQ) {
+    if (need_calib(o)) {
       struct hq_block_dev dev;
       rc = hq_comm_agree(comm, hq_block_dev_upload(R.be, c, &bw, &dev));
       if (rc) goto done;

@@ -7,8 +7,9 @@
 
 #include "comm.h"
 #include "gptq.h"
+#include "hqq.h"
 
-enum hq_method { HQ_METHOD_GPTQ = 0, HQ_METHOD_RTN = 1 };
+enum hq_method { HQ_METHOD_GPTQ = 0, HQ_METHOD_RTN = 1, HQ_METHOD_HQQ = 2 };
 
 struct hq_quant_opts {
   const char *model_dir;   /* HF folder: config.json + *.safetensors */
@@ -24,6 +25,13 @@ struct hq_quant_opts {
   int resume, overwrite;
   const char *json_summary; /* optional: write a JSON summary (phase times, memory) here */
   int quiet;
+  /* other methods (docs/readme/methods.md) */
+  struct hq_hqq_opts hqq;  /* --method hqq: lp, beta, kappa, iterations, scale update */
+  int act_bits;            /* 0, or per-token activation fake quantization in the calibration
+                              forward (Hessians and the next block's inputs see it) */
+  int equalize;            /* enum hq_equalize flags: smoothing and/or CLE before quantizing */
+  float smooth_alpha;      /* SmoothQuant migration strength (default 0.5) */
+  int scale_from_hessian;  /* experimental: Hessian-diagonal-weighted group scales (gptq, rtn) */
 };
 
 void hq_quant_opts_default(struct hq_quant_opts *o);
