@@ -16,6 +16,7 @@
 #include "cli.h"
 #include "error.h"
 #include "forward.h"
+#include "h5io.h"
 #include "model.h"
 #include "util.h"
 
@@ -36,7 +37,9 @@ static void usage(FILE *f) {
           "  --chunk-tokens T     tokens per block forward call (workspace size, default 4096)\n"
           "  --backend NAME       cpu (default), cuda or auto\n"
           "  --act-bits N         fake-quantize every linear's input per token (dynamic,\n"
-          "                       symmetric, N bits: 8 for W?A8, 4 for W?A4; default off)\n"
+          "                       symmetric, N bits: 8 for W?A8, 4 for W?A4; 0: off).\n"
+          "                       Default: the act_bits an hpcq .h5 result was quantized\n"
+          "                       with, else off\n"
           "  --json               print one JSON object on stdout\n"
           "  --quiet              no progress lines on stderr\n");
 }
@@ -68,7 +71,7 @@ static int fail(const char *what) {
 int hq_cli_eval(int argc, char **argv) {
   const char *model = NULL, *tokens = NULL, *backend = "cpu";
   long long seqlen = 0, max_windows = 0, batch_windows = 0, chunk_tokens = 0, act_bits = 0;
-  int json = 0, quiet = 0;
+  int json = 0, quiet = 0, act_bits_given = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     int rc = HQ_OK;
@@ -93,7 +96,9 @@ int hq_cli_eval(int argc, char **argv) {
     } else if (!strcmp(a, "--chunk-tokens")) {
       rc = hq_cli_int(a, v, 1, 1LL << 40, &chunk_tokens), i++;
     } else if (!strcmp(a, "--act-bits")) {
-      rc = hq_cli_int(a, v, 2, 16, &act_bits), i++;
+      rc = hq_cli_int(a, v, 0, 16, &act_bits), i++;
+      if (!rc && act_bits == 1) rc = hq_fail(HQ_ERR_INPUT, "--act-bits must be 0 (off) or 2..16, got 1");
+      act_bits_given = 1;
     } else if (!strcmp(a, "--json")) {
       json = 1;
     } else if (!strcmp(a, "--quiet")) {
@@ -129,6 +134,24 @@ int hq_cli_eval(int argc, char **argv) {
   const struct hq_model_config *c = &m.cfg;
   int ret = 1;
   struct hq_tokens tok = {0};
+  /* A result quantized for W?A<n> (hpcq quantize --act-bits n) is evaluated that way unless
+   * --act-bits says otherwise: the weights were compensated for quantized activations. */
+  int64_t file_act_bits = 0;
+  if (m.h5 && hq_h5_attr_exists(m.h5, "/", "act_bits") &&
+      hq_h5_attr_get_i64(m.h5, "/", "act_bits", &file_act_bits) != HQ_OK) {
+    fail("");
+    goto out;
+  }
+  if (!act_bits_given && file_act_bits > 0) {
+    act_bits = file_act_bits;
+    if (!quiet)
+      fprintf(stderr, "[eval] %s was quantized with --act-bits %lld: evaluating with "
+              "%lld-bit activations (pass --act-bits 0 for unquantized ones)\n", model,
+              (long long)file_act_bits, (long long)file_act_bits);
+  } else if (act_bits_given && act_bits != file_act_bits && m.h5 && !quiet) {
+    fprintf(stderr, "[eval] note: %s was quantized with act_bits %lld; evaluating with "
+            "--act-bits %lld as asked\n", model, (long long)file_act_bits, act_bits);
+  }
   if (seqlen > c->max_pos) {
     fprintf(stderr, "hpcq eval: --seqlen %lld is longer than the model's "
             "max_position_embeddings (%lld); use --seqlen %lld or less\n", seqlen,

@@ -8,7 +8,8 @@
 #     wrong or missing stored norm would wreck it; np 1 and np 2 agree.
 #  3. SIGTERM (to the rank's own pid, np 1) mid-run with --equalize smooth,cle, then --resume:
 #     identical to the uninterrupted run (the equalized norms are re-read from the file).
-#  4. --act-bits 8 in quantize and eval; --scale-from-hessian runs and is recorded.
+#  4. --act-bits 8 in quantize and eval (eval defaults to the file's act_bits, 0 turns it off);
+#     --scale-from-hessian runs and is recorded.
 #  5. bad combinations fail with a clear message.
 set -u
 BIN=${HQ_BIN:-build/hpcq}
@@ -67,6 +68,11 @@ run 2 "${CAL[@]}" --bits 4 --act-bits 8 --scale-from-hessian --out "$T/a8.h5" 2>
 "$BIN" inspect "$T/a8.h5" | grep -q '"act_bits":8,"scale_from_hessian":true' && ok "settings record act_bits and scale_from_hessian" || bad "settings: $("$BIN" inspect "$T/a8.h5" | grep settings)"
 p8=$(ppl "$T/a8.h5" --act-bits 8); p4=$(ppl "$T/a8.h5" --act-bits 4)
 awk -v a="$p8" -v b="$p4" -v f="$fp" 'BEGIN{exit !(a > 0.98 * f && a < 1.1 * f && b > a)}' && ok "W4A8 $p8, W4A4 $p4 (FP $fp)" || bad "W4A8 $p8 W4A4 $p4 FP $fp"
+pd=$(ppl "$T/a8.h5"); p0=$(ppl "$T/a8.h5" --act-bits 0)
+[ -n "$pd" ] && [ "$pd" = "$p8" ] && ok "eval of an --act-bits 8 result defaults to A8 ($pd)" || bad "eval default act bits: $pd vs A8 $p8"
+[ -n "$p0" ] && [ "$p0" != "$p8" ] && ok "--act-bits 0 evaluates unquantized activations ($p0)" || bad "--act-bits 0: $p0 vs A8 $p8"
+"$BIN" eval --model "$T/a8.h5" --tokens "$M/wikitext2-test.i32" --seqlen 256 --max-windows 1 --act-bits 1 > "$T/e.log" 2>&1 \
+  && bad "eval --act-bits 1 accepted" || { grep -q "0 (off) or 2..16" "$T/e.log" && ok "eval --act-bits 1 refused" || bad "eval --act-bits 1: $(head -1 "$T/e.log")"; }
 
 # ---- 5. bad combinations ----
 expect_fail() { local name=$1 pat=$2; shift 2
