@@ -92,6 +92,20 @@ static int perm_cmp(const void *a, const void *b) {
   return x->i < y->i ? -1 : (x->i > y->i);
 }
 
+int hq_act_order_perm(const float *H, int64_t cols, int32_t *perm) {
+  struct perm_key *keys = malloc((size_t)cols * sizeof *keys);
+  if (!keys) return hq_fail(HQ_ERR_NOMEM, "out of memory for the act-order permutation");
+  for (int64_t j = 0; j < cols; j++) {
+    const float d = H[j * cols + j];
+    keys[j].d = d == 0.0f ? 1.0f : d; /* dead columns as GPTQ fixes them */
+    keys[j].i = (int32_t)j;
+  }
+  qsort(keys, (size_t)cols, sizeof *keys, perm_cmp);
+  for (int64_t j = 0; j < cols; j++) perm[j] = keys[j].i;
+  free(keys);
+  return HQ_OK;
+}
+
 /* In place, per row: W[r, j] <- W[r, idx[j]] (gather) or W[r, idx[j]] <- W[r, j] (scatter). */
 static int permute_rows_f32(float *W, int64_t rows, int64_t cols, const int32_t *idx, int scatter) {
   int fail = 0;
@@ -337,18 +351,7 @@ int hq_gptq_quantize(const struct hq_backend *be, const struct hq_gptq_opts *o, 
   /* act-order: descending diag(H) after the dead fix (stable: ties keep the original order) */
   for (int64_t j = 0; j < cols; j++) perm[j] = (int32_t)j;
   if (o->act_order) {
-    struct perm_key *keys = malloc((size_t)cols * sizeof *keys);
-    if (!keys) {
-      rc = hq_fail(HQ_ERR_NOMEM, "out of memory for the act-order permutation");
-      goto done;
-    }
-    for (int64_t j = 0; j < cols; j++) {
-      keys[j].d = dead[j] ? 1.0f : H[j * cols + j];
-      keys[j].i = (int32_t)j;
-    }
-    qsort(keys, (size_t)cols, sizeof *keys, perm_cmp);
-    for (int64_t j = 0; j < cols; j++) perm[j] = keys[j].i;
-    free(keys);
+    if ((rc = hq_act_order_perm(H, cols, perm)) != HQ_OK) goto done;
     if ((rc = permute_rows_f32(W, rows, cols, perm, 0)) != HQ_OK) goto done;
   }
   if (!host) be->upload(dW, W, wbytes);

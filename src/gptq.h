@@ -23,6 +23,9 @@ struct hq_gptq_opts {
 struct hq_gptq_opts hq_gptq_opts_default(void);
 /* Check options (bits in {2,3,4,8}, group size, damping > 0, block size >= 1). */
 int hq_gptq_opts_check(const struct hq_gptq_opts *o, int64_t cols);
+/* act-order: perm[k] = the k-th column by descending diag(H), dead columns (H[j,j] == 0)
+ * counted as 1 the way GPTQ fixes them; stable (ties keep the original order). */
+int hq_act_order_perm(const float *H, int64_t cols, int32_t *perm);
 
 /* Result of quantizing a rows x cols weight matrix. All host memory, owned by the result. */
 struct hq_gptq_result {

@@ -91,17 +91,6 @@ static void hs_quant_params(struct hq_grid g, int64_t rows, int64_t ncols, const
   }
 }
 
-struct perm_key {
-  float d;
-  int32_t i;
-};
-static int perm_cmp(const void *a, const void *b) {
-  const struct perm_key *x = a, *y = b;
-  if (x->d > y->d) return -1;
-  if (x->d < y->d) return 1;
-  return x->i < y->i ? -1 : (x->i > y->i);
-}
-
 static int hs_run(int gptq, const struct hq_backend *be, const struct hq_gptq_opts *o,
                   int64_t rows, int64_t cols, float *W, const float *H, int want_stats,
                   struct hq_gptq_result *res) {
@@ -116,9 +105,8 @@ static int hs_run(int gptq, const struct hq_backend *be, const struct hq_gptq_op
   float *diag = malloc((size_t)cols * sizeof(float));
   int32_t *perm = malloc((size_t)cols * sizeof(int32_t));
   c.dbuf = malloc((size_t)cols * sizeof(float));
-  struct perm_key *keys = malloc((size_t)cols * sizeof *keys);
   int rc = HQ_OK;
-  if (!diag || !perm || !c.dbuf || !keys) {
+  if (!diag || !perm || !c.dbuf) {
     rc = hq_fail(HQ_ERR_NOMEM, "out of memory for --scale-from-hessian");
     goto done;
   }
@@ -129,14 +117,7 @@ static int hs_run(int gptq, const struct hq_backend *be, const struct hq_gptq_op
   /* GPTQ with act-order and dynamic groups computes group k over the permuted columns
    * perm[k*gs ...]; per-channel and static groups use the original order */
   const int permuted = gptq && o->act_order && c.gs > 0 && !o->static_groups;
-  if (permuted) {
-    for (int64_t j = 0; j < cols; j++) {
-      keys[j].d = diag[j] == 0.0f ? 1.0f : diag[j]; /* dead columns as GPTQ fixes them */
-      keys[j].i = (int32_t)j;
-    }
-    qsort(keys, (size_t)cols, sizeof *keys, perm_cmp);
-    for (int64_t j = 0; j < cols; j++) perm[j] = keys[j].i;
-  }
+  if (permuted && (rc = hq_act_order_perm(H, cols, perm)) != HQ_OK) goto done;
   c.diag = diag;
   c.perm = perm;
   struct hq_backend wrapped = *be;
@@ -189,7 +170,6 @@ done:
   free(diag);
   free(perm);
   free(c.dbuf);
-  free(keys);
   return rc;
 }
 
