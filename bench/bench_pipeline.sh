@@ -14,7 +14,7 @@ python3 tools/make_synthetic_model.py "$T/syn2048" --hidden 2048 --intermediate 
 M5=tests/data/llama-sotu-5m
 cores=$(nproc --all)
 declare -A ARGS
-ARGS[llama-sotu-5m]="--model $M5 --calib $M5/calib.i32 --nsamples 32 --seqlen 256"
+ARGS[llama-sotu-5m]="--model $M5 --calib $M5/calib.i32 --nsamples 128 --seqlen 256"
 ARGS[synthetic-2048]="--model $T/syn2048 --calib $M5/calib.i32 --nsamples 8 --seqlen 256"
 echo "| model | ranks | end-to-end s (median of $R) | speedup | efficiency | forward | hessian | allreduce | cholesky | gptq | stats | gather | write | peak RSS/rank MB |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"

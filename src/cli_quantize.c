@@ -47,7 +47,8 @@ static void usage(FILE *f) {
           "                      error (gptq, rtn; needs --calib)\n"
           "  --resume            continue an interrupted run from its last complete block\n"
           "  --overwrite         replace an existing output file\n"
-          "  --json-summary FILE write phase times and memory as JSON (rank 0)\n"
+          "  --json-summary FILE write phase times (rank 0's, and the maximum over ranks) and\n"
+          "                      peak memory as JSON (rank 0)\n"
           "  --quiet             no progress lines\n\n"
           "Exit status: 0 done, 1 error, 2 usage, 75 stopped by SIGTERM/SIGINT (resumable).\n");
 }

@@ -637,7 +637,8 @@ static int file_exists(const char *p) {
   return stat(p, &sb) == 0;
 }
 
-static void write_summary(struct run *R, double total, size_t rss_max) {
+/* rank 0 writes it; phases_max: the largest time of each phase over the ranks (imbalance) */
+static void write_summary(struct run *R, double total, size_t rss_max, const double *phase_max) {
   if (!R->o->json_summary || R->comm->rank != 0) return;
   FILE *f = fopen(R->o->json_summary, "w");
   if (!f) {
@@ -650,6 +651,9 @@ static void write_summary(struct run *R, double total, size_t rss_max) {
           (long long)R->o->nsamples, (long long)R->seqlen, total, rss_max);
   for (int p = 0; p < PH_COUNT; p++)
     fprintf(f, "%s\"%s\": %.6f", p ? ", " : "", phase_names[p], R->total_phase[p]);
+  fprintf(f, "}, \"phases_max\": {");
+  for (int p = 0; p < PH_COUNT; p++)
+    fprintf(f, "%s\"%s\": %.6f", p ? ", " : "", phase_names[p], phase_max[p]);
   fprintf(f, "}}\n");
   fclose(f);
 }
@@ -886,10 +890,13 @@ int hq_quantize_run(const struct hq_comm *comm, const struct hq_quant_opts *o) {
     if (!rc) rc = hq_h5_attr_set_f64_array(R.h5, "/", "seconds_per_phase", R.total_phase, PH_COUNT);
     double rss = (double)hq_peak_rss_bytes();
     hq_comm_allreduce_max_f64(comm, &rss, 1);
+    double phase_max[PH_COUNT];
+    memcpy(phase_max, R.total_phase, sizeof phase_max);
+    hq_comm_allreduce_max_f64(comm, phase_max, PH_COUNT);
     if (!rc) rc = hq_h5_attr_set_f64(R.h5, "/", "peak_rss_bytes_max", rss);
     if (!rc) rc = hq_h5_complete(R.h5);
     if (!rc) {
-      write_summary(&R, total, (size_t)rss);
+      write_summary(&R, total, (size_t)rss, phase_max);
       if (root) {
         char els[32];
         hq_format_duration(total, els, sizeof els);
