@@ -1,4 +1,4 @@
-/* GPTQ and round-to-nearest for one linear layer (../shared/notes/gptq-facts.md), written
+/* GPTQ and round-to-nearest for one linear layer (docs/readme/gptq.md), written
  * once against the backend interface (backend.h).
  *
  * Data flow of hq_gptq_quantize:

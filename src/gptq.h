@@ -1,4 +1,4 @@
-/* GPTQ and round-to-nearest for one linear layer (../shared/notes/gptq-facts.md).
+/* GPTQ and round-to-nearest for one linear layer (docs/readme/gptq.md).
  * Not collective: the pipeline calls this on the rows a rank owns. */
 #ifndef HQ_GPTQ_H
 #define HQ_GPTQ_H

@@ -1,4 +1,4 @@
-/* Packing quantized layers into the GPTQ checkpoint layout (../shared/notes/gptq-facts.md,
+/* Packing quantized layers into the GPTQ checkpoint layout (docs/readme/pack.md,
  * "GPTQ checkpoint layout"), unpacking, and dequantizing from the packed form.
  * Not collective: each rank packs the output rows it owns (a "slab").
  *

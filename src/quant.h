@@ -1,7 +1,7 @@
 /* Scalar quantization math shared by the CPU backend (C) and the CUDA backend (kernels/ (.cu)),
  * so both round exactly the same way. Header-only; no libc beyond <math.h>/<stdint.h>.
  *
- * The grid (../shared/notes/gptq-facts.md):
+ * The grid (docs/readme/gptq.md):
  *   maxq = 2^bits - 1; range forced to include 0;
  *   sym:  xmax = max(|xmin|, xmax), xmin = -xmax, zero = (maxq + 1) / 2
  *   asym: zero = round(-xmin / scale)

@@ -42,7 +42,7 @@ struct ref_out {
   double loss_ref;
 };
 
-/* Grid parameters of n values (spec of gptq-facts.md, written out), plus how close the raw
+/* Grid parameters of n values (the published GPTQ grid, written out), plus how close the raw
  * values were to a rounding tie (fp16 midpoint of the scale, half-integer of the zero). */
 static void ref_params(struct hq_grid g, const double *w, int64_t n, int64_t stride, float *s,
                        float *z, double *tie) {

@@ -1,5 +1,5 @@
 /* GPTQ checkpoint packing (src/pack.h) against the published layout
- * (../shared/notes/gptq-facts.md "GPTQ checkpoint layout"):
+ * (docs/readme/pack.md, the published GPTQ checkpoint layout):
  *  1. hand-computed 4-bit and 3-bit examples, expected int32 words written as literals;
  *  2. an independent, plainly written packer that follows the published recipe step by step
  *     (for 3 bits: 10 values, the straddling value, 10 values, ...) on random data;
