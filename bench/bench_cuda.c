@@ -38,14 +38,6 @@ int main(void) {
 static int g_json = 0;
 static const struct hq_backend *be;
 
-static int cmp_d(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-static double median(double *t, int n) {
-  qsort(t, (size_t)n, sizeof *t, cmp_d);
-  return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
-}
 /* uniform in [-a, a] from a 64-bit LCG: fast fill for large synthetic tensors */
 static void fill(float *x, int64_t n, uint64_t seed, float a) {
   uint64_t s = seed * 6364136223846793005ull + 1442695040888963407ull;
@@ -85,7 +77,7 @@ static void bench_gemm(int reps) {
     double s = hq_cuda_toc();
     if (r >= 0) t[r] = s;
   }
-  const double tf = 2.0 * n * n * n / median(t, reps) * 1e-12;
+  const double tf = 2.0 * n * n * n / hq_median(t, reps) * 1e-12;
   const int tf32 = getenv("HQ_ALLOW_TF32") && !strcmp(getenv("HQ_ALLOW_TF32"), "1");
   snprintf(b, sizeof b, g_json ? "\"tflops\":%.1f,\"tf32\":%d"
                                : "%.1f TFLOP/s (backend gemm fp32 8192^3, TF32 allowed: %d)", tf, tf32);
@@ -125,7 +117,7 @@ static float *bench_hessian(int64_t n, int reps, int *ok) {
   }
   *ok &= bad == 0;
   be->free(H1);
-  const double tf = (double)n * (double)(n + 1) * (double)k / median(t, 4) * 1e-12;
+  const double tf = (double)n * (double)(n + 1) * (double)k / hq_median(t, 4) * 1e-12;
   snprintf(name, sizeof name, "hessian_%lld", (long long)n);
   snprintf(b, sizeof b, g_json ? "\"tflops\":%.1f,\"fraction_of_bf16_peak\":%.3f,\"check_bad\":%d"
                                : "%.1f TFLOP/s = %.0f%% of the bf16 peak (fp32 syrk, 2048 tokens; check: %d bad)",
@@ -172,9 +164,9 @@ static void bench_gptq(const char *name, int64_t rows, int64_t cols, const float
                     "\"seconds_quant\":%.4f,\"peak_gib\":%.3f,\"loss_vs_rtn\":%.4f"
                   : "%lld x %lld act-order g128: %.1f ms total (damp+chol+inverse %.1f ms, "
                     "GPTQ loop %.1f ms), %.2f GiB peak, loss/RTN %.3f",
-           (long long)rows, (long long)cols, g_json ? median(t, reps) : 1e3 * median(t, reps),
-           g_json ? median(tc, reps) : 1e3 * median(tc, reps),
-           g_json ? median(tq, reps) : 1e3 * median(tq, reps), (double)*peak / 1073741824.0,
+           (long long)rows, (long long)cols, g_json ? hq_median(t, reps) : 1e3 * hq_median(t, reps),
+           g_json ? hq_median(tc, reps) : 1e3 * hq_median(tc, reps),
+           g_json ? hq_median(tq, reps) : 1e3 * hq_median(tq, reps), (double)*peak / 1073741824.0,
            rc == HQ_OK ? res.loss_proxy / res.loss_proxy_rtn : NAN);
   row(name, b);
   if (rc == HQ_OK) hq_gptq_result_free(&res);
@@ -233,7 +225,7 @@ static void bench_block(int64_t nseq, int64_t S, int reps, int *ok, size_t *peak
   *ok &= fin;
   const double flops = 2.0 * (double)T * params +
                        4.0 * nseq * c.n_heads * c.head_dim * (S * (S + 1) / 2.0);
-  const double tm = median(t, reps);
+  const double tm = hq_median(t, reps);
   char b[256];
   snprintf(b, sizeof b, g_json ? "\"tokens\":%lld,\"seconds\":%.4f,\"tokens_per_s\":%.0f,\"tflops\":%.1f"
                                : "%lld tokens: %.3f s, %.0f tokens/s, %.1f TFLOP/s (fp32)",

@@ -32,14 +32,6 @@
 
 static int g_json = 0;
 
-static int cmp_d(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-static double median(double *t, int n) {
-  qsort(t, (size_t)n, sizeof *t, cmp_d);
-  return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
-}
 
 static void randn(float *x, int64_t n, uint64_t seed, float sigma) {
   struct hq_rng r;
@@ -53,7 +45,7 @@ static void report(const char *what, const char *name, int64_t tokens, double fl
                    double *t, int reps) {
   double tmin = t[0];
   for (int i = 1; i < reps; i++) tmin = fmin(tmin, t[i]);
-  const double tm = median(t, reps), gf = flops / tm * 1e-9;
+  const double tm = hq_median(t, reps), gf = flops / tm * 1e-9;
   if (g_json)
     printf("{\"bench\":\"forward\",\"row\":\"%s\",\"model\":\"%s\",\"tokens\":%lld,"
            "\"seconds_median\":%.6f,\"seconds_min\":%.6f,\"tokens_per_s\":%.1f,"

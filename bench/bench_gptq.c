@@ -86,16 +86,6 @@ static int w_chol(int64_t n, float *H, int64_t ldh) {
 }
 
 /* ---------------------------------------------------------------- helpers */
-static int cmp_d(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-static double median(const double *v, int n) {
-  double s[MAXREPS];
-  memcpy(s, v, (size_t)n * sizeof(double));
-  qsort(s, (size_t)n, sizeof(double), cmp_d);
-  return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
-}
 static double vmin(const double *v, int n) {
   double m = v[0];
   for (int i = 1; i < n; i++) m = v[i] < m ? v[i] : m;
@@ -135,7 +125,7 @@ static struct peak measure_peak(int64_t n, int reps) {
   free(B);
   free(C);
   double f = 2.0 * (double)n * (double)n * (double)n;
-  struct peak p = {n, f / vmin(t, reps) / 1e9, f / median(t, reps) / 1e9, reps};
+  struct peak p = {n, f / vmin(t, reps) / 1e9, f / hq_median(t, reps) / 1e9, reps};
   return p;
 }
 
@@ -219,7 +209,7 @@ static int bench_layer(int64_t rows, int64_t cols, int64_t ntok, int reps, const
     be->sync();
     if (k >= 0) t[k] = hq_now() - t0;
   }
-  L->t_hess = median(t, reps);
+  L->t_hess = hq_median(t, reps);
   L->gf_hess = (double)cols * (double)cols * (double)ntok / L->t_hess / 1e9;
   float *H = xalloc((size_t)(cols * cols) * 4);
   hq_hessian_finalize(&hs, H);
@@ -258,7 +248,7 @@ static int bench_layer(int64_t rows, int64_t cols, int64_t ntok, int reps, const
     if (k >= 0) t[k] = hq_now() - t0;
     if (info) return hq_fail(HQ_ERR_NUMERIC, "benchmark Hessian not positive definite (%d)", info);
   }
-  L->t_chol = median(t, reps);
+  L->t_chol = hq_median(t, reps);
   L->gf_chol = 2.0 / 3.0 * (double)cols * (double)cols * (double)cols / L->t_chol / 1e9;
   /* check: U^T U Hd e_j = e_j for 4 columns */
   {
@@ -325,14 +315,14 @@ static int bench_layer(int64_t rows, int64_t cols, int64_t ntok, int reps, const
     fg = acc.f_gemm;
     fb = acc.f_block;
   }
-  L->t_gptq = median(tw, reps);
-  L->t_gptq_chol = median(tc, reps);
-  L->t_gptq_loop = median(tl, reps);
-  L->t_gemm = median(tg, reps);
+  L->t_gptq = hq_median(tw, reps);
+  L->t_gptq_chol = hq_median(tc, reps);
+  L->t_gptq_loop = hq_median(tl, reps);
+  L->t_gemm = hq_median(tg, reps);
   L->gf_gemm = fg / L->t_gemm / 1e9;
-  L->t_block = median(tbk, reps);
+  L->t_block = hq_median(tbk, reps);
   L->gf_block = fb / L->t_block / 1e9;
-  L->t_params = median(tp, reps);
+  L->t_params = hq_median(tp, reps);
   L->t_other = L->t_gptq - L->t_gptq_chol - L->t_gemm - L->t_block - L->t_params;
   L->damp_used = res.damp_used;
   L->t_bound = L->t_chol + 2.0 * (double)rows * (double)cols * (double)cols / (pk->best * 1e9);

@@ -44,14 +44,6 @@ static void w_params(struct hq_grid g, int64_t rows, int64_t ncols, const float 
   t_params += hq_now() - t0;
 }
 
-static int cmp_d(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_d);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 int main(int argc, char **argv) {
   int64_t rows = argc > 1 ? atoll(argv[1]) : 4096, cols = argc > 2 ? atoll(argv[2]) : 4096;
@@ -121,18 +113,18 @@ int main(int argc, char **argv) {
     }
     hq_gptq_result_free(&res);
   }
-  double mch = median(tch, reps), mmm = median(tmm, reps), mg = median(tg, reps);
-  double ml = median(tl, reps);
+  double mch = hq_median(tch, reps), mmm = hq_median(tmm, reps), mg = hq_median(tg, reps);
+  double ml = hq_median(tl, reps);
   double sg_gf = 2.0 * rows * cols * (double)cols / mmm / 1e9, lazy_gf = flops_lazy / ml / 1e9;
   printf("GPTQ %lld x %lld, W4 g%lld act-order %d, %d reps (median), backend cpu\n", (long long)rows,
          (long long)cols, (long long)gs, ao, reps);
   printf("  lower bound: chol-inverse %.3f s + sgemm %.3f s (%.1f GFLOP/s) = %.3f s\n", mch, mmm,
          sg_gf, mch + mmm);
-  printf("  GPTQ total %.3f s = chol %.3f + quant %.3f (+ prep %.3f)\n", mg, median(tc, reps),
-         median(tq, reps), median(tpr, reps));
+  printf("  GPTQ total %.3f s = chol %.3f + quant %.3f (+ prep %.3f)\n", mg, hq_median(tc, reps),
+         hq_median(tq, reps), hq_median(tpr, reps));
   printf("    quant phases: lazy GEMM %.3f s (%.1f GFLOP/s, %.0f%% of sgemm), inner blocks %.3f s, "
-         "group params %.3f s\n", ml, lazy_gf, 100.0 * lazy_gf / sg_gf, median(ti, reps),
-         median(tp, reps));
+         "group params %.3f s\n", ml, lazy_gf, 100.0 * lazy_gf / sg_gf, hq_median(ti, reps),
+         hq_median(tp, reps));
   printf("  ratio GPTQ / (chol + sgemm) = %.2f (target <= 1.5); lazy/sgemm = %.0f%% (target >= 60%%)\n",
          mg / (mch + mmm), 100.0 * lazy_gf / sg_gf);
   printf("{\"bench\":\"gptq\",\"rows\":%lld,\"cols\":%lld,\"group\":%lld,\"act_order\":%d,"

@@ -10,14 +10,6 @@
 #include "model.h"
 #include "util.h"
 
-static int cmpd(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmpd);
-  return v[n / 2];
-}
 
 int main(int argc, char **argv) {
   const char *dir = argc > 1 ? argv[1] : "tests/data/llama-sotu-5m";
@@ -49,7 +41,7 @@ int main(int argc, char **argv) {
     t_load[r] = t2 - t1;
     hq_model_close(&m);
   }
-  double mo = median(t_open, reps), ml = median(t_load, reps);
+  double mo = hq_median(t_open, reps), ml = hq_median(t_load, reps);
   printf("model %s: open %.2f ms, load all blocks %.2f ms (%.1f MB of weights, %.0f MB/s), "
          "median of %d\n", dir, 1e3 * mo, 1e3 * ml, bytes / 1e6, bytes / 1e6 / ml, reps);
 
@@ -73,7 +65,7 @@ int main(int argc, char **argv) {
       hq_st_to_f32(&t, dst);
       tt[r] = hq_now() - t0;
     }
-    double med = median(tt, reps);
+    double med = hq_median(tt, reps);
     printf("hq_st_to_f32 %-4s: %.1f Melem/s (%.0f MB/s read), median of %d, %lld elements\n",
            hq_dtype_name(dts[d]), n / med / 1e6, t.nbytes / med / 1e6, reps, (long long)n);
     free(tt);

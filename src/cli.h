@@ -9,8 +9,9 @@ int hq_cli_inspect(int argc, char **argv);  /* per-layer statistics of an .h5 re
 int hq_cli_export(int argc, char **argv);   /* GPTQ safetensors checkpoint */
 int hq_cli_compare(int argc, char **argv);  /* codes/loss agreement of two .h5 results */
 
-/* Shared option helpers: parse "--name value" integers/floats with range checks and a clear
- * message; return HQ_OK or HQ_ERR_INPUT. */
+/* Shared option helpers: parse "--name value" strings/integers/floats (integers and floats
+ * with range checks) with a clear message; return HQ_OK or HQ_ERR_INPUT. */
+int hq_cli_str(const char *opt, const char *val, const char **out);
 int hq_cli_int(const char *opt, const char *val, long long lo, long long hi, long long *out);
 int hq_cli_float(const char *opt, const char *val, double lo, double hi, double *out);
 

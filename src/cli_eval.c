@@ -79,14 +79,11 @@ int hq_cli_eval(int argc, char **argv) {
       usage(stdout);
       return 0;
     } else if (!strcmp(a, "--model")) {
-      if (!v) rc = hq_fail(HQ_ERR_INPUT, "--model needs a value");
-      model = v, i++;
+      rc = hq_cli_str(a, v, &model), i++;
     } else if (!strcmp(a, "--tokens")) {
-      if (!v) rc = hq_fail(HQ_ERR_INPUT, "--tokens needs a value");
-      tokens = v, i++;
+      rc = hq_cli_str(a, v, &tokens), i++;
     } else if (!strcmp(a, "--backend")) {
-      if (!v) rc = hq_fail(HQ_ERR_INPUT, "--backend needs a value");
-      backend = v, i++;
+      rc = hq_cli_str(a, v, &backend), i++;
     } else if (!strcmp(a, "--seqlen")) {
       rc = hq_cli_int(a, v, 2, 1LL << 30, &seqlen), i++;
     } else if (!strcmp(a, "--max-windows")) {

@@ -40,16 +40,14 @@ int hq_cli_export(int argc, char **argv) {
       usage(stdout);
       return 0;
     } else if (!strcmp(a, "--format")) {
-      if (!v) rc = hq_fail(HQ_ERR_INPUT, "--format needs a value");
-      format = v, i++;
+      rc = hq_cli_str(a, v, &format), i++;
     } else if (!strcmp(a, "--checkpoint-format")) {
       if (!v) rc = hq_fail(HQ_ERR_INPUT, "--checkpoint-format needs a value");
       else if (!(o.format = hq_pack_format_parse(v)))
         rc = hq_fail(HQ_ERR_INPUT, "--checkpoint-format must be gptq or gptq_v2 (got '%s')", v);
       i++;
     } else if (!strcmp(a, "--out")) {
-      if (!v) rc = hq_fail(HQ_ERR_INPUT, "--out needs a value");
-      out = v, i++;
+      rc = hq_cli_str(a, v, &out), i++;
     } else if (!strcmp(a, "--max-shard-size")) {
       rc = hq_export_parse_size(v, &o.max_shard_bytes), i++;
     } else if (!strcmp(a, "--overwrite")) {

@@ -31,6 +31,12 @@ static void usage(FILE *f) {
   fprintf(f, "\n`hpcq <command> --help` shows the options of a command.\n");
 }
 
+int hq_cli_str(const char *opt, const char *val, const char **out) {
+  if (!val) return hq_fail(HQ_ERR_INPUT, "%s needs a value", opt);
+  *out = val;
+  return HQ_OK;
+}
+
 int hq_cli_int(const char *opt, const char *val, long long lo, long long hi, long long *out) {
   if (!val) return hq_fail(HQ_ERR_INPUT, "%s needs a value", opt);
   char *end = NULL;

@@ -5,6 +5,8 @@
 #include <stdint.h>
 
 double hq_now(void); /* monotonic seconds */
+/* Median of n > 0 values (mean of the middle two for even n); v is left unchanged. */
+double hq_median(const double *v, int n);
 
 /* splitmix64-seeded xoshiro256** generator: deterministic across platforms. */
 struct hq_rng { uint64_t s[4]; };
