@@ -26,8 +26,9 @@ int hq_cli_compare(int argc, char **argv) {
   for (int i = 1; i < argc && !rc; i++) {
     if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
       printf("usage: hpcq compare A.h5 B.h5 [--min-equal F] [--loss-rtol R]\n"
-             "  per linear: fraction of identical codes, max relative scale and proxy-loss difference;\n"
-             "  exit 0 when every linear has >= F identical codes (default 1) and proxy losses within R (default 0)\n");
+             "  per linear: fractions of identical codes, zero points and g_idx entries, max relative\n"
+             "  scale and proxy-loss difference; exit 0 when every linear has all three fractions\n"
+             "  >= F (default 1) and proxy losses within R (default 0)\n");
       return 0;
     } else if (!strcmp(argv[i], "--min-equal")) {
       rc = hq_cli_float(argv[i], i + 1 < argc ? argv[i + 1] : NULL, 0, 1, &min_equal);
@@ -62,7 +63,8 @@ int hq_cli_compare(int argc, char **argv) {
   }
   int bad = 0;
   int64_t tot = 0, toteq = 0;
-  printf("%-36s %12s %12s %12s\n", "linear", "equal_codes", "scale_rdiff", "loss_rdiff");
+  printf("%-36s %12s %12s %12s %12s %12s\n", "linear", "equal_codes", "equal_zeros", "equal_g_idx",
+         "scale_rdiff", "loss_rdiff");
   for (int64_t i = 0; i < ca && !rc; i++) {
     struct hq_packed p, q;
     memset(&p, 0, sizeof p);
@@ -77,12 +79,25 @@ int hq_cli_compare(int argc, char **argv) {
       break;
     }
     int64_t n = p.out * p.in, ng = p.out * p.ngroups;
-    uint8_t *c1 = malloc((size_t)n), *c2 = malloc((size_t)n);
-    float *z1 = malloc((size_t)ng * 4), *z2 = malloc((size_t)ng * 4), *s1 = malloc((size_t)ng * 4), *s2 = malloc((size_t)ng * 4);
-    hq_pack_decode(&p, c1, z1, s1, NULL);
-    hq_pack_decode(&q, c2, z2, s2, NULL);
-    int64_t eq = 0;
+    uint8_t *c1 = hq_xmalloc((size_t)n), *c2 = hq_xmalloc((size_t)n);
+    float *z1 = hq_xmalloc((size_t)ng * 4), *z2 = hq_xmalloc((size_t)ng * 4);
+    float *s1 = hq_xmalloc((size_t)ng * 4), *s2 = hq_xmalloc((size_t)ng * 4);
+    int32_t *g1 = hq_xmalloc((size_t)p.in * 4), *g2 = hq_xmalloc((size_t)p.in * 4);
+    rc = hq_pack_decode(&p, c1, z1, s1, g1);
+    if (!rc) rc = hq_pack_decode(&q, c2, z2, s2, g2);
+    if (rc) {
+      hq_fail_ctx(rc, "%s: ", na[i]);
+      free(c1); free(c2); free(z1); free(z2); free(s1); free(s2); free(g1); free(g2);
+      hq_pack_free(&p);
+      hq_pack_free(&q);
+      break;
+    }
+    /* codes, zero points and the column -> group map all count: equal codes with other zeros
+     * or another act-order permutation are a different model */
+    int64_t eq = 0, zeq = 0, geq = 0;
     for (int64_t k = 0; k < n; k++) eq += c1[k] == c2[k];
+    for (int64_t k = 0; k < ng; k++) zeq += z1[k] == z2[k];
+    for (int64_t k = 0; k < p.in; k++) geq += g1[k] == g2[k];
     double srd = 0;
     for (int64_t k = 0; k < ng; k++) {
       double d = fabs((double)s1[k] - s2[k]) / fmax(fabs((double)s1[k]), 1e-30);
@@ -92,13 +107,15 @@ int hq_cli_compare(int argc, char **argv) {
     snprintf(obj, sizeof obj, "/linears/%s", na[i]);
     double la = getf(A, obj, "loss_proxy_gptq"), lb = getf(B, obj, "loss_proxy_gptq");
     double lrd = (isfinite(la) && isfinite(lb)) ? fabs(la - lb) / fmax(fabs(la), 1e-30) : 0;
-    double frac = (double)eq / (double)n;
-    int ok = frac >= min_equal && lrd <= loss_rtol;
+    double frac = (double)eq / (double)n, zfrac = (double)zeq / (double)ng,
+           gfrac = (double)geq / (double)p.in;
+    int ok = frac >= min_equal && zfrac >= min_equal && gfrac >= min_equal && lrd <= loss_rtol;
     bad += !ok;
     tot += n;
     toteq += eq;
-    printf("%-36s %12.6f %12.3g %12.3g%s\n", na[i], frac, srd, lrd, ok ? "" : "  <-- differs");
-    free(c1); free(c2); free(z1); free(z2); free(s1); free(s2);
+    printf("%-36s %12.6f %12.6f %12.6f %12.3g %12.3g%s\n", na[i], frac, zfrac, gfrac, srd, lrd,
+           ok ? "" : "  <-- differs");
+    free(c1); free(c2); free(z1); free(z2); free(s1); free(s2); free(g1); free(g2);
     hq_pack_free(&p);
     hq_pack_free(&q);
   }

@@ -1,5 +1,6 @@
 /* hpcq export FILE.h5 --format gptq --out DIR: a GPTQ safetensors checkpoint that
  * transformers / vLLM load (src/export.h, docs/readme/export.md). Not collective. */
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,12 +91,21 @@ int hq_cli_export(int argc, char **argv) {
             out, (long long)st.ntensors, (long long)st.nlinears, hq_pack_format_name(o.format),
             st.nshards, st.nshards == 1 ? "" : "s", (double)st.bytes * mib, st.ntokenizer_files,
             st.ntokenizer_files == 1 ? "" : "s", st.seconds, (double)st.peak_rss_kb / 1024.0);
-  if (json)
-    printf("{\"out\": \"%s\", \"checkpoint_format\": \"%s\", \"tensors\": %lld, \"linears\": %lld, "
-           "\"shards\": %d, \"bytes\": %lld, \"tokenizer_files\": %d, \"seconds\": %.6f, "
-           "\"peak_rss_kb\": %lld}\n",
-           out, hq_pack_format_name(o.format), (long long)st.ntensors, (long long)st.nlinears,
-           st.nshards, (long long)st.bytes, st.ntokenizer_files, st.seconds,
-           (long long)st.peak_rss_kb);
+  if (json) { /* cJSON escapes the path */
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "out", out);
+    cJSON_AddStringToObject(j, "checkpoint_format", hq_pack_format_name(o.format));
+    cJSON_AddNumberToObject(j, "tensors", (double)st.ntensors);
+    cJSON_AddNumberToObject(j, "linears", (double)st.nlinears);
+    cJSON_AddNumberToObject(j, "shards", st.nshards);
+    cJSON_AddNumberToObject(j, "bytes", (double)st.bytes);
+    cJSON_AddNumberToObject(j, "tokenizer_files", st.ntokenizer_files);
+    cJSON_AddNumberToObject(j, "seconds", st.seconds);
+    cJSON_AddNumberToObject(j, "peak_rss_kb", (double)st.peak_rss_kb);
+    char *js = cJSON_PrintUnformatted(j);
+    printf("%s\n", js);
+    cJSON_free(js);
+    cJSON_Delete(j);
+  }
   return 0;
 }

@@ -991,7 +991,7 @@ int hq_h5_complete(struct hq_h5 *h) {
   if (!rc && (s.n_blocks < 1 || s.flags_set != s.n_blocks))
     rc = hq_fail(HQ_ERR_INPUT, "cannot mark %s complete: %lld of %lld blocks are done", h->path,
                  (long long)s.flags_set, (long long)s.n_blocks);
-  if (!rc) hq_h5_state_free(&s);
+  hq_h5_state_free(&s); /* zeroed by hq_h5_status even when it fails */
   rc = agree(h, rc);
   if (!rc) rc = hq_h5_attr_set_i64(h, "/", "complete", 1);
   if (!rc && H5Fflush(h->file, H5F_SCOPE_GLOBAL) < 0) rc = h5fail(HQ_ERR_IO, "cannot flush %s", h->path);

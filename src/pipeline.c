@@ -760,10 +760,21 @@ int hq_quantize_run(const struct hq_comm *comm, const struct hq_quant_opts *o) {
     }
     rc = hq_h5_create(comm, o->out_path, o->overwrite, &R.h5);
     if (rc) goto done;
-    char calib[1024];
-    snprintf(calib, sizeof calib, "{\"path\": \"%s\", \"tokens\": %lld, \"fnv1a64\": \"%016llx\", \"nsamples\": %lld, \"seqlen\": %lld, \"seed\": %llu}",
-             o->calib_path ? o->calib_path : "", (long long)tok.n, (unsigned long long)calib_hash,
-             (long long)o->nsamples, (long long)R.seqlen, (unsigned long long)o->seed);
+    char hash[17];
+    snprintf(hash, sizeof hash, "%016llx", (unsigned long long)calib_hash);
+    cJSON *cj = cJSON_CreateObject(); /* cJSON escapes the path */
+    cJSON_AddStringToObject(cj, "path", o->calib_path ? o->calib_path : "");
+    cJSON_AddNumberToObject(cj, "tokens", (double)tok.n);
+    cJSON_AddStringToObject(cj, "fnv1a64", hash);
+    cJSON_AddNumberToObject(cj, "nsamples", (double)o->nsamples);
+    cJSON_AddNumberToObject(cj, "seqlen", (double)R.seqlen);
+    cJSON_AddNumberToObject(cj, "seed", (double)o->seed);
+    char *calib = cJSON_PrintUnformatted(cj);
+    cJSON_Delete(cj);
+    if (!calib) {
+      rc = hq_fail(HQ_ERR_NOMEM, "calibration_json");
+      goto done;
+    }
     rc = hq_h5_attr_set_str(R.h5, "/", "settings_json", settings);
     if (!rc) rc = hq_h5_attr_set_str(R.h5, "/", "method", hq_method_name(o->method));
     if (!rc) rc = hq_h5_attr_set_i64(R.h5, "/", "bits", o->g.bits);
@@ -779,6 +790,7 @@ int hq_quantize_run(const struct hq_comm *comm, const struct hq_quant_opts *o) {
     if (!rc) rc = hq_h5_attr_set_str(R.h5, "/", "model_config_json", c->json ? c->json : "{}");
     if (!rc) rc = hq_h5_attr_set_str(R.h5, "/", "model_dir", o->model_dir);
     if (!rc) rc = hq_h5_attr_set_str(R.h5, "/", "calibration_json", calib);
+    cJSON_free(calib);
     if (!rc) rc = hq_h5_attr_set_str(R.h5, "/", "zero_convention", "gptq_v2");
     if (!rc) rc = hq_h5_attr_set_i64(R.h5, "/", "act_bits", o->act_bits);
     if (!rc) rc = hq_h5_attr_set_str(R.h5, "/", "equalize", hq_equalize_name(o->equalize));
@@ -796,7 +808,8 @@ int hq_quantize_run(const struct hq_comm *comm, const struct hq_quant_opts *o) {
     R.batch = o->batch > 0 ? o->batch : (R.nloc < 8 ? (R.nloc > 0 ? R.nloc : 1) : 8);
     if (!rc) {
       R.ids = malloc((size_t)(R.nloc ? R.nloc : 1) * (size_t)R.seqlen * sizeof(int32_t));
-      memcpy(R.ids, all + wr.begin * R.seqlen, (size_t)R.nloc * (size_t)R.seqlen * sizeof(int32_t));
+      if (!R.ids) rc = hq_fail(HQ_ERR_NOMEM, "cannot allocate %lld calibration windows", (long long)R.nloc);
+      else memcpy(R.ids, all + wr.begin * R.seqlen, (size_t)R.nloc * (size_t)R.seqlen * sizeof(int32_t));
     }
     free(all);
     int64_t ntok = R.nloc * R.seqlen;
@@ -850,8 +863,12 @@ int hq_quantize_run(const struct hq_comm *comm, const struct hq_quant_opts *o) {
     }
     if (need_calib(o)) {
       struct hq_block_dev dev;
-      rc = hq_comm_agree(comm, hq_block_dev_upload(R.be, c, &bw, &dev));
-      if (rc) goto done;
+      const int urc = hq_block_dev_upload(R.be, c, &bw, &dev);
+      rc = hq_comm_agree(comm, urc);
+      if (rc) {
+        if (!urc) hq_block_dev_free(R.be, &dev); /* another rank failed */
+        goto done;
+      }
       double t = hq_now();
       forward_local(&R, &dev, NULL, NULL);
       R.phase[PH_FORWARD] += hq_now() - t;
