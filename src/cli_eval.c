@@ -47,7 +47,6 @@ static void usage(FILE *f) {
 struct progress {
   double t0, last; /* start, last line printed */
   int quiet;
-  int64_t nwin, seqlen;
 };
 
 static void on_progress(void *ctx, int64_t done, int64_t total) {
@@ -63,8 +62,8 @@ static void on_progress(void *ctx, int64_t done, int64_t total) {
           (long long)done, (long long)total, 100.0 * (double)done / (double)total, e, r);
 }
 
-static int fail(const char *what) {
-  fprintf(stderr, "hpcq eval: %s%s\n", what ? what : "", hq_last_error());
+static int fail(void) {
+  fprintf(stderr, "hpcq eval: %s\n", hq_last_error());
   return 1;
 }
 
@@ -119,7 +118,7 @@ int hq_cli_eval(int argc, char **argv) {
   /* An hpcq .h5 result opens through the same model API (model_h5.c): its linears are the
    * dequantized weights scale * (q - zero). */
   const struct hq_backend *be = hq_backend_by_name(backend);
-  if (!be) return fail("");
+  if (!be) return fail();
 
   struct hq_model m;
   if (hq_model_open(model, &m) != HQ_OK) {
@@ -136,7 +135,7 @@ int hq_cli_eval(int argc, char **argv) {
   int64_t file_act_bits = 0;
   if (m.h5 && hq_h5_attr_exists(m.h5, "/", "act_bits") &&
       hq_h5_attr_get_i64(m.h5, "/", "act_bits", &file_act_bits) != HQ_OK) {
-    fail("");
+    fail();
     goto out;
   }
   if (!act_bits_given && file_act_bits > 0) {
@@ -156,7 +155,7 @@ int hq_cli_eval(int argc, char **argv) {
     goto out;
   }
   if (hq_tokens_load(tokens, c->vocab, &tok) != HQ_OK) {
-    fail("");
+    fail();
     goto out;
   }
   int64_t nwin = hq_tokens_nwindows(&tok, seqlen);
@@ -168,7 +167,7 @@ int hq_cli_eval(int argc, char **argv) {
   const int64_t nwin_all = nwin;
   if (max_windows && max_windows < nwin) nwin = max_windows;
 
-  struct progress pr = {.t0 = hq_now(), .last = hq_now(), .quiet = quiet, .nwin = nwin, .seqlen = seqlen};
+  struct progress pr = {.t0 = hq_now(), .last = hq_now(), .quiet = quiet};
   struct hq_eval_opts o = {.chunk_tokens = chunk_tokens, .batch_windows = batch_windows,
                            .progress = on_progress, .progress_ctx = &pr, .act_bits = (int)act_bits};
   if (!quiet)
@@ -177,7 +176,7 @@ int hq_cli_eval(int argc, char **argv) {
             (long long)tok.n, (long long)nwin_all, (long long)c->n_layers, be->name);
   double nll = 0;
   if (hq_forward_model_nll(be, &m, tok.ids, nwin, seqlen, &o, &nll, NULL) != HQ_OK) {
-    fail("");
+    fail();
     goto out;
   }
   const double secs = hq_now() - pr.t0;

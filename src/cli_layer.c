@@ -102,11 +102,11 @@ static int parse(int argc, char **argv, struct layer_opts *o) {
       o->static_groups = 1;
     } else if (!strcmp(a, "--model") || !strcmp(a, "--calib") || !strcmp(a, "--linear") ||
                !strcmp(a, "--backend")) {
-      if (!v) return hq_fail(HQ_ERR_INPUT, "%s needs a value", a);
-      if (!strcmp(a, "--model")) o->model = v;
-      else if (!strcmp(a, "--calib")) o->calib = v;
-      else if (!strcmp(a, "--linear")) o->linear = v;
-      else o->backend = v;
+      const char **dst = !strcmp(a, "--model")   ? &o->model
+                         : !strcmp(a, "--calib") ? &o->calib
+                         : !strcmp(a, "--linear") ? &o->linear
+                                                  : &o->backend;
+      HQ_TRY(hq_cli_str(a, v, dst));
       i++;
     } else if (!strcmp(a, "--block")) {
       HQ_TRY(hq_cli_int(a, v, 0, 1000000, &o->block));
@@ -250,8 +250,6 @@ int hq_cli_layer(int argc, char **argv) {
     return 1;
   }
   float *H = NULL, *W0 = NULL, *W = NULL;
-  struct hq_block_weights bw;
-  int have_bw = 0;
   int64_t rows = 0, cols = 0, ntok = 0;
   if (o.block >= m.cfg.n_layers) {
     rc = hq_fail(HQ_ERR_INPUT, "--block %lld: the model has %lld blocks (0..%lld)", o.block,
@@ -265,18 +263,23 @@ int hq_cli_layer(int argc, char **argv) {
   }
   hq_linear_shape(&m.cfg, lin, &rows, &cols);
   H = malloc(sizeof(float) * (size_t)(cols * cols));
-  W0 = malloc(sizeof(float) * (size_t)(rows * cols));
   W = malloc(sizeof(float) * (size_t)(rows * cols));
-  if (!H || !W0 || !W) {
+  if (!H || !W) {
     rc = hq_fail(HQ_ERR_NOMEM, "out of memory for a %lld x %lld layer", (long long)rows, (long long)cols);
     goto done;
   }
   double t0 = hq_now();
   if ((rc = layer_hessian(be, &m, &o, lin, cols, H, &ntok)) != HQ_OK) goto done;
   double t_h = hq_now() - t0;
-  if ((rc = hq_model_load_block(&m, o.block, &bw)) != HQ_OK) goto done;
-  have_bw = 1;
-  memcpy(W0, bw.lin[lin], sizeof(float) * (size_t)(rows * cols));
+  char wname[160]; /* only the one linear, as fp32 */
+  snprintf(wname, sizeof wname, "model.layers.%lld.%s.weight", o.block, hq_linear_name(lin));
+  int64_t wnumel = 0;
+  if ((rc = hq_model_load_f32(&m, wname, &W0, &wnumel)) != HQ_OK) goto done;
+  if (wnumel != rows * cols) {
+    rc = hq_fail(HQ_ERR_INPUT, "%s has %lld values, the config implies %lld x %lld", wname,
+                 (long long)wnumel, (long long)rows, (long long)cols);
+    goto done;
+  }
 
   printf("hpcq layer: %s, block %lld %s [%lld x %lld], Hessian of %lld tokens (%lld windows x "
          "%lld, seed %lld) in %.2f s, backend %s\n", o.model, o.block, hq_linear_name(lin),
@@ -316,7 +319,6 @@ int hq_cli_layer(int argc, char **argv) {
   }
 done:
   if (rc != HQ_OK) fprintf(stderr, "hpcq layer: %s\n", hq_last_error());
-  if (have_bw) hq_block_weights_free(&bw);
   free(H);
   free(W0);
   free(W);
