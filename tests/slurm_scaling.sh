@@ -26,21 +26,18 @@ csv=$HPCQ_SCALE_CSV
 [ "$(wc -l <"$csv")" -eq 5 ] || { cat "$csv"; fail "CSV should have a header and 4 rows"; }
 head -n1 "$csv" | grep -q '^job,array_index,.*,ranks,nodes,.*,nsamples,.*,t_forward,.*,peak_rss_mb_per_rank,perplexity,status$' ||
   fail "CSV header: $(head -n1 "$csv")"
-eval_ok=1
-grep -q "evaluating hpcq .h5 results is not supported" "$HQ_T_WORK"/hpcq-scaling-"${j}"_*.log && eval_ok=0
-awk -F, -v eval_ok=$eval_ok '
+awk -F, '
   NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
   { if ($c["status"] != "ok") bad = bad " row " NR ": status " $c["status"]
     if ($c["nodes"] != 1) bad = bad " row " NR ": nodes " $c["nodes"]
     seen[$c["ranks"] "x" $c["nsamples"]]++
     for (f in c) if (f ~ /^t_|^seconds$|^wall_s$|^peak_rss/) if ($c[f] !~ /^[0-9.]+$/) bad = bad " row " NR ": " f "=" $c[f]
     if ($c["peak_rss_mb_per_rank"] + 0 <= 1) bad = bad " row " NR ": rss"
-    if (eval_ok && $c["perplexity"] + 0 <= 1) bad = bad " row " NR ": perplexity " $c["perplexity"] }
+    if ($c["perplexity"] + 0 <= 1) bad = bad " row " NR ": perplexity " $c["perplexity"] }
   END { for (k in seen) n++
         if (n != 4 || !seen["1x16"] || !seen["2x16"] || !seen["1x32"] || !seen["2x32"]) bad = bad " runs: wrong (ranks x nsamples) set"
         if (bad != "") { print bad; exit 1 } }' "$csv" || fail "bad CSV rows"
-[ "$eval_ok" = 1 ] && tlog "CSV: 4 rows with phase times, memory and perplexity" ||
-  tlog "CSV: 4 rows with phase times and memory (hpcq eval cannot read .h5 yet: perplexity empty)"
+tlog "CSV: 4 rows with phase times, memory and perplexity"
 for r in 1 2; do
   grep -q "srun --mpi=pmix -N 1 -n $r .* quantize" "$HQ_T_WORK"/hpcq-scaling-"${j}"_*.log || fail "no run with $r ranks in the logs"
 done

@@ -20,9 +20,6 @@ hq_t_prereq() {
   for b in slurmctld slurmd munged sbatch squeue scontrol h5diff h5dump mpirun; do
     command -v "$b" >/dev/null || skip "'$b' not installed (tools/install-deps.sh installs slurm-wlm munge hdf5-tools)"
   done
-  if "$HQ_BIN" quantize --help 2>&1 | grep -qi "not implemented"; then
-    skip "hpcq quantize is not implemented in this build"
-  fi
 }
 
 # Start the cluster and a work dir; both are removed on exit, whatever happens.

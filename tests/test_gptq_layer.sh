@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# hpcq layer on the bundled model: real inputs of block 0 mlp.down_proj through the forward,
+# hpcq layer on the bundled model: real inputs of block 1 mlp.down_proj through the forward,
 # RTN vs GPTQ table; every GPTQ proxy loss must be below RTN's on the same grid. Then option
 # errors must fail cleanly with a message.
 set -euo pipefail
