@@ -55,19 +55,32 @@ static void shape_str(const int64_t *s, int nd, char *buf, size_t n) {
 /* The tensor must exist with exactly this shape (nd 1 or 2). */
 static int expect(const struct hq_model *m, const char *name, int nd, int64_t d0, int64_t d1,
                   const char *why) {
-  const struct hq_st_tensor *t = hq_st_find(&m->st, name);
+  int tnd = 0, found;
+  int64_t tshape[HQ_ST_MAXDIM] = {0};
+  if (m->h5) {
+    found = hq_model_h5_shape(m, name, &tnd, tshape);
+  } else {
+    const struct hq_st_tensor *t = hq_st_find(&m->st, name);
+    found = t != NULL;
+    if (t) {
+      tnd = t->ndim;
+      memcpy(tshape, t->shape, sizeof tshape);
+    }
+  }
+  const char *src = m->h5 ? "the .h5 result" : "the safetensors";
+  const char *cfg = m->h5 ? "its model_config_json" : "config.json";
   int64_t want[2] = {d0, d1};
   char ws[96], hs[192];
   shape_str(want, nd, ws, sizeof ws);
-  if (!t)
-    return hq_fail(HQ_ERR_INPUT, "model %s: tensor '%s' %s is missing from the safetensors; the "
-                   "checkpoint is incomplete or not a %s", m->dir, name, ws, m->cfg.arch_name);
-  int ok = t->ndim == nd && t->shape[0] == d0 && (nd < 2 || t->shape[1] == d1);
+  if (!found)
+    return hq_fail(HQ_ERR_INPUT, "model %s: tensor '%s' %s is missing from %s; the "
+                   "checkpoint is incomplete or not a %s", m->dir, name, ws, src, m->cfg.arch_name);
+  int ok = tnd == nd && tshape[0] == d0 && (nd < 2 || tshape[1] == d1);
   if (!ok) {
-    shape_str(t->shape, t->ndim, hs, sizeof hs);
-    return hq_fail(HQ_ERR_INPUT, "model %s: tensor '%s' has shape %s but config.json implies %s "
-                   "(%s); config.json and the weights do not belong together", m->dir, name, hs,
-                   ws, why);
+    shape_str(tshape, tnd, hs, sizeof hs);
+    return hq_fail(HQ_ERR_INPUT, "model %s: tensor '%s' has shape %s but %s implies %s "
+                   "(%s); the config and the weights do not belong together", m->dir, name, hs,
+                   cfg, ws, why);
   }
   return HQ_OK;
 }
@@ -109,7 +122,11 @@ static int check_tensors(const struct hq_model *m) {
 int hq_model_open(const char *dir, struct hq_model *m) {
   memset(m, 0, sizeof *m);
   size_t dl = strlen(dir);
-  if (dl > 3 && strcmp(dir + dl - 3, ".h5") == 0) return hq_model_h5_open(dir, m);
+  if (dl > 3 && strcmp(dir + dl - 3, ".h5") == 0) {
+    int rc = hq_model_h5_open(dir, m);
+    if (rc == HQ_OK && (rc = check_tensors(m)) != HQ_OK) hq_model_close(m);
+    return rc;
+  }
   m->dir = strdup(dir);
   if (!m->dir) return hq_fail(HQ_ERR_NOMEM, "out of memory");
   int rc = hq_config_load(dir, &m->cfg);

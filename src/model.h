@@ -106,6 +106,9 @@ struct hq_model {
 int hq_model_h5_open(const char *path, struct hq_model *m);
 int hq_model_h5_load_f32(const struct hq_model *m, const char *name, float **out, int64_t *numel);
 void hq_model_h5_close(struct hq_model *m);
+/* Shape of a tensor of the file (quantized linears: [out, in]); 1 when present, else 0. */
+int hq_model_h5_shape(const struct hq_model *m, const char *name, int *ndim,
+                      int64_t shape[HQ_ST_MAXDIM]);
 
 /* Open config.json + safetensors of a model folder and check that every tensor the forward
  * needs is present with the shape the config implies (clear error naming the tensor). */

@@ -25,6 +25,10 @@ int hq_model_h5_open(const char *path, struct hq_model *m) {
     return hq_fail_ctx(rc, "%s: ", path);
   }
   m->dir = strdup(path);
+  if (!m->dir) {
+    hq_h5_close(h);
+    return hq_fail(HQ_ERR_NOMEM, "out of memory");
+  }
   m->h5 = h;
   return HQ_OK;
 }
@@ -44,6 +48,22 @@ static int linear_prefix(const char *name, char *out, size_t n) {
   memcpy(out, name, len - 7);
   out[len - 7] = 0;
   return 1;
+}
+
+int hq_model_h5_shape(const struct hq_model *m, const char *name, int *ndim,
+                      int64_t shape[HQ_ST_MAXDIM]) {
+  char pre[256];
+  *ndim = 0;
+  if (linear_prefix(name, pre, sizeof pre)) {
+    struct hq_h5_linear_desc d;
+    if (hq_h5_linear_info(m->h5, pre, &d) != HQ_OK) return 0;
+    *ndim = 2;
+    shape[0] = d.rows;
+    shape[1] = d.cols;
+    return 1;
+  }
+  enum hq_dtype dt;
+  return hq_h5_tensor_info(m->h5, name, &dt, ndim, shape) == HQ_OK;
 }
 
 int hq_model_h5_load_f32(const struct hq_model *m, const char *name, float **out,
