@@ -310,15 +310,21 @@ static int do_group(struct run *R, int64_t b, enum hq_group g, struct hq_block_w
       t = hq_now();
       forward_local(R, &dev, cap_hessian, &cc);
       R->phase[PH_HESSIAN] += hq_now() - t; /* forward up to the group + XᵀX */
+      /* only the upper triangle is summed: pack it row by row to the front of acc (in place:
+       * the packed index never exceeds the full one) and all-reduce half the bytes */
+      int64_t k = 0;
+      for (int64_t i = 0; i < cols; i++)
+        for (int64_t j = i; j < cols; j++) cc.acc[k++] = cc.acc[i * cols + j];
       t = hq_now();
-      hq_comm_allreduce_f64(cm, cc.acc, (int64_t)nn);
+      hq_comm_allreduce_f64(cm, cc.acc, k);
       hq_comm_allreduce_i64(cm, &cc.count, 1);
       R->phase[PH_ALLREDUCE] += hq_now() - t;
       /* H = 2/N Σ x xᵀ (N = tokens), symmetric, rounded to fp32 once */
       const double f = cc.count ? 2.0 / (double)cc.count : 0.0;
+      k = 0;
       for (int64_t i = 0; i < cols; i++)
-        for (int64_t j = i; j < cols; j++)
-          H[i * cols + j] = H[j * cols + i] = (float)(cc.acc[i * cols + j] * f);
+        for (int64_t j = i; j < cols; j++, k++)
+          H[i * cols + j] = H[j * cols + i] = (float)(cc.acc[k] * f);
     }
     hq_block_dev_free(R->be, &dev);
     if (cc.tmp) R->be->free(cc.tmp);
