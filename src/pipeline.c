@@ -850,6 +850,8 @@ int hq_quantize_run(const struct hq_comm *comm, const struct hq_quant_opts *o) {
   /* ---- the blocks ---- */
   double t_blocks = hq_now();
   for (int64_t b = 0; b < c->n_layers; b++) {
+    /* a finished block is replayed only to feed the next block's calibration inputs */
+    if (b < start_block && !need_calib(o)) continue;
     memset(R.phase, 0, sizeof R.phase);
     double tb = hq_now();
     rc = hq_model_load_block(&R.model, b, &bw);
@@ -889,7 +891,8 @@ int hq_quantize_run(const struct hq_comm *comm, const struct hq_quant_opts *o) {
     }
     for (int p = 0; p < PH_COUNT; p++) R.total_phase[p] += R.phase[p];
     if (root) {
-      double per = (hq_now() - t_blocks) / (double)(b + 1);
+      const int64_t skipped = need_calib(o) ? 0 : start_block; /* not replayed: no time */
+      double per = (hq_now() - t_blocks) / (double)(b + 1 - skipped);
       char eta[32], els[32];
       hq_format_duration(per * (double)(c->n_layers - b - 1), eta, sizeof eta);
       hq_format_duration(hq_now() - t_start, els, sizeof els);
