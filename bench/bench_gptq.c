@@ -55,10 +55,11 @@ static struct {
   double t_chol;           /* chol_inverse_upper inside gptq */
 } acc;
 
-static void w_gemm(int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha, const float *A,
-                   int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+static void w_gemm(int64_t row0, int64_t seg, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                   float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
+                   float beta, float *C, int64_t ldc) {
   double t0 = hq_now();
-  base_be->gemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+  base_be->gemm_rows(row0, seg, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
   acc.t_gemm += hq_now() - t0;
   acc.f_gemm += 2.0 * (double)m * (double)n * (double)k;
 }
@@ -73,9 +74,9 @@ static void w_block(struct hq_grid g, int64_t rows, int64_t count, int64_t c0, i
   for (int64_t i = c0; i < c1; i++) acc.f_block += 2.0 * (double)rows * (double)(count - i - 1);
 }
 static void w_params(struct hq_grid g, int64_t rows, int64_t ncols, const float *W, int64_t ldw,
-                     float *scale, float *zero) {
+                     const float *colw, float *scale, float *zero) {
   double t0 = hq_now();
-  base_be->quant_params(g, rows, ncols, W, ldw, scale, zero);
+  base_be->quant_params(g, rows, ncols, W, ldw, colw, scale, zero);
   acc.t_params += hq_now() - t0;
 }
 static int w_chol(int64_t n, float *H, int64_t ldh) {
@@ -110,12 +111,16 @@ static struct peak measure_peak(int64_t n, int reps) {
     B[i] = (float)hq_rng_uniform(&r) - 0.5f;
   }
   double t[MAXREPS];
+  /* the machine's peak: OpenBLAS's own threads (the CPU backend runs it on one thread and
+   * threads its fixed-shape tiles itself, docs/readme/reproducibility.md) */
+  openblas_set_num_threads(omp_get_max_threads());
   for (int k = -1; k < reps; k++) {
     double t0 = hq_now();
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)n, (blasint)n, (blasint)n,
                 1.0f, A, (blasint)n, B, (blasint)n, 0.0f, C, (blasint)n);
     if (k >= 0) t[k] = hq_now() - t0;
   }
+  openblas_set_num_threads(1);
   /* untimed check: one element against a double dot product */
   double ref = 0.0;
   for (int64_t k = 0; k < n; k++) ref += (double)A[5 * n + k] * (double)B[k * n + 7];
@@ -200,7 +205,7 @@ static int bench_layer(int64_t rows, int64_t cols, int64_t ntok, int reps, const
 
   /* (2) Hessian accumulation */
   struct hq_hessian hs;
-  HQ_TRY(hq_hessian_init(&hs, be, cols));
+  HQ_TRY(hq_hessian_init(&hs, be, cols, 1));
   double t[MAXREPS];
   for (int k = -1; k < reps; k++) {
     hq_hessian_reset(&hs);
@@ -211,9 +216,8 @@ static int bench_layer(int64_t rows, int64_t cols, int64_t ntok, int reps, const
   }
   L->t_hess = hq_median(t, reps);
   L->gf_hess = (double)cols * (double)cols * (double)ntok / L->t_hess / 1e9;
-  float *H = xalloc((size_t)(cols * cols) * 4);
-  hq_hessian_finalize(&hs, H);
-  hq_hessian_free(&hs);
+  float *H = NULL;
+  HQ_TRY(hq_hessian_finalize(&hs, &H));
   /* check: 64 entries against double dot products, H = 2/N sum x x^T */
   double herr = 0.0;
   for (int q = 0; q < 64; q++) {
@@ -280,7 +284,7 @@ static int bench_layer(int64_t rows, int64_t cols, int64_t ntok, int reps, const
   /* (4) GPTQ: 4-bit asym, act-order, g128, block 128, no stats */
   struct hq_backend tb = *be;
   base_be = be;
-  tb.gemm = w_gemm;
+  tb.gemm_rows = w_gemm;
   tb.gptq_block = w_block;
   tb.quant_params = w_params;
   tb.chol_inverse_upper = w_chol;

@@ -21,10 +21,11 @@
 static const struct hq_backend *cpu;
 static double t_gemm, t_inner, t_params, f_gemm;
 
-static void w_gemm(int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha, const float *A,
-                   int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+static void w_gemm(int64_t row0, int64_t seg, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                   float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
+                   float beta, float *C, int64_t ldc) {
   double t0 = hq_now();
-  cpu->gemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+  cpu->gemm_rows(row0, seg, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
   t_gemm += hq_now() - t0;
   f_gemm += 2.0 * (double)m * (double)n * (double)k;
 }
@@ -38,9 +39,9 @@ static void w_block(struct hq_grid g, int64_t rows, int64_t count, int64_t c0, i
   t_inner += hq_now() - t0;
 }
 static void w_params(struct hq_grid g, int64_t rows, int64_t ncols, const float *W, int64_t ldw,
-                     float *scale, float *zero) {
+                     const float *colw, float *scale, float *zero) {
   double t0 = hq_now();
-  cpu->quant_params(g, rows, ncols, W, ldw, scale, zero);
+  cpu->quant_params(g, rows, ncols, W, ldw, colw, scale, zero);
   t_params += hq_now() - t0;
 }
 
@@ -56,7 +57,7 @@ int main(int argc, char **argv) {
   }
   cpu = hq_backend_cpu();
   struct hq_backend be = *cpu;
-  be.gemm = w_gemm;
+  be.gemm_rows = w_gemm;
   be.gptq_block = w_block;
   be.quant_params = w_params;
 

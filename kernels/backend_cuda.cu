@@ -203,16 +203,64 @@ static int cu_chol_inverse_upper(int64_t n, float *H, int64_t ldh) {
   return 0;
 }
 
+/* ---- exact Hessian accumulation (backend.h hess_fixed_acc) ------------------------------ */
+/* One thread per entry (p, i) of the panel: each sum has exactly one writer. The largest |v|
+ * goes to *vmax_bits as the int bits of a non-negative float (ordered like the floats); a
+ * non-finite v sets it to a NaN pattern. Rounding as the CPU's: rint (half to even). */
+__global__ void hess_fixed_acc_kernel(int64_t j0, int64_t np, const float *C, int64_t ldc, double s,
+                                      double lim, long long *acc, unsigned int *vmax_bits) {
+  const int64_t p = blockIdx.y, j = j0 + p;
+  if (p >= np) return;
+  unsigned int local = 0;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i <= j;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const float v = C[p * ldc + i];
+    const float a = fabsf(v);
+    const unsigned int b = a <= 3.4028234663852886e38f ? __float_as_uint(a) : 0x7f800001u;
+    local = b > local ? b : local;
+    const double d = (double)v * s;
+    if (fabs(d) < lim) acc[j * (j + 1) / 2 + i] += (long long)(fabs(d) < 8388608.0 ? rint(d) : d);
+  }
+  atomicMax(vmax_bits, local);
+}
+
+static double cu_hess_fixed_acc(int64_t j0, int64_t np, const float *C, int64_t ldc, int F,
+                                int lim_bits, int64_t *acc) {
+  if (np <= 0) return 0.0;
+  unsigned int *d = (unsigned int *)hq_cuda_scratch(HQ_SCRATCH_HESS, sizeof(unsigned int));
+  HQ_CUDA_CHECK(cudaMemsetAsync(d, 0, sizeof(unsigned int), hq_cuda.stream));
+  const int64_t width = j0 + np;
+  unsigned gx = (unsigned)((width + 255) / 256);
+  gx = gx < 64 ? gx : 64;
+  HQ_ASSERT(np <= 65535);
+  hess_fixed_acc_kernel<<<dim3(gx, (unsigned)np), 256, 0, hq_cuda.stream>>>(
+      j0, np, C, ldc, ldexp(1.0, F), ldexp(1.0, lim_bits), (long long *)acc, d);
+  HQ_LAUNCH_CHECK("hess_fixed_acc");
+  unsigned int bits = 0;
+  HQ_CUDA_CHECK(cudaMemcpyAsync(&bits, d, sizeof bits, cudaMemcpyDeviceToHost, hq_cuda.stream));
+  HQ_CUDA_CHECK(cudaStreamSynchronize(hq_cuda.stream));
+  if (bits > 0x7f800000u) return NAN;
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return (double)f;
+}
+
 /* ---- the op table and device selection ------------------------------------------------ */
 static void cu_gemm(int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha, const float *A,
                     int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+  hq_cuda_gemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+/* cuBLAS picks its algorithm by shape: no per-row guarantee (backend.h), one call */
+static void cu_gemm_rows(int64_t row0, int64_t seg, int ta, int tb, int64_t m, int64_t n,
+                         int64_t k, float alpha, const float *A, int64_t lda, const float *B,
+                         int64_t ldb, float beta, float *C, int64_t ldc) {
   hq_cuda_gemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 static const struct hq_backend hq_cuda_backend = {
     "cuda", 1,
     cu_alloc, cu_free, cu_upload, cu_download, cu_copy, cu_zero, cu_sync,
-    cu_gemm, cu_syrk, cu_symmetrize, cu_chol_inverse_upper,
+    cu_gemm, cu_gemm_rows, cu_syrk, cu_symmetrize, cu_chol_inverse_upper, cu_hess_fixed_acc,
     hq_cuda_quant_params, hq_cuda_gptq_block, hq_cuda_rtn_cols,
     hq_cuda_rmsnorm, hq_cuda_rope, hq_cuda_attention, hq_cuda_swiglu, hq_cuda_add,
 };

@@ -60,7 +60,7 @@ const char *hq_cusolver_str(cusolverStatus_t s);
 /* Scratch device buffers owned by the backend, grown on demand (growing synchronises the
  * stream first, so a buffer is never freed under a running kernel). */
 enum hq_cuda_scratch { HQ_SCRATCH_SOLVER = 0, HQ_SCRATCH_ATTN = 1, HQ_SCRATCH_PTRS = 2,
-                       HQ_SCRATCH_COUNT = 3 };
+                       HQ_SCRATCH_HESS = 3, HQ_SCRATCH_COUNT = 4 };
 void *hq_cuda_scratch(int slot, size_t bytes);
 
 /* Grid size for grid-stride loops over n items with `threads` per block. */
@@ -77,11 +77,11 @@ void hq_cuda_gemm(int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha, 
 
 /* Ops implemented in cuda_quant.cu and cuda_fwd.cu (backend.h semantics). */
 void hq_cuda_quant_params(struct hq_grid g, int64_t rows, int64_t ncols, const float *W,
-                          int64_t ldw, float *scale, float *zero);
+                          int64_t ldw, const float *colw, float *scale, float *zero);
 void hq_cuda_gptq_block(struct hq_grid g, int64_t rows, int64_t count, int64_t c0, int64_t c1,
                         float *W1, int64_t ldw, const float *Hinv1, int64_t ldh,
                         const float *scale, const float *zero, float *Err1, int64_t lde,
-                        uint8_t *codes, int64_t ldc, double *loss_acc);
+                        uint8_t *codes, int64_t ldc, double *row_loss);
 void hq_cuda_rtn_cols(struct hq_grid g, int64_t rows, int64_t ncols, float *W, int64_t ldw,
                       const float *scale, const float *zero, uint8_t *codes, int64_t ldc);
 void hq_cuda_quant_init(void); /* kernel attributes (dynamic shared memory opt-in) */

@@ -10,6 +10,10 @@
  * (both within a few ulp), so on a near-tie the search may keep a different shrink factor. */
 #include "cuda_internal.cuh"
 
+extern "C" {
+#include "hscale.h"
+}
+
 /* ---- grid parameters ------------------------------------------------------------------ */
 /* One warp per row: min/max over the row (range forced to include 0). Min and max are exact,
  * so any reduction order gives the CPU's result; the comparisons are the CPU's (NaN is
@@ -45,10 +49,29 @@ __global__ void quant_mse_kernel(struct hq_grid g, int64_t rows, int64_t ncols, 
     hq_grid_params_ref(g, W + r * ldw, ncols, 1, scale + r, zero + r);
 }
 
+/* --scale-from-hessian: the weighted search of hscale.c on the host (a rare, experimental
+ * path; the slice and its column weights are staged through host memory). */
+static void quant_params_colw(struct hq_grid g, int64_t rows, int64_t ncols, const float *W,
+                              int64_t ldw, const float *colw, float *scale, float *zero) {
+  float *w = (float *)hq_xmalloc((size_t)(rows * ldw) * sizeof(float));
+  float *d = (float *)hq_xmalloc((size_t)ncols * sizeof(float));
+  float *s = (float *)hq_xmalloc((size_t)rows * sizeof(float));
+  float *z = (float *)hq_xmalloc((size_t)rows * sizeof(float));
+  HQ_CUDA_CHECK(cudaStreamSynchronize(hq_cuda.stream));
+  HQ_CUDA_CHECK(cudaMemcpy(w, W, (size_t)((rows - 1) * ldw + ncols) * sizeof(float), cudaMemcpyDeviceToHost));
+  HQ_CUDA_CHECK(cudaMemcpy(d, colw, (size_t)ncols * sizeof(float), cudaMemcpyDeviceToHost));
+  for (int64_t r = 0; r < rows; r++) hq_hscale_params_ref(g, w + r * ldw, d, ncols, 1, s + r, z + r);
+  HQ_CUDA_CHECK(cudaMemcpy(scale, s, (size_t)rows * sizeof(float), cudaMemcpyHostToDevice));
+  HQ_CUDA_CHECK(cudaMemcpy(zero, z, (size_t)rows * sizeof(float), cudaMemcpyHostToDevice));
+  free(w), free(d), free(s), free(z);
+}
+
 void hq_cuda_quant_params(struct hq_grid g, int64_t rows, int64_t ncols, const float *W,
-                          int64_t ldw, float *scale, float *zero) {
+                          int64_t ldw, const float *colw, float *scale, float *zero) {
   if (rows <= 0) return;
-  if (g.mse) {
+  if (colw) {
+    quant_params_colw(g, rows, ncols, W, ldw, colw, scale, zero);
+  } else if (g.mse) {
     quant_mse_kernel<<<hq_cuda_grid(rows, 64), 64, 0, hq_cuda.stream>>>(g, rows, ncols, W, ldw,
                                                                          scale, zero);
     HQ_LAUNCH_CHECK("quant_mse");
@@ -75,17 +98,12 @@ static size_t gptq_smem_bytes(int64_t w, int64_t n, int h_in_smem) {
          (size_t)(n * HQ_GPTQ_RP);
 }
 
-__device__ static void warp_loss_add(double loss, double *loss_acc) {
-  for (int off = 16; off; off >>= 1) loss += __shfl_down_sync(0xffffffffu, loss, off);
-  if ((threadIdx.x & 31) == 0) atomicAdd(loss_acc, loss);
-}
-
 /* Wb = W1 + c0, Hb = Hinv1 + c0*ldh + c0, Eb = Err1 + c0, Cb = codes + c0: columns are
  * relative to c0; w = count - c0 columns are downdated, n = c1 - c0 are quantized. */
 __global__ void __launch_bounds__(HQ_GPTQ_R)
 gptq_block_smem_kernel(int maxq, int64_t rows, int64_t w, int64_t n, float *Wb, int64_t ldw,
                        const float *Hb, int64_t ldh, const float *scale, const float *zero,
-                       float *Eb, int64_t lde, uint8_t *Cb, int64_t ldc, double *loss_acc,
+                       float *Eb, int64_t lde, uint8_t *Cb, int64_t ldc, double *row_loss,
                        int h_in_smem) {
   extern __shared__ float sm[];
   float *T = sm;                                   /* [w][RP]: T[j*RP + r] = W1[r0+r, c0+j] */
@@ -130,7 +148,7 @@ gptq_block_smem_kernel(int maxq, int64_t rows, int64_t w, int64_t n, float *Wb, 
       Cb[(r0 + rr) * ldc + i] = Cs[i * HQ_GPTQ_RP + rr];
     }
   }
-  warp_loss_add(loss, loss_acc);
+  if (lane < nr) row_loss[r0 + lane] += loss; /* one thread per row: no reduction */
 }
 
 /* Fallback when even the row tiles do not fit in shared memory (very large --block-size):
@@ -139,7 +157,7 @@ __global__ void gptq_block_global_kernel(int maxq, int64_t rows, int64_t w, int6
                                          int64_t ldw, const float *Hb, int64_t ldh,
                                          const float *scale, const float *zero, float *Eb,
                                          int64_t lde, uint8_t *Cb, int64_t ldc,
-                                         double *loss_acc) {
+                                         double *row_loss) {
   const int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   double loss = 0.0;
   if (r < rows) {
@@ -158,13 +176,13 @@ __global__ void gptq_block_global_kernel(int maxq, int64_t rows, int64_t w, int6
       for (int64_t j = i + 1; j < w; j++) wr[j] = __fsub_rn(wr[j], __fmul_rn(err, h[j]));
     }
   }
-  warp_loss_add(loss, loss_acc); /* every lane reaches this (blockDim is a multiple of 32) */
+  if (r < rows) row_loss[r] += loss;
 }
 
 void hq_cuda_gptq_block(struct hq_grid g, int64_t rows, int64_t count, int64_t c0, int64_t c1,
                         float *W1, int64_t ldw, const float *Hinv1, int64_t ldh,
                         const float *scale, const float *zero, float *Err1, int64_t lde,
-                        uint8_t *codes, int64_t ldc, double *loss_acc) {
+                        uint8_t *codes, int64_t ldc, double *row_loss) {
   HQ_ASSERT(0 <= c0 && c0 <= c1 && c1 <= count);
   if (rows <= 0 || c0 == c1) return;
   const int64_t w = count - c0, n = c1 - c0;
@@ -178,13 +196,13 @@ void hq_cuda_gptq_block(struct hq_grid g, int64_t rows, int64_t count, int64_t c
   if (no_h <= (size_t)hq_cuda.smem_optin) {
     const int h_in = with_h <= (size_t)hq_cuda.smem_optin;
     gptq_block_smem_kernel<<<(unsigned)nblk, HQ_GPTQ_R, h_in ? with_h : no_h, hq_cuda.stream>>>(
-        g.maxq, rows, w, n, Wb, ldw, Hb, ldh, scale, zero, Eb, lde, Cb, ldc, loss_acc, h_in);
+        g.maxq, rows, w, n, Wb, ldw, Hb, ldh, scale, zero, Eb, lde, Cb, ldc, row_loss, h_in);
     HQ_LAUNCH_CHECK("gptq_block_smem");
   } else {
     const unsigned nb = (unsigned)((rows + 63) / 64);
     gptq_block_global_kernel<<<nb, 64, 0, hq_cuda.stream>>>(g.maxq, rows, w, n, Wb, ldw, Hb, ldh,
                                                              scale, zero, Eb, lde, Cb, ldc,
-                                                             loss_acc);
+                                                             row_loss);
     HQ_LAUNCH_CHECK("gptq_block_global");
   }
 }

@@ -37,6 +37,16 @@ struct hq_backend {
   void (*gemm)(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
                int64_t ldc);
+  /* gemm with reproducible rows (docs/readme/reproducibility.md). The m rows form segments of
+   * `seg` rows (seg <= 0: one segment of m rows); row r of a segment has the index row0 + r
+   * in the caller's numbering (a token's position in its window, a weight row's index in its
+   * layer). On the CPU every element C[i, j] is then a function of row i of op(A), column j
+   * of op(B), C[i, j], k, n and (row0 + r) alone: the same whatever m, the batching, the
+   * thread count or how a layer's rows are split over ranks. Device backends give no such
+   * guarantee (they may equal gemm). */
+  void (*gemm_rows)(int64_t row0, int64_t seg, int trans_a, int trans_b, int64_t m, int64_t n,
+                    int64_t k, float alpha, const float *A, int64_t lda, const float *B,
+                    int64_t ldb, float beta, float *C, int64_t ldc);
   /* Upper triangle of C[n x n] = alpha * Xᵀ X + beta * C, X is k x n (k tokens of n features).
    * The strict lower triangle of C is not touched. */
   void (*syrk)(int64_t n, int64_t k, float alpha, const float *X, int64_t ldx, float beta,
@@ -47,23 +57,35 @@ struct hq_backend {
    * (H⁻¹ = Uᵀ U) in the upper triangle, zeros below. Returns 0, or the LAPACK/cuSOLVER info
    * (> 0: not positive definite) — then H is garbage and the caller retries from a copy. */
   int (*chol_inverse_upper)(int64_t n, float *H, int64_t ldh);
+  /* Exact fixed-point accumulation of a Hessian panel (src/hessian.c). C holds np rows
+   * (ldc) of one window's XᵀX: row p is feature j = j0 + p, its entries i = 0..j are added,
+   * each as V = round(v * 2^F) (round half to even; an integer when |v| 2^F < 2^lim_bits,
+   * lim_bits <= 62), into acc[j (j + 1) / 2 + i] (int64, column-packed upper triangle; backend
+   * memory). Entries with |v| 2^F >= 2^lim_bits are skipped. Returns the largest |v| of the
+   * panel (the caller detects a skip from it), NaN if any v is not finite. Integer sums: the
+   * result does not depend on the order of the windows. */
+  double (*hess_fixed_acc)(int64_t j0, int64_t np, const float *C, int64_t ldc, int F,
+                           int lim_bits, int64_t *acc);
 
   /* ---- quantization ---- */
   /* Grid parameters of each row of the rows x ncols slice W (row-major, ldw), with the shared
-   * scalar math of quant.h: scale[r], zero[r]. */
+   * scalar math of quant.h: scale[r], zero[r]. colw: NULL (min/max, or the MSE search with
+   * g.mse), or ncols per-column weights for the Hessian-weighted search of
+   * hq_hscale_params_ref (--scale-from-hessian; backend memory). */
   void (*quant_params)(struct hq_grid g, int64_t rows, int64_t ncols, const float *W,
-                       int64_t ldw, float *scale, float *zero);
+                       int64_t ldw, const float *colw, float *scale, float *zero);
   /* The fused GPTQ inner block. W1 is the rows x count block of the (permuted) weights
    * (row-major, ldw), Hinv1 its count x count upper block of the inverse-Hessian factor (ldh).
    * Process columns [c0, c1) (0 <= c0 < c1 <= count) with fixed per-row parameters
    * scale[r], zero[r]; for each column i: code = quant(W1[r,i]); W1[r,i] <- dequant (so W1
    * ends as the dequantized weights); err = (w - q) / Hinv1[i,i]; W1[r, i+1:count] -=
    * err * Hinv1[i, i+1:count]; Err1[r, i] = err (row-major, lde); codes[r * ldc + i] = code.
-   * loss_acc (backend memory, 1 double) += Σ_r (w - q)² / Hinv1[i,i]² / 2. */
+   * row_loss[r] (backend memory, rows doubles) += Σ_i (w - q)² / Hinv1[i,i]² / 2, summed
+   * over i in column order (a per-row value: no reduction across rows or threads). */
   void (*gptq_block)(struct hq_grid g, int64_t rows, int64_t count, int64_t c0, int64_t c1,
                      float *W1, int64_t ldw, const float *Hinv1, int64_t ldh,
                      const float *scale, const float *zero, float *Err1, int64_t lde,
-                     uint8_t *codes, int64_t ldc, double *loss_acc);
+                     uint8_t *codes, int64_t ldc, double *row_loss);
   /* Round-to-nearest of a rows x ncols slice in place with per-row params; codes out. */
   void (*rtn_cols)(struct hq_grid g, int64_t rows, int64_t ncols, float *W, int64_t ldw,
                    const float *scale, const float *zero, uint8_t *codes, int64_t ldc);

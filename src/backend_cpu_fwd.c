@@ -1,9 +1,7 @@
 /* CPU backend: forward ops (RMSNorm, RoPE, attention, SwiGLU, residual add). fp32, row-major.
  * Attention runs OpenMP threads over (sequence, head) pairs, its matrix work (QKᵀ and PV) is
  * cblas_sgemm per (sequence, head, row block). The elementwise ops are vectorized but run on
- * one thread on purpose: they are memory-bound and cost ~1% of a block, while every OpenMP
- * region leaves libgomp threads spinning (GOMP_SPINCOUNT) against OpenBLAS's own threads in
- * the projections that follow — measured ~30% slower on 2 cores with them parallel. */
+ * one thread: they are memory-bound and cost ~1% of a block. */
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
@@ -19,9 +17,7 @@ void hq_cpu_rmsnorm(int64_t ntok, int64_t dim, const float *x, const float *w, f
   for (int64_t t = 0; t < ntok; t++) {
     const float *xt = x + t * dim;
     float *yt = y + t * dim;
-    double ss = 0;
-#pragma omp simd reduction(+ : ss)
-    for (int64_t i = 0; i < dim; i++) ss += (double)xt[i] * xt[i];
+    const double ss = hq_sumsq(xt, dim);
     /* HF LlamaRMSNorm: x * rsqrt(mean(x²) + eps) in fp32, then weight * that */
     const float r = (float)(1.0 / sqrt(ss / (double)dim + (double)eps));
     for (int64_t i = 0; i < dim; i++) yt[i] = w[i] * (xt[i] * r);
@@ -70,11 +66,9 @@ void hq_cpu_attention(int64_t nseq, int64_t seqlen, int64_t nh, int64_t nkv, int
   const float scale = (float)(1.0 / sqrt((double)hd));
   const int64_t B = seqlen < HQ_ATT_ROWBLOCK ? seqlen : HQ_ATT_ROWBLOCK;
   const int64_t npairs = nseq * nh;
-  /* One BLAS thread per OpenMP thread while the (sequence, head) pairs run in parallel;
-   * restored afterwards for the big projections. */
+  /* OpenMP threads over the (sequence, head) pairs; OpenBLAS runs on one thread (see
+   * backend_cpu_blas.c), so every pair's products have shapes fixed by seqlen and head_dim */
   const int par = omp_get_max_threads() > 1 && npairs > 1;
-  const int blas_threads = openblas_get_num_threads();
-  if (par && blas_threads > 1) openblas_set_num_threads(1);
   int oom = 0;
 #pragma omp parallel if (par)
   {
@@ -106,7 +100,6 @@ void hq_cpu_attention(int64_t nseq, int64_t seqlen, int64_t nh, int64_t nkv, int
     }
     free(sc);
   }
-  if (par && blas_threads > 1) openblas_set_num_threads(blas_threads);
   if (oom) HQ_DIE("attention: out of memory for the %lld x %lld score buffer", (long long)B,
                   (long long)seqlen);
 }

@@ -8,14 +8,19 @@
 
 #include "backend_cpu.h"
 #include "error.h"
+#include "hscale.h"
 
 #define HQ_TILE 16 /* rows per tile of the inner block; lanes of the min/max scan */
 
 void hq_cpu_quant_params(struct hq_grid g, int64_t rows, int64_t ncols, const float *W,
-                         int64_t ldw, float *scale, float *zero) {
-#pragma omp parallel for schedule(static) if (rows * ncols * (g.mse ? 80 : 1) > 65536)
+                         int64_t ldw, const float *colw, float *scale, float *zero) {
+#pragma omp parallel for schedule(static) if (rows * ncols * (g.mse || colw ? 80 : 1) > 65536)
   for (int64_t r = 0; r < rows; r++) {
     const float *restrict w = W + r * ldw;
+    if (colw) {
+      hq_hscale_params_ref(g, w, colw, ncols, 1, scale + r, zero + r);
+      continue;
+    }
     if (g.mse) {
       hq_grid_params_ref(g, w, ncols, 1, scale + r, zero + r);
       continue;
@@ -55,10 +60,10 @@ void hq_cpu_quant_params(struct hq_grid g, int64_t rows, int64_t ncols, const fl
  * Vector types alias their element type, and T is 64-byte aligned. */
 typedef float hq_tilevec __attribute__((vector_size(HQ_TILE * sizeof(float))));
 
-static double gptq_tile(int maxq, int64_t nr, int64_t count, int64_t c0, int64_t c1,
-                        float *W1, int64_t ldw, const float *Hinv1, int64_t ldh,
-                        const float *scale, const float *zero, float *Err1, int64_t lde,
-                        uint8_t *codes, int64_t ldc, float *restrict T) {
+static void gptq_tile(int maxq, int64_t nr, int64_t count, int64_t c0, int64_t c1,
+                      float *W1, int64_t ldw, const float *Hinv1, int64_t ldh,
+                      const float *scale, const float *zero, float *Err1, int64_t lde,
+                      uint8_t *codes, int64_t ldc, double *row_loss, float *restrict T) {
   float s[HQ_TILE], z[HQ_TILE], err[HQ_TILE];
   int cd[HQ_TILE];
   double loss[HQ_TILE];
@@ -97,22 +102,19 @@ static double gptq_tile(int maxq, int64_t nr, int64_t count, int64_t c0, int64_t
     float *w = W1 + l * ldw;
     for (int64_t j = c0; j < count; j++) w[j] = T[j * HQ_TILE + l];
   }
-  double tot = 0.0;
-  for (int l = 0; l < nr; l++) tot += loss[l];
-  return tot;
+  for (int l = 0; l < nr; l++) row_loss[l] += loss[l];
 }
 
 void hq_cpu_gptq_block(struct hq_grid g, int64_t rows, int64_t count, int64_t c0, int64_t c1,
                        float *W1, int64_t ldw, const float *Hinv1, int64_t ldh,
                        const float *scale, const float *zero, float *Err1, int64_t lde,
-                       uint8_t *codes, int64_t ldc, double *loss_acc) {
+                       uint8_t *codes, int64_t ldc, double *row_loss) {
   HQ_ASSERT(0 <= c0 && c0 <= c1 && c1 <= count);
   if (rows <= 0 || c0 == c1) return;
   const int64_t ntiles = (rows + HQ_TILE - 1) / HQ_TILE;
-  double loss = 0.0;
   int nomem = 0;
   /* Work per row is ~ (c1 - c0) * count flops; do not fork threads for tiny calls. */
-#pragma omp parallel reduction(+ : loss) reduction(| : nomem) if (rows * (c1 - c0) * count > 65536)
+#pragma omp parallel reduction(| : nomem) if (rows * (c1 - c0) * count > 65536)
   {
     float *T = NULL;
     if (posix_memalign((void **)&T, 64, (size_t)count * HQ_TILE * sizeof(float))) {
@@ -123,13 +125,12 @@ void hq_cpu_gptq_block(struct hq_grid g, int64_t rows, int64_t count, int64_t c0
     for (int64_t tb = 0; tb < ntiles; tb++) {
       if (!T) continue;
       int64_t r0 = tb * HQ_TILE, nr = rows - r0 < HQ_TILE ? rows - r0 : HQ_TILE;
-      loss += gptq_tile(g.maxq, nr, count, c0, c1, W1 + r0 * ldw, ldw, Hinv1, ldh, scale + r0,
-                        zero + r0, Err1 + r0 * lde, lde, codes + r0 * ldc, ldc, T);
+      gptq_tile(g.maxq, nr, count, c0, c1, W1 + r0 * ldw, ldw, Hinv1, ldh, scale + r0,
+                zero + r0, Err1 + r0 * lde, lde, codes + r0 * ldc, ldc, row_loss + r0, T);
     }
     free(T);
   }
   if (nomem) HQ_DIE("gptq_block: out of memory for a %lld-float tile", (long long)count * HQ_TILE);
-  *loss_acc += loss;
 }
 
 void hq_cpu_rtn_cols(struct hq_grid g, int64_t rows, int64_t ncols, float *W, int64_t ldw,

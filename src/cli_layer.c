@@ -48,14 +48,16 @@ static void usage(FILE *f) {
 struct capture_ctx {
   enum hq_group want;
   struct hq_hessian *h;
+  int64_t seqlen;
   int got;
 };
 
 static int capture(void *ctx, enum hq_group g, const float *X, int64_t ntok, int64_t cols) {
   struct capture_ctx *c = ctx;
   if (g != c->want) return 0;
-  HQ_ASSERT(cols == c->h->n);
-  hq_hessian_accumulate(c->h, X, ntok, cols);
+  HQ_ASSERT(cols == c->h->n && ntok % c->seqlen == 0);
+  for (int64_t t = 0; t < ntok; t += c->seqlen) /* one window at a time (hessian.h) */
+    hq_hessian_accumulate(c->h, X + t * cols, c->seqlen, cols);
   c->got = 1;
   return 1; /* nothing after this group is needed */
 }
@@ -146,7 +148,7 @@ static int parse(int argc, char **argv, struct layer_opts *o) {
 
 /* Hessian of the linear's inputs over the calibration windows (full-precision forward). */
 static int layer_hessian(const struct hq_backend *be, const struct hq_model *m,
-                         const struct layer_opts *o, enum hq_linear lin, int64_t cols, float *H,
+                         const struct layer_opts *o, enum hq_linear lin, int64_t cols, float **H,
                          int64_t *ntok_out) {
   const struct hq_model_config *c = &m->cfg;
   const int64_t nwin = o->nsamples, seqlen = o->seqlen, ntok = nwin * seqlen;
@@ -185,8 +187,8 @@ static int layer_hessian(const struct hq_backend *be, const struct hq_model *m,
     goto done;
   }
   hq_forward_embed(be, c, embed, ids, ntok, x);
-  if ((rc = hq_hessian_init(&h, be, cols)) != HQ_OK) goto done;
-  struct capture_ctx cap = {hq_linear_group(lin), &h, 0};
+  if ((rc = hq_hessian_init(&h, be, cols, nwin)) != HQ_OK) goto done;
+  struct capture_ctx cap = {hq_linear_group(lin), &h, seqlen, 0};
   for (int64_t b = 0; b <= o->block; b++) {
     struct hq_block_weights w;
     struct hq_block_dev d;
@@ -194,16 +196,26 @@ static int layer_hessian(const struct hq_backend *be, const struct hq_model *m,
     rc = hq_block_dev_upload(be, c, &w, &d);
     hq_block_weights_free(&w);
     if (rc != HQ_OK) goto done;
-    for (int64_t w0 = 0; w0 < nwin; w0 += cw) {
-      int64_t nw = nwin - w0 < cw ? nwin - w0 : cw;
-      hq_forward_block(be, c, &d, &rope, ws, nw, seqlen, x + w0 * seqlen * c->hidden,
-                       b == o->block ? capture : NULL, &cap);
+    /* the last block's forward runs again only if an entry left F's range (hessian.h) */
+    for (int pass = 0; pass < (b == o->block ? 2 : 1); pass++) {
+      const int64_t save = b == o->block ? 0 : -1;
+      for (int64_t w0 = 0; w0 < nwin; w0 += cw) {
+        int64_t nw = nwin - w0 < cw ? nwin - w0 : cw;
+        hq_forward_block(be, c, &d, &rope, ws, nw, seqlen, x + w0 * seqlen * c->hidden,
+                         save == 0 ? capture : NULL, &cap);
+      }
+      int F = 0;
+      if (b < o->block || (rc = hq_hessian_check(&h, &F)) != 1) break;
+      hq_hessian_reset(&h);
+      hq_hessian_set_scale(&h, F);
+      rc = HQ_OK;
     }
     hq_block_dev_free(be, &d);
+    if (rc != HQ_OK) goto done;
   }
   HQ_ASSERT(cap.got);
-  hq_hessian_finalize(&h, H);
   *ntok_out = h.count;
+  rc = hq_hessian_finalize(&h, H);
 done:
   hq_hessian_free(&h);
   if (x) be->free(x);
@@ -262,14 +274,13 @@ int hq_cli_layer(int argc, char **argv) {
     goto done;
   }
   hq_linear_shape(&m.cfg, lin, &rows, &cols);
-  H = malloc(sizeof(float) * (size_t)(cols * cols));
   W = malloc(sizeof(float) * (size_t)(rows * cols));
-  if (!H || !W) {
+  if (!W) {
     rc = hq_fail(HQ_ERR_NOMEM, "out of memory for a %lld x %lld layer", (long long)rows, (long long)cols);
     goto done;
   }
   double t0 = hq_now();
-  if ((rc = layer_hessian(be, &m, &o, lin, cols, H, &ntok)) != HQ_OK) goto done;
+  if ((rc = layer_hessian(be, &m, &o, lin, cols, &H, &ntok)) != HQ_OK) goto done;
   double t_h = hq_now() - t0;
   char wname[160]; /* only the one linear, as fp32 */
   snprintf(wname, sizeof wname, "model.layers.%lld.%s.weight", o.block, hq_linear_name(lin));

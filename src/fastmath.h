@@ -32,8 +32,18 @@ static inline float hq_expf(float x) {
   return p * s;
 }
 
-/* The reductions below use `omp simd reduction`, which lets the compiler vectorize them
- * without -ffast-math (OpenMP is on for the whole project). */
+/* The sums below keep HQ_LANES partial sums in a fixed array and combine them in a fixed
+ * order: the compiler vectorizes them (no -ffast-math needed) and the result is the same for
+ * any vector width, so -march=native builds on different CPUs round alike
+ * (docs/readme/reproducibility.md). Max is exact in any order. */
+#define HQ_LANES 16
+
+/* pairwise sum of the lanes, the same tree for every build */
+static inline float hq_lanes_sum(float *a) {
+  for (int w = HQ_LANES / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; l++) a[l] += a[l + w];
+  return a[0];
+}
 
 /* max of x[0..n), n >= 1 */
 static inline float hq_maxf(const float *x, int64_t n) {
@@ -43,35 +53,51 @@ static inline float hq_maxf(const float *x, int64_t n) {
   return m;
 }
 
-/* x[j] <- exp(x[j] - m) for j < n; returns Σ x[j]: float partial sums over runs of 1024
- * (vector lanes), accumulated in double. */
+/* Σ exp(x[j] - m) over j in [j0, j1), j1 - j0 <= 1024, lanes by j mod HQ_LANES; the
+ * exponentials are written back to x when `store`. */
+static inline float hq_exp_block(float *x, int64_t j0, int64_t j1, float m, int store) {
+  float acc[HQ_LANES] = {0};
+  int64_t j = j0;
+  for (; j + HQ_LANES <= j1; j += HQ_LANES)
+    for (int l = 0; l < HQ_LANES; l++) {
+      const float e = hq_expf(x[j + l] - m);
+      if (store) x[j + l] = e;
+      acc[l] += e;
+    }
+  for (int l = 0; j < j1; j++, l++) {
+    const float e = hq_expf(x[j] - m);
+    if (store) x[j] = e;
+    acc[l] += e;
+  }
+  return hq_lanes_sum(acc);
+}
+
+/* x[j] <- exp(x[j] - m) for j < n; returns Σ x[j]: float partial sums over runs of 1024,
+ * accumulated in double. */
 static inline double hq_exp_shift_sum(float *x, int64_t n, float m) {
   double total = 0;
-  for (int64_t j0 = 0; j0 < n; j0 += 1024) {
-    const int64_t j1 = n - j0 < 1024 ? n : j0 + 1024;
-    float s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t j = j0; j < j1; j++) {
-      const float e = hq_expf(x[j] - m);
-      x[j] = e;
-      s += e;
-    }
-    total += s;
-  }
+  for (int64_t j0 = 0; j0 < n; j0 += 1024) total += hq_exp_block(x, j0, n - j0 < 1024 ? n : j0 + 1024, m, 1);
   return total;
 }
 
 /* Σ exp(x[j] - m) for j < n without writing x; same accumulation as hq_exp_shift_sum. */
 static inline double hq_sum_exp_shift(const float *x, int64_t n, float m) {
   double total = 0;
-  for (int64_t j0 = 0; j0 < n; j0 += 1024) {
-    const int64_t j1 = n - j0 < 1024 ? n : j0 + 1024;
-    float s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t j = j0; j < j1; j++) s += hq_expf(x[j] - m);
-    total += s;
-  }
+  for (int64_t j0 = 0; j0 < n; j0 += 1024)
+    total += hq_exp_block((float *)x, j0, n - j0 < 1024 ? n : j0 + 1024, m, 0);
   return total;
+}
+
+/* Σ x[i]² in double with HQ_LANES fixed partial sums */
+static inline double hq_sumsq(const float *x, int64_t n) {
+  double acc[HQ_LANES] = {0};
+  int64_t i = 0;
+  for (; i + HQ_LANES <= n; i += HQ_LANES)
+    for (int l = 0; l < HQ_LANES; l++) acc[l] += (double)x[i + l] * x[i + l];
+  for (int l = 0; i < n; i++, l++) acc[l] += (double)x[i] * x[i];
+  for (int w = HQ_LANES / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+  return acc[0];
 }
 
 #endif

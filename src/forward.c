@@ -262,17 +262,19 @@ static void ws_positions(struct hq_fwd_ws *ws, int64_t seqlen) {
   ws->pos_seqlen = seqlen;
 }
 
-/* Y[ntok x rows] = X[ntok x cols] · Wᵀ (+ bias broadcast over tokens) (+ Y when accumulate) */
+/* Y[ntok x rows] = X[ntok x cols] · Wᵀ (+ bias broadcast over tokens) (+ Y when accumulate).
+ * Tokens are rows of windows of seqlen: gemm_rows makes each token's output a function of its
+ * own input and position alone, however many windows one call holds. */
 static void linear(const struct hq_backend *be, const struct hq_fwd_ws *ws, int64_t ntok,
-                   int64_t rows, int64_t cols, const float *X, const float *W, const float *bias,
-                   float *Y, int accumulate) {
+                   int64_t seqlen, int64_t rows, int64_t cols, const float *X, const float *W,
+                   const float *bias, float *Y, int accumulate) {
   float beta = accumulate ? 1.0f : 0.0f;
   if (bias) {
     /* Y (+)= ones[ntok x 1] · bias[1 x rows]: the broadcast through one rank-1 gemm */
-    be->gemm(0, 0, ntok, rows, 1, 1.0f, ws->ones, 1, bias, rows, beta, Y, rows);
+    be->gemm_rows(0, seqlen, 0, 0, ntok, rows, 1, 1.0f, ws->ones, 1, bias, rows, beta, Y, rows);
     beta = 1.0f;
   }
-  be->gemm(0, 1, ntok, rows, cols, 1.0f, X, cols, W, cols, beta, Y, rows);
+  be->gemm_rows(0, seqlen, 0, 1, ntok, rows, cols, 1.0f, X, cols, W, cols, beta, Y, rows);
 }
 
 int hq_forward_block(const struct hq_backend *be, const struct hq_model_config *c,
@@ -291,27 +293,27 @@ int hq_forward_block(const struct hq_backend *be, const struct hq_model_config *
   be->rmsnorm(ntok, H, x, w->ln_attn, c->rms_eps, ws->xn);
   act_quant(be, ws, ws->xn, ntok, H);
   if (capture && capture(ctx, HQ_GROUP_QKV, ws->xn, ntok, H)) return 1;
-  linear(be, ws, ntok, qd, H, ws->xn, w->lin[HQ_LIN_Q], w->bias[HQ_LIN_Q], ws->q, 0);
-  linear(be, ws, ntok, kvd, H, ws->xn, w->lin[HQ_LIN_K], w->bias[HQ_LIN_K], ws->k, 0);
-  linear(be, ws, ntok, kvd, H, ws->xn, w->lin[HQ_LIN_V], w->bias[HQ_LIN_V], ws->v, 0);
+  linear(be, ws, ntok, seqlen, qd, H, ws->xn, w->lin[HQ_LIN_Q], w->bias[HQ_LIN_Q], ws->q, 0);
+  linear(be, ws, ntok, seqlen, kvd, H, ws->xn, w->lin[HQ_LIN_K], w->bias[HQ_LIN_K], ws->k, 0);
+  linear(be, ws, ntok, seqlen, kvd, H, ws->xn, w->lin[HQ_LIN_V], w->bias[HQ_LIN_V], ws->v, 0);
   be->rope(ntok, nh, hd, ws->pos, rope->cos_t, rope->sin_t, ws->q);
   be->rope(ntok, nkv, hd, ws->pos, rope->cos_t, rope->sin_t, ws->k);
   be->attention(nseq, seqlen, nh, nkv, hd, ws->q, ws->k, ws->v, ws->att);
   act_quant(be, ws, ws->att, ntok, qd);
   if (capture && capture(ctx, HQ_GROUP_O, ws->att, ntok, qd)) return 1;
   be->copy(ws->h, x, (size_t)(ntok * H) * sizeof(float));
-  linear(be, ws, ntok, H, qd, ws->att, w->lin[HQ_LIN_O], w->bias[HQ_LIN_O], ws->h, 1);
+  linear(be, ws, ntok, seqlen, H, qd, ws->att, w->lin[HQ_LIN_O], w->bias[HQ_LIN_O], ws->h, 1);
 
   /* MLP: h += down(silu(gate(xn)) * up(xn)) with xn = rmsnorm(h) */
   be->rmsnorm(ntok, H, ws->h, w->ln_mlp, c->rms_eps, ws->xn);
   act_quant(be, ws, ws->xn, ntok, H);
   if (capture && capture(ctx, HQ_GROUP_GATEUP, ws->xn, ntok, H)) return 1;
-  linear(be, ws, ntok, I, H, ws->xn, w->lin[HQ_LIN_GATE], w->bias[HQ_LIN_GATE], ws->g, 0);
-  linear(be, ws, ntok, I, H, ws->xn, w->lin[HQ_LIN_UP], w->bias[HQ_LIN_UP], ws->u, 0);
+  linear(be, ws, ntok, seqlen, I, H, ws->xn, w->lin[HQ_LIN_GATE], w->bias[HQ_LIN_GATE], ws->g, 0);
+  linear(be, ws, ntok, seqlen, I, H, ws->xn, w->lin[HQ_LIN_UP], w->bias[HQ_LIN_UP], ws->u, 0);
   be->swiglu(ntok * I, ws->g, ws->u, ws->g);
   act_quant(be, ws, ws->g, ntok, I);
   if (capture && capture(ctx, HQ_GROUP_DOWN, ws->g, ntok, I)) return 1;
-  linear(be, ws, ntok, H, I, ws->g, w->lin[HQ_LIN_DOWN], w->bias[HQ_LIN_DOWN], ws->h, 1);
+  linear(be, ws, ntok, seqlen, H, I, ws->g, w->lin[HQ_LIN_DOWN], w->bias[HQ_LIN_DOWN], ws->h, 1);
   be->copy(x, ws->h, (size_t)(ntok * H) * sizeof(float));
   return 0;
 }
@@ -340,9 +342,13 @@ double hq_forward_nll(const struct hq_backend *be, const struct hq_model_config 
   HQ_ASSERT(ntok > 0 && ntok <= ws->cap && ws->vocab == V && ws->hidden == H);
   be->rmsnorm(ntok, H, x, norm_w, c->rms_eps, ws->xn);
   double total = 0;
-  for (int64_t r0 = 0; r0 < ntok; r0 += ws->lchunk) {
-    const int64_t nr = ntok - r0 < ws->lchunk ? ntok - r0 : ws->lchunk;
-    be->gemm(0, 1, nr, V, H, 1.0f, ws->xn + r0 * H, H, lm_head, H, 0.0f, ws->logits, V);
+  /* chunks of whole windows, or of one window's tokens (gemm_rows: per-token results) */
+  const int64_t per = ws->lchunk >= seqlen ? ws->lchunk / seqlen * seqlen : ws->lchunk;
+  for (int64_t r0 = 0; r0 < ntok;) {
+    int64_t nr = ntok - r0 < per ? ntok - r0 : per;
+    if (per < seqlen && r0 % seqlen + nr > seqlen) nr = seqlen - r0 % seqlen;
+    be->gemm_rows(r0 % seqlen, seqlen, 0, 1, nr, V, H, 1.0f, ws->xn + r0 * H, H, lm_head, H, 0.0f,
+                  ws->logits, V);
     if (be->on_device) be->download(ws->logits_host, ws->logits, (size_t)(nr * V) * sizeof(float));
     const float *L = ws->logits_host;
     if (logits_out) memcpy(logits_out + r0 * V, L, (size_t)(nr * V) * sizeof(float));
@@ -360,6 +366,7 @@ double hq_forward_nll(const struct hq_backend *be, const struct hq_model_config 
       ws->row_nll[i] = lse - (double)row[ids[t + 1]];
     }
     for (int64_t i = 0; i < nr; i++) total += ws->row_nll[i];
+    r0 += nr;
   }
   return total;
 }

@@ -1,13 +1,16 @@
 /* GPTQ and round-to-nearest for one linear layer (docs/readme/gptq.md), written
  * once against the backend interface (backend.h).
  *
- * Data flow of hq_gptq_quantize:
- *   host: check finite → per-channel params (from W as given, as the reference) → dead
- *         columns (H[i,i] = 0 → 1, W[:, i] = 0) → static group params (unpermuted W) →
- *         act-order permutation of W and H → damping (+ automatic raises) on a host copy
- *   backend: upper Cholesky factor U of H⁻¹, blocked GPTQ (fused inner block per segment of
- *         columns with fixed parameters, one GEMM per block for the lazy update)
- *   host: download, undo the permutation, groups/g_idx, statistics (proxy losses by GEMM).
+ * Data flow:
+ *   hq_gptq_prepare (once per Hessian): check finite → dead columns (H[i,i] = 0 → 1) →
+ *         act-order permutation → damping (+ automatic raises) on a host copy → backend:
+ *         upper Cholesky factor U of H⁻¹
+ *   hq_gptq_solve (per block of rows): per-channel params (from W as given, as the
+ *         reference) → W[:, dead] = 0 → static group params (unpermuted W) → permute W →
+ *         backend: blocked GPTQ (fused inner block per segment of columns with fixed
+ *         parameters, one GEMM per block for the lazy update) → host: undo the permutation,
+ *         groups/g_idx.
+ *   statistics: proxy losses by GEMM, per row (hq_proxy_loss_rows).
  *
  * Dynamic groups are computed when the loop reaches the group's first (permuted) column on
  * the fully updated weights: when that group reaches past the end of the current block, the
@@ -60,6 +63,7 @@ void hq_gptq_result_free(struct hq_gptq_result *res) {
   free(res->zeros);
   free(res->g_idx);
   free(res->perm);
+  free(res->row_loss_ref);
   memset(res, 0, sizeof *res);
 }
 
@@ -130,18 +134,16 @@ static int permute_rows_f32(float *W, int64_t rows, int64_t cols, const int32_t 
               : HQ_OK;
 }
 
-double hq_proxy_loss(const struct hq_backend *be, int64_t rows, int64_t cols, const float *D,
-                     const float *H) {
-  if (rows <= 0 || cols <= 0) return 0.0;
-  /* T = D_chunk · H (rows_chunk x cols), loss += Σ T ⊙ D_chunk; chunks bound the workspace. */
+/* Rows of T = D_chunk · H, per-row Σ_k T ⊙ D in column order; chunks bound the workspace. */
+void hq_proxy_loss_rows(const struct hq_backend *be, int64_t row0, int64_t rows, int64_t cols,
+                        const float *D, const float *H, double *out) {
+  if (rows <= 0 || cols <= 0) return;
   int64_t chunk = rows;
   const int64_t max_ws = (int64_t)1 << 24; /* floats (64 MB) */
   if (chunk * cols > max_ws) chunk = max_ws / cols > 0 ? max_ws / cols : 1;
-  if (chunk > 8 && chunk < rows) chunk -= chunk % 8;
-  size_t tbytes = (size_t)chunk * (size_t)cols * sizeof(float);
-  float *T = malloc(tbytes);
+  const size_t tbytes = (size_t)chunk * (size_t)cols * sizeof(float);
+  float *T = hq_xmalloc(tbytes);
   float *dT = NULL, *dD = NULL, *dH = NULL;
-  if (!T) HQ_DIE("out of memory for the proxy-loss workspace (%zu bytes)", tbytes);
   if (be->on_device) {
     dT = be->alloc(tbytes);
     dD = be->alloc(tbytes);
@@ -149,21 +151,22 @@ double hq_proxy_loss(const struct hq_backend *be, int64_t rows, int64_t cols, co
     if (!dT || !dD || !dH) HQ_DIE("out of device memory for the proxy-loss workspace");
     be->upload(dH, H, (size_t)cols * (size_t)cols * sizeof(float));
   }
-  double loss = 0.0;
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-    int64_t nr = rows - r0 < chunk ? rows - r0 : chunk;
+    const int64_t nr = rows - r0 < chunk ? rows - r0 : chunk;
     const float *Dc = D + r0 * cols;
     if (be->on_device) {
       be->upload(dD, Dc, (size_t)nr * (size_t)cols * sizeof(float));
-      be->gemm(0, 0, nr, cols, cols, 1.0f, dD, cols, dH, cols, 0.0f, dT, cols);
+      be->gemm_rows(row0 + r0, 0, 0, 0, nr, cols, cols, 1.0f, dD, cols, dH, cols, 0.0f, dT, cols);
       be->download(T, dT, (size_t)nr * (size_t)cols * sizeof(float));
     } else {
-      be->gemm(0, 0, nr, cols, cols, 1.0f, Dc, cols, H, cols, 0.0f, T, cols);
+      be->gemm_rows(row0 + r0, 0, 0, 0, nr, cols, cols, 1.0f, Dc, cols, H, cols, 0.0f, T, cols);
     }
-    double acc = 0.0;
-#pragma omp parallel for schedule(static) reduction(+ : acc) if (nr * cols > 65536)
-    for (int64_t k = 0; k < nr * cols; k++) acc += (double)T[k] * (double)Dc[k];
-    loss += acc;
+#pragma omp parallel for schedule(static) if (nr * cols > 65536)
+    for (int64_t r = 0; r < nr; r++) {
+      double acc = 0.0;
+      for (int64_t k = 0; k < cols; k++) acc += (double)T[r * cols + k] * (double)Dc[r * cols + k];
+      out[r0 + r] = acc;
+    }
   }
   free(T);
   if (be->on_device) {
@@ -171,7 +174,17 @@ double hq_proxy_loss(const struct hq_backend *be, int64_t rows, int64_t cols, co
     be->free(dD);
     be->free(dH);
   }
-  return loss;
+}
+
+double hq_proxy_loss(const struct hq_backend *be, int64_t rows, int64_t cols, const float *D,
+                     const float *H) {
+  if (rows <= 0 || cols <= 0) return 0.0;
+  double *r = hq_xmalloc((size_t)rows * sizeof(double));
+  hq_proxy_loss_rows(be, 0, rows, cols, D, H, r);
+  double s = 0.0;
+  for (int64_t i = 0; i < rows; i++) s += r[i];
+  free(r);
+  return s;
 }
 
 static int alloc_result(struct hq_gptq_result *res, int64_t rows, int64_t cols, int64_t ngroups) {
@@ -200,55 +213,68 @@ static void transpose_params(const float *gm, int64_t ngroups, int64_t rows, flo
     for (int64_t r = 0; r < rows; r++) out[r * ngroups + g] = gm[g * rows + r];
 }
 
+/* The backend's parameter arrays [ngroups x rows] into res (rows x ngroups). */
+static void download_params(const struct hq_backend *be, const float *dS, const float *dZ,
+                            struct hq_gptq_result *res) {
+  const int64_t rows = res->rows, ng = res->ngroups;
+  float *tmp = hq_xmalloc((size_t)rows * (size_t)ng * sizeof(float) + 1);
+  be->download(tmp, dS, (size_t)rows * (size_t)ng * sizeof(float));
+  transpose_params(tmp, ng, rows, res->scales);
+  be->download(tmp, dZ, (size_t)rows * (size_t)ng * sizeof(float));
+  transpose_params(tmp, ng, rows, res->zeros);
+  free(tmp);
+}
+
+/* diag(H) as per-column weights of --scale-from-hessian, in backend memory (NULL on failure) */
+static float *upload_diag(const struct hq_backend *be, const float *H, int64_t cols,
+                          const int32_t *perm) {
+  float *d = hq_xmalloc((size_t)cols * sizeof(float));
+  for (int64_t j = 0; j < cols; j++) {
+    const int64_t c = perm ? perm[j] : j;
+    d[j] = H[c * cols + c];
+  }
+  float *dd = be->alloc((size_t)cols * sizeof(float));
+  if (dd) be->upload(dd, d, (size_t)cols * sizeof(float));
+  free(d);
+  return dd;
+}
+
 /* ------------------------------------------------------------------ RTN */
 
 int hq_rtn_quantize(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t rows,
                     int64_t cols, float *W, const float *H, struct hq_gptq_result *res) {
   HQ_TRY(hq_gptq_opts_check(o, cols));
   HQ_TRY(check_finite("W", W, rows, cols, "the layer's weights are corrupt (check the checkpoint)"));
+  if (o->hscale && !H) return hq_fail(HQ_ERR_INPUT, "--scale-from-hessian needs the Hessian (calibration data)");
   const int64_t gs = o->group_size > 0 ? o->group_size : cols;
   const int64_t ngroups = ngroups_of(cols, o->group_size);
   HQ_TRY(alloc_result(res, rows, cols, ngroups));
   const struct hq_grid g = hq_grid_make(o->bits, o->sym, o->mse);
   double t0 = hq_now();
-  float *W0 = NULL;
-  if (H) {
-    W0 = malloc((size_t)rows * (size_t)cols * sizeof(float) + 1);
-    if (!W0) {
-      hq_gptq_result_free(res);
-      return hq_fail(HQ_ERR_NOMEM, "out of memory for RTN statistics");
-    }
-    memcpy(W0, W, (size_t)rows * (size_t)cols * sizeof(float));
-  }
+  float *W0 = H ? malloc((size_t)rows * (size_t)cols * sizeof(float) + 1) : NULL;
   size_t wbytes = (size_t)rows * (size_t)cols * sizeof(float);
   float *dW = be->alloc(wbytes);
   uint8_t *dC = be->alloc((size_t)rows * (size_t)cols);
   float *dS = be->alloc((size_t)rows * (size_t)ngroups * sizeof(float));
   float *dZ = be->alloc((size_t)rows * (size_t)ngroups * sizeof(float));
+  float *colw = o->hscale ? upload_diag(be, H, cols, NULL) : NULL;
   int rc = HQ_OK;
-  if (!dW || !dC || !dS || !dZ) {
+  if ((H && !W0) || !dW || !dC || !dS || !dZ || (o->hscale && !colw)) {
     rc = hq_fail(HQ_ERR_NOMEM, "out of %s memory for RTN of a %lld x %lld layer", be->name,
                  (long long)rows, (long long)cols);
     goto done;
   }
+  if (W0) memcpy(W0, W, wbytes);
   be->upload(dW, W, wbytes);
   for (int64_t k = 0; k < ngroups; k++) {
     int64_t c0 = k * gs, n = cols - c0 < gs ? cols - c0 : gs;
-    be->quant_params(g, rows, n, dW + c0, cols, dS + k * rows, dZ + k * rows);
+    be->quant_params(g, rows, n, dW + c0, cols, colw ? colw + c0 : NULL, dS + k * rows, dZ + k * rows);
     be->rtn_cols(g, rows, n, dW + c0, cols, dS + k * rows, dZ + k * rows, dC + c0, cols);
   }
   be->sync();
   be->download(W, dW, wbytes);
   be->download(res->codes, dC, (size_t)rows * (size_t)cols);
-  {
-    float *tmp = malloc((size_t)rows * (size_t)ngroups * sizeof(float) + 1);
-    if (!tmp) HQ_DIE("out of memory");
-    be->download(tmp, dS, (size_t)rows * (size_t)ngroups * sizeof(float));
-    transpose_params(tmp, ngroups, rows, res->scales);
-    be->download(tmp, dZ, (size_t)rows * (size_t)ngroups * sizeof(float));
-    transpose_params(tmp, ngroups, rows, res->zeros);
-    free(tmp);
-  }
+  download_params(be, dS, dZ, res);
   for (int64_t c = 0; c < cols; c++) {
     res->g_idx[c] = (int32_t)(o->group_size > 0 ? c / gs : 0);
     res->perm[c] = (int32_t)c;
@@ -265,275 +291,316 @@ done:
   if (dC) be->free(dC);
   if (dS) be->free(dS);
   if (dZ) be->free(dZ);
+  if (colw) be->free(colw);
   free(W0);
   if (rc != HQ_OK) hq_gptq_result_free(res);
   return rc;
 }
 
-/* ------------------------------------------------------------------ GPTQ */
+/* ------------------------------------------------------------------ GPTQ: prepare */
+
+void hq_gptq_prep_free(const struct hq_backend *be, struct hq_gptq_prep *p) {
+  if (p->U) be->free(p->U);
+  if (p->colw) be->free(p->colw);
+  if (p->colw_p) be->free(p->colw_p);
+  free(p->perm);
+  free(p->dead);
+  memset(p, 0, sizeof *p);
+}
+
+/* U = factor of (H[perm][:, perm] + damp I)⁻¹ with damping raised x10 until the Cholesky
+ * succeeds; each try stages the permuted, dead-fixed H afresh (the inverse overwrites it). */
+static int damped_factor(const struct hq_backend *be, const struct hq_gptq_opts *o,
+                         const float *H, const float *diag0, double mean, struct hq_gptq_prep *p) {
+  const int64_t cols = p->cols;
+  const size_t hbytes = (size_t)cols * (size_t)cols * sizeof(float);
+  float *Hs = be->on_device ? malloc(hbytes) : p->U;
+  if (!Hs) return hq_fail(HQ_ERR_NOMEM, "out of host memory staging a %lld-wide Hessian", (long long)cols);
+  double pd = o->percdamp;
+  int info = 1;
+  for (int t = 0; t <= o->damp_retries; t++, pd *= 10.0) {
+    const float damp = (float)(pd * mean);
+#pragma omp parallel for schedule(static) if (cols > 256)
+    for (int64_t i = 0; i < cols; i++) {
+      const float *src = H + (int64_t)p->perm[i] * cols;
+      float *dst = Hs + i * cols;
+      if (o->act_order)
+        for (int64_t j = 0; j < cols; j++) dst[j] = src[p->perm[j]];
+      else
+        memcpy(dst, src, (size_t)cols * sizeof(float));
+      dst[i] = diag0[i] + damp;
+    }
+    if (be->on_device) be->upload(p->U, Hs, hbytes);
+    info = be->chol_inverse_upper(cols, p->U, cols);
+    p->damp_used = pd;
+    p->damp_abs = damp;
+    if (info == 0) break;
+  }
+  if (be->on_device) free(Hs);
+  if (info == 0) return HQ_OK;
+  return hq_fail(HQ_ERR_NUMERIC, "the Hessian is not positive definite even with damping %g (raised "
+                 "%d times x10 from %g; LAPACK info %d); check the calibration data or raise --damp "
+                 "/ --damp-retries", p->damp_used, o->damp_retries, (double)o->percdamp, info);
+}
+
+int hq_gptq_prepare(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t cols,
+                    const float *H, struct hq_gptq_prep *p) {
+  memset(p, 0, sizeof *p);
+  HQ_TRY(hq_gptq_opts_check(o, cols));
+  HQ_TRY(check_finite("H", H, cols, cols,
+                      "the calibration activations overflowed or are corrupt (check the "
+                      "calibration tokens and the forward of the previous blocks)"));
+  const double t0 = hq_now();
+  p->cols = cols;
+  p->perm = malloc((size_t)cols * sizeof(int32_t));
+  p->dead = calloc((size_t)cols, 1);
+  p->U = be->alloc((size_t)cols * (size_t)cols * sizeof(float));
+  float *diag0 = malloc((size_t)cols * sizeof(float));
+  int rc = p->perm && p->dead && p->U && diag0
+               ? HQ_OK
+               : hq_fail(HQ_ERR_NOMEM, "out of memory for the %lld x %lld inverse Hessian (%s "
+                         "backend); use more ranks", (long long)cols, (long long)cols, be->name);
+  for (int64_t i = 0; !rc && i < cols; i++) {
+    p->perm[i] = (int32_t)i;
+    p->dead[i] = H[i * cols + i] == 0.0f;
+    p->dead_cols += p->dead[i];
+  }
+  if (!rc && o->act_order) rc = hq_act_order_perm(H, cols, p->perm);
+  double mean = 0.0;
+  for (int64_t i = 0; !rc && i < cols; i++) {
+    const int64_t c = p->perm[i];
+    diag0[i] = p->dead[c] ? 1.0f : H[c * cols + c];
+    mean += diag0[i];
+  }
+  mean /= (double)cols;
+  if (!rc && !(mean > 0.0))
+    rc = hq_fail(HQ_ERR_NUMERIC, "the Hessian's mean diagonal is %g (not positive): it is not a "
+                 "sum of x xᵀ; check the calibration activations", mean);
+  if (!rc) rc = damped_factor(be, o, H, diag0, mean, p);
+  if (!rc && o->hscale) {
+    p->colw = upload_diag(be, H, cols, NULL);
+    p->colw_p = upload_diag(be, H, cols, p->perm);
+    if (!p->colw || !p->colw_p) rc = hq_fail(HQ_ERR_NOMEM, "out of %s memory for the Hessian diagonal", be->name);
+  }
+  free(diag0);
+  be->sync();
+  p->t_chol = hq_now() - t0;
+  if (rc) hq_gptq_prep_free(be, p);
+  return rc;
+}
+
+/* ------------------------------------------------------------------ GPTQ: solve */
+
+/* backend buffers of one solve */
+struct solve_ws {
+  float *W, *E, *S, *Z; /* [rows x cols], [rows x B], [ngroups x rows] x 2 */
+  uint8_t *C;           /* [rows x cols] codes in processing order */
+  double *L;            /* [rows] reference loss */
+};
+
+static void solve_ws_free(const struct hq_backend *be, struct solve_ws *w, const float *W_host) {
+  if (w->W && w->W != W_host) be->free(w->W);
+  if (w->E) be->free(w->E);
+  if (w->S) be->free(w->S);
+  if (w->Z) be->free(w->Z);
+  if (w->C) be->free(w->C);
+  if (w->L) be->free(w->L);
+}
+
+/* Grid parameters of a rows x n slice: colw (backend, n) weights the hscale search. */
+static void params(const struct hq_backend *be, const struct hq_gptq_opts *o, struct hq_grid g,
+                   int64_t rows, int64_t n, const float *Wsl, int64_t ldw, const float *colw,
+                   float *s, float *z) {
+  be->quant_params(g, rows, n, Wsl, ldw, o->hscale ? colw : NULL, s, z);
+}
+
+/* One block [i1, i2) of the blocked loop: column segments with fixed parameters through the
+ * fused inner block, dynamic groups computed when reached, then the lazy update GEMM(s). */
+static void solve_block(const struct hq_backend *be, const struct hq_gptq_opts *o,
+                        const struct hq_gptq_prep *p, struct hq_grid g, int64_t row0,
+                        int64_t rows, const struct solve_ws *w, int64_t i1, int64_t i2) {
+  const int64_t cols = p->cols, B = o->block_size, count = i2 - i1;
+  const int64_t gs = o->group_size > 0 ? o->group_size : 0;
+  const float *U = p->U;
+  int64_t pend_done = 0, pend_e = i2; /* [i2, pend_e) already got errors [0, pend_done) */
+  for (int64_t j = i1; j < i2;) {
+    int64_t seg_end = i2, grp = 0;
+    if (gs > 0 && o->static_groups) {
+      grp = p->perm[j] / gs;
+      seg_end = j + 1;
+      while (seg_end < i2 && p->perm[seg_end] / gs == grp) seg_end++;
+    } else if (gs > 0) {
+      grp = j / gs;
+      const int64_t ge = (grp + 1) * gs < cols ? (grp + 1) * gs : cols;
+      if (j == grp * gs) {
+        if (ge > i2 && j > i1) {
+          /* the group reaches past this block: give its later columns the pending update of
+           * the block's processed columns [i1, j) first */
+          be->gemm_rows(row0, 0, 0, 0, rows, ge - i2, j - i1, -1.0f, w->E, B, U + i1 * cols + i2,
+                        cols, 1.0f, w->W + i2, cols);
+          pend_done = j - i1;
+          pend_e = ge;
+        }
+        params(be, o, g, rows, ge - j, w->W + j, cols, p->colw_p ? p->colw_p + j : NULL,
+               w->S + grp * rows, w->Z + grp * rows);
+      }
+      seg_end = ge < i2 ? ge : i2;
+    }
+    be->gptq_block(g, rows, count, j - i1, seg_end - i1, w->W + i1, cols, U + i1 * cols + i1,
+                   cols, w->S + grp * rows, w->Z + grp * rows, w->E, B, w->C + i1, cols, w->L);
+    j = seg_end;
+  }
+  if (i2 >= cols) return;
+  /* lazy batch update: W[:, i2:] -= Err1 · U[i1:i2, i2:] */
+  if (pend_e > i2) {
+    be->gemm_rows(row0, 0, 0, 0, rows, pend_e - i2, count - pend_done, -1.0f, w->E + pend_done, B,
+                  U + (i1 + pend_done) * cols + i2, cols, 1.0f, w->W + i2, cols);
+    if (pend_e < cols)
+      be->gemm_rows(row0, 0, 0, 0, rows, cols - pend_e, count, -1.0f, w->E, B,
+                    U + i1 * cols + pend_e, cols, 1.0f, w->W + pend_e, cols);
+  } else {
+    be->gemm_rows(row0, 0, 0, 0, rows, cols - i2, count, -1.0f, w->E, B, U + i1 * cols + i2, cols,
+                  1.0f, w->W + i2, cols);
+  }
+}
+
+/* Parameters fixed before the loop (per channel: W as given; static groups: the unpermuted,
+ * dead-zeroed W), dead columns zeroed, columns permuted; W ends in backend memory. */
+static int solve_setup(const struct hq_backend *be, const struct hq_gptq_opts *o,
+                       const struct hq_gptq_prep *p, struct hq_grid g, int64_t rows, float *W,
+                       const struct solve_ws *w) {
+  const int64_t cols = p->cols, gs = o->group_size > 0 ? o->group_size : 0;
+  const size_t wbytes = (size_t)rows * (size_t)cols * sizeof(float);
+  if (gs == 0) {
+    if (be->on_device) be->upload(w->W, W, wbytes);
+    params(be, o, g, rows, cols, w->W, cols, p->colw, w->S, w->Z);
+  }
+  if (p->dead_cols)
+    for (int64_t r = 0; r < rows; r++)
+      for (int64_t i = 0; i < cols; i++)
+        if (p->dead[i]) W[r * cols + i] = 0.0f;
+  if (gs > 0 && o->static_groups) {
+    if (be->on_device) be->upload(w->W, W, wbytes);
+    for (int64_t k = 0; k < ngroups_of(cols, gs); k++) {
+      int64_t c0 = k * gs, n = cols - c0 < gs ? cols - c0 : gs;
+      params(be, o, g, rows, n, w->W + c0, cols, p->colw ? p->colw + c0 : NULL, w->S + k * rows,
+             w->Z + k * rows);
+    }
+  }
+  if (o->act_order) HQ_TRY(permute_rows_f32(W, rows, cols, p->perm, 0));
+  if (be->on_device) be->upload(w->W, W, wbytes);
+  return HQ_OK;
+}
+
+/* Backend results into res: W and codes back to the original column order, g_idx. */
+static int solve_collect(const struct hq_backend *be, const struct hq_gptq_opts *o,
+                         const struct hq_gptq_prep *p, int64_t rows, float *W,
+                         const struct solve_ws *w, struct hq_gptq_result *res) {
+  const int64_t cols = p->cols, gs = o->group_size > 0 ? o->group_size : 0;
+  be->sync();
+  if (be->on_device) be->download(W, w->W, (size_t)rows * (size_t)cols * sizeof(float));
+  be->download(res->row_loss_ref, w->L, (size_t)(rows ? rows : 1) * sizeof(double));
+  res->loss_ref = 0.0;
+  for (int64_t r = 0; r < rows; r++) res->loss_ref += res->row_loss_ref[r];
+  uint8_t *cp = malloc((size_t)rows * (size_t)cols + 1);
+  if (!cp) return hq_fail(HQ_ERR_NOMEM, "out of memory for the codes");
+  be->download(cp, w->C, (size_t)rows * (size_t)cols);
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t jj = 0; jj < cols; jj++) res->codes[r * cols + p->perm[jj]] = cp[r * cols + jj];
+  free(cp);
+  if (o->act_order) HQ_TRY(permute_rows_f32(W, rows, cols, p->perm, 1));
+  download_params(be, w->S, w->Z, res);
+  for (int64_t jj = 0; jj < cols; jj++) {
+    const int64_t c = p->perm[jj];
+    res->perm[jj] = p->perm[jj];
+    res->g_idx[c] = gs == 0 ? 0 : (int32_t)(o->static_groups ? c / gs : jj / gs);
+  }
+  return HQ_OK;
+}
+
+int hq_gptq_solve(const struct hq_backend *be, const struct hq_gptq_opts *o,
+                  const struct hq_gptq_prep *p, int64_t row0, int64_t rows, float *W,
+                  struct hq_gptq_result *res) {
+  const int64_t cols = p->cols, B = o->block_size;
+  HQ_TRY(hq_gptq_opts_check(o, cols));
+  if (rows < 0) return hq_fail(HQ_ERR_INPUT, "negative row count %lld", (long long)rows);
+  if (o->hscale && !p->colw) return hq_fail(HQ_ERR_INPUT, "--scale-from-hessian: prepare without hscale");
+  HQ_TRY(check_finite("W", W, rows, cols,
+                      "the layer's weights are corrupt (check the checkpoint or the previous block)"));
+  const int64_t ngroups = ngroups_of(cols, o->group_size > 0 ? o->group_size : 0);
+  HQ_TRY(alloc_result(res, rows, cols, ngroups));
+  res->row_loss_ref = malloc((size_t)(rows ? rows : 1) * sizeof(double));
+  const double t0 = hq_now();
+  const struct hq_grid g = hq_grid_make(o->bits, o->sym, o->mse);
+  const size_t pbytes = (size_t)rows * (size_t)ngroups * sizeof(float) + 1;
+  struct solve_ws w = {be->on_device ? be->alloc((size_t)rows * (size_t)cols * sizeof(float) + 1) : W,
+                       be->alloc((size_t)rows * (size_t)B * sizeof(float) + 1), be->alloc(pbytes),
+                       be->alloc(pbytes), be->alloc((size_t)rows * (size_t)cols + 1),
+                       be->alloc((size_t)(rows ? rows : 1) * sizeof(double))};
+  int rc = HQ_OK;
+  if (!res->row_loss_ref || !w.W || !w.E || !w.S || !w.Z || !w.C || !w.L)
+    rc = hq_fail(HQ_ERR_NOMEM, "out of memory for GPTQ of a %lld x %lld layer (%s backend); use "
+                 "more ranks", (long long)rows, (long long)cols, be->name);
+  if (!rc) {
+    be->zero(w.L, (size_t)(rows ? rows : 1) * sizeof(double));
+    rc = solve_setup(be, o, p, g, rows, W, &w);
+  }
+  for (int64_t i1 = 0; !rc && rows > 0 && i1 < cols; i1 += B)
+    solve_block(be, o, p, g, row0, rows, &w, i1, i1 + B < cols ? i1 + B : cols);
+  if (!rc) rc = solve_collect(be, o, p, rows, W, &w, res);
+  solve_ws_free(be, &w, W);
+  res->t_quant = hq_now() - t0;
+  res->damp_used = p->damp_used;
+  res->damp_abs = p->damp_abs;
+  res->dead_cols = p->dead_cols;
+  res->t_chol = p->t_chol;
+  if (rc) hq_gptq_result_free(res);
+  return rc;
+}
+
+/* ------------------------------------------------------------------ GPTQ: one layer */
+
+/* GPTQ's and RTN's proxy losses of the layer whose original weights are W0 (RTN: same grid and
+ * groups, no act-order or static groups, as the reference compares them). */
+static int layer_stats(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t rows,
+                       int64_t cols, float *W0, const float *W, const float *H,
+                       struct hq_gptq_result *res) {
+  const double t0 = hq_now();
+  float *D = malloc((size_t)rows * (size_t)cols * sizeof(float) + 1);
+  if (!D) return hq_fail(HQ_ERR_NOMEM, "out of memory for the GPTQ statistics");
+  for (int64_t k = 0; k < rows * cols; k++) D[k] = W0[k] - W[k];
+  res->loss_proxy = hq_proxy_loss(be, rows, cols, D, H);
+  free(D);
+  struct hq_gptq_result rr;
+  struct hq_gptq_opts ro = *o;
+  ro.act_order = 0;
+  ro.static_groups = 0;
+  ro.hscale = 0;
+  HQ_TRY(hq_rtn_quantize(be, &ro, rows, cols, W0, H, &rr));
+  res->loss_proxy_rtn = rr.loss_proxy;
+  hq_gptq_result_free(&rr);
+  res->t_stats = hq_now() - t0;
+  return HQ_OK;
+}
 
 int hq_gptq_quantize(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t rows,
                      int64_t cols, float *W, const float *H, int want_stats,
                      struct hq_gptq_result *res) {
+  memset(res, 0, sizeof *res);
   HQ_TRY(hq_gptq_opts_check(o, cols));
   if (rows < 0) return hq_fail(HQ_ERR_INPUT, "negative row count %lld", (long long)rows);
   HQ_TRY(check_finite("W", W, rows, cols,
                       "the layer's weights are corrupt (check the checkpoint or the previous block)"));
-  HQ_TRY(check_finite("H", H, cols, cols,
-                      "the calibration activations overflowed or are corrupt (check the "
-                      "calibration tokens and the forward of the previous blocks)"));
-
-  const int64_t gs = o->group_size > 0 ? o->group_size : 0; /* 0: per channel */
-  const int64_t ngroups = ngroups_of(cols, gs);
-  const int64_t B = o->block_size;
-  const struct hq_grid g = hq_grid_make(o->bits, o->sym, o->mse);
-  const size_t wbytes = (size_t)rows * (size_t)cols * sizeof(float);
-  const size_t hbytes = (size_t)cols * (size_t)cols * sizeof(float);
-  const size_t pbytes = (size_t)rows * (size_t)ngroups * sizeof(float);
-
-  HQ_TRY(alloc_result(res, rows, cols, ngroups));
-  int rc = HQ_OK;
-  /* On a host backend, W itself and the Hessian staging buffer serve as backend memory (no
-   * copies); on a device they are uploaded. */
-  const int host = !be->on_device;
-  float *W0 = NULL, *Hs = NULL, *diag0 = NULL, *tmp = NULL;
-  float *dW = NULL, *dH = NULL, *dE = NULL, *dS = NULL, *dZ = NULL;
-  uint8_t *dC = NULL, *dead = NULL;
-  double *dL = NULL;
-  int32_t *perm = res->perm;
-
-  diag0 = malloc((size_t)cols * sizeof(float));
-  dead = calloc((size_t)cols, 1);
-  tmp = malloc(pbytes + 1);
-  if (want_stats) W0 = malloc(wbytes + 1);
-  dW = host ? W : be->alloc(wbytes);
-  dH = be->alloc(hbytes);
-  Hs = host ? dH : malloc(hbytes);
-  dE = be->alloc((size_t)rows * (size_t)B * sizeof(float));
-  dS = be->alloc(pbytes);
-  dZ = be->alloc(pbytes);
-  dC = be->alloc((size_t)rows * (size_t)cols);
-  dL = be->alloc(sizeof(double));
-  if (!diag0 || !dead || !tmp || (want_stats && !W0) || !dW || !dH || !Hs || !dE || !dS ||
-      !dZ || !dC || !dL) {
-    rc = hq_fail(HQ_ERR_NOMEM, "out of memory for GPTQ of a %lld x %lld layer (%s backend); "
-                 "use more ranks", (long long)rows, (long long)cols, be->name);
-    goto done;
-  }
-  if (want_stats) memcpy(W0, W, wbytes);
-
-  /* per-channel parameters: from W as given (before dead columns are zeroed), as the
-   * reference computes them */
-  if (gs == 0) {
-    if (!host) be->upload(dW, W, wbytes);
-    be->quant_params(g, rows, cols, dW, cols, dS, dZ);
-  }
-
-  /* dead columns: H[i,i] == 0 -> H[i,i] = 1 (below), W[:, i] = 0 */
-  int64_t ndead = 0;
-  for (int64_t i = 0; i < cols; i++)
-    if (H[i * cols + i] == 0.0f) {
-      dead[i] = 1;
-      ndead++;
-      for (int64_t r = 0; r < rows; r++) W[r * cols + i] = 0.0f;
-    }
-  res->dead_cols = ndead;
-
-  /* static groups: parameters of the unpermuted (dead-zeroed) W, original column groups */
-  if (gs > 0 && o->static_groups) {
-    if (!host) be->upload(dW, W, wbytes);
-    for (int64_t k = 0; k < ngroups; k++) {
-      int64_t c0 = k * gs, n = cols - c0 < gs ? cols - c0 : gs;
-      be->quant_params(g, rows, n, dW + c0, cols, dS + k * rows, dZ + k * rows);
-    }
-  }
-
-  /* act-order: descending diag(H) after the dead fix (stable: ties keep the original order) */
-  for (int64_t j = 0; j < cols; j++) perm[j] = (int32_t)j;
-  if (o->act_order) {
-    if ((rc = hq_act_order_perm(H, cols, perm)) != HQ_OK) goto done;
-    if ((rc = permute_rows_f32(W, rows, cols, perm, 0)) != HQ_OK) goto done;
-  }
-  if (!host) be->upload(dW, W, wbytes);
-
-  /* diagonal of the permuted, dead-fixed H and its mean */
-  double mean = 0.0;
-  for (int64_t i = 0; i < cols; i++) {
-    int64_t c = perm[i];
-    diag0[i] = dead[c] ? 1.0f : H[c * cols + c];
-    mean += diag0[i];
-  }
-  mean /= (double)cols;
-  double t_chol0 = hq_now();
-  if (!(mean > 0.0)) {
-    rc = hq_fail(HQ_ERR_NUMERIC, "the Hessian's mean diagonal is %g (not positive): it is not "
-                 "a sum of x xᵀ; check the calibration activations", mean);
-    goto done;
-  }
-  /* damping with automatic raises; each try stages H[perm][:, perm] + damp I afresh (the
-   * Cholesky inverse overwrites its input) */
-  {
-    double pd = o->percdamp;
-    int info = 1;
-    for (int t = 0; t <= o->damp_retries; t++, pd *= 10.0) {
-      float damp = (float)(pd * mean);
-#pragma omp parallel for schedule(static) if (cols > 256)
-      for (int64_t i = 0; i < cols; i++) {
-        const float *src = H + (int64_t)perm[i] * cols;
-        float *dst = Hs + i * cols;
-        if (o->act_order)
-          for (int64_t j = 0; j < cols; j++) dst[j] = src[perm[j]];
-        else
-          memcpy(dst, src, (size_t)cols * sizeof(float));
-        dst[i] = diag0[i] + damp;
-      }
-      if (!host) be->upload(dH, Hs, hbytes);
-      info = be->chol_inverse_upper(cols, dH, cols);
-      res->damp_used = pd;
-      res->damp_abs = damp;
-      if (info == 0) break;
-    }
-    if (info != 0) {
-      rc = hq_fail(HQ_ERR_NUMERIC, "the Hessian is not positive definite even with damping "
-                   "%g (raised %d times x10 from %g; LAPACK info %d); check the calibration "
-                   "data or raise --damp / --damp-retries", res->damp_used, o->damp_retries,
-                   (double)o->percdamp, info);
-      goto done;
-    }
-  }
-  be->sync();
-  res->t_chol = hq_now() - t_chol0;
-
-  /* the blocked GPTQ loop */
-  double t_q0 = hq_now();
-  be->zero(dL, sizeof(double));
-  for (int64_t i1 = 0; i1 < cols; i1 += B) {
-    const int64_t i2 = i1 + B < cols ? i1 + B : cols, count = i2 - i1;
-    float *W1 = dW + i1;
-    const float *U1 = dH + i1 * cols + i1;
-    int64_t pend_done = 0, pend_e = i2; /* [i2, pend_e) already got errors [0, pend_done) */
-    int64_t j = i1;
-    while (j < i2) {
-      int64_t seg_end;
-      const float *s, *z;
-      if (gs == 0) {
-        seg_end = i2;
-        s = dS;
-        z = dZ;
-      } else if (o->static_groups) {
-        int64_t grp = perm[j] / gs;
-        seg_end = j + 1;
-        while (seg_end < i2 && perm[seg_end] / gs == grp) seg_end++;
-        s = dS + grp * rows;
-        z = dZ + grp * rows;
-      } else {
-        int64_t grp = j / gs, ge = (grp + 1) * gs < cols ? (grp + 1) * gs : cols;
-        s = dS + grp * rows;
-        z = dZ + grp * rows;
-        if (j == grp * gs) {
-          if (ge > i2 && j > i1) {
-            /* the group reaches past this block: give its later columns the pending update
-             * of the block's processed columns [i1, j) first */
-            be->gemm(0, 0, rows, ge - i2, j - i1, -1.0f, dE, B, dH + i1 * cols + i2, cols, 1.0f,
-                     dW + i2, cols);
-            pend_done = j - i1;
-            pend_e = ge;
-          }
-          be->quant_params(g, rows, ge - j, dW + j, cols, dS + grp * rows, dZ + grp * rows);
-        }
-        seg_end = ge < i2 ? ge : i2;
-      }
-      be->gptq_block(g, rows, count, j - i1, seg_end - i1, W1, cols, U1, cols, s, z, dE, B,
-                     dC + i1, cols, dL);
-      j = seg_end;
-    }
-    /* lazy batch update: W[:, i2:] -= Err1 · U[i1:i2, i2:] */
-    if (i2 < cols) {
-      if (pend_e > i2) {
-        be->gemm(0, 0, rows, pend_e - i2, count - pend_done, -1.0f, dE + pend_done, B,
-                 dH + (i1 + pend_done) * cols + i2, cols, 1.0f, dW + i2, cols);
-        if (pend_e < cols)
-          be->gemm(0, 0, rows, cols - pend_e, count, -1.0f, dE, B, dH + i1 * cols + pend_e, cols,
-                   1.0f, dW + pend_e, cols);
-      } else {
-        be->gemm(0, 0, rows, cols - i2, count, -1.0f, dE, B, dH + i1 * cols + i2, cols, 1.0f,
-                 dW + i2, cols);
-      }
-    }
-  }
-  be->sync();
-  if (!host) be->download(W, dW, wbytes);
-  {
-    double loss_ref = 0.0;
-    be->download(&loss_ref, dL, sizeof(double));
-    res->loss_ref = loss_ref;
-  }
-  /* codes: permuted order -> original order, via the result buffer */
-  {
-    uint8_t *cp = malloc((size_t)rows * (size_t)cols + 1);
-    if (!cp) {
-      rc = hq_fail(HQ_ERR_NOMEM, "out of memory for the codes");
-      goto done;
-    }
-    be->download(cp, dC, (size_t)rows * (size_t)cols);
-#pragma omp parallel for schedule(static) if (rows * cols > 65536)
-    for (int64_t r = 0; r < rows; r++)
-      for (int64_t jj = 0; jj < cols; jj++)
-        res->codes[r * cols + perm[jj]] = cp[r * cols + jj];
-    free(cp);
-  }
-  if (o->act_order && (rc = permute_rows_f32(W, rows, cols, perm, 1)) != HQ_OK) goto done;
-  be->download(tmp, dS, pbytes);
-  transpose_params(tmp, ngroups, rows, res->scales);
-  be->download(tmp, dZ, pbytes);
-  transpose_params(tmp, ngroups, rows, res->zeros);
-  for (int64_t jj = 0; jj < cols; jj++) {
-    int64_t c = perm[jj];
-    if (gs == 0)
-      res->g_idx[c] = 0;
-    else if (o->static_groups)
-      res->g_idx[c] = (int32_t)(c / gs);
-    else
-      res->g_idx[c] = (int32_t)(jj / gs);
-  }
-  res->t_quant = hq_now() - t_q0;
-
-  /* statistics (outside the timed quantization) */
-  if (want_stats) {
-    double t_s0 = hq_now();
-    /* GPTQ: ΔW = W0 - Q, both in original order */
-    float *D = malloc(wbytes + 1);
-    if (!D) {
-      rc = hq_fail(HQ_ERR_NOMEM, "out of memory for the GPTQ statistics");
-      goto done;
-    }
-    for (int64_t k = 0; k < rows * cols; k++) D[k] = W0[k] - W[k];
-    res->loss_proxy = hq_proxy_loss(be, rows, cols, D, H);
-    free(D);
-    struct hq_gptq_result rr;
-    struct hq_gptq_opts ro = *o;
-    ro.act_order = 0;
-    ro.static_groups = 0;
-    rc = hq_rtn_quantize(be, &ro, rows, cols, W0, H, &rr);
-    if (rc != HQ_OK) goto done;
-    res->loss_proxy_rtn = rr.loss_proxy;
-    hq_gptq_result_free(&rr);
-    res->t_stats = hq_now() - t_s0;
-  }
-
-done:
+  struct hq_gptq_prep p;
+  HQ_TRY(hq_gptq_prepare(be, o, cols, H, &p));
+  float *W0 = want_stats ? malloc((size_t)rows * (size_t)cols * sizeof(float) + 1) : NULL;
+  int rc = want_stats && !W0 ? hq_fail(HQ_ERR_NOMEM, "out of memory for the GPTQ statistics") : HQ_OK;
+  if (W0) memcpy(W0, W, (size_t)rows * (size_t)cols * sizeof(float));
+  if (!rc) rc = hq_gptq_solve(be, o, &p, 0, rows, W, res);
+  if (!rc && want_stats) rc = layer_stats(be, o, rows, cols, W0, W, H, res);
+  if (rc) hq_gptq_result_free(res);
   free(W0);
-  if (!host) free(Hs);
-  free(diag0);
-  free(dead);
-  free(tmp);
-  if (dW && !host) be->free(dW);
-  if (dH) be->free(dH);
-  if (dE) be->free(dE);
-  if (dS) be->free(dS);
-  if (dZ) be->free(dZ);
-  if (dC) be->free(dC);
-  if (dL) be->free(dL);
-  if (rc != HQ_OK) hq_gptq_result_free(res);
+  hq_gptq_prep_free(be, &p);
   return rc;
 }

@@ -17,6 +17,8 @@ struct hq_gptq_opts {
   float percdamp;     /* damping = percdamp * mean(diag H); default 0.01 */
   int block_size;     /* lazy-batch block, default 128 */
   int damp_retries;   /* how many times damping is raised (x10 each) when Cholesky fails; default 6 */
+  int hscale;         /* EXPERIMENTAL --scale-from-hessian: grid parameters from the Hessian-
+                         weighted search of hq_hscale_params_ref (needs H) */
 };
 
 /* Defaults of the reference: 4 bits, per channel, asym, no act-order, 0.01, block 128. */
@@ -35,6 +37,7 @@ struct hq_gptq_result {
   float *zeros;    /* [rows x ngroups] row-major, integer values 0..maxq */
   int32_t *g_idx;  /* [cols]: group of each ORIGINAL input column */
   int32_t *perm;   /* [cols]: processing order (perm[j] = original column), identity without act-order */
+  double *row_loss_ref; /* [rows] GPTQ only: Σ_j (w-q)² / Hinv[j,j]² / 2 of each row, else NULL */
   /* statistics */
   double loss_proxy;     /* tr(ΔW H ΔWᵀ) of the GPTQ result, H undamped (as given) */
   double loss_proxy_rtn; /* the same for RTN on the same grid and groups */
@@ -45,23 +48,56 @@ struct hq_gptq_result {
   double t_chol, t_quant, t_stats; /* seconds: damping+Cholesky inverse, GPTQ loop, stats */
 };
 
-/* GPTQ on W [rows x cols] (row-major host memory; on return it holds the dequantized weights
- * in original column order) with Hessian H [cols x cols] (host, full symmetric, not modified).
- * If `want_stats` is 0 the two proxy losses are not computed (saves two GEMMs).
- * Errors: HQ_ERR_INPUT (NaN/Inf in W or H, bad options), HQ_ERR_NUMERIC (H not positive
+/* What every row block of one layer (or of the linears sharing one input) needs from H:
+ * the inverse-Hessian factor of ONE Cholesky. Identical on every rank given the same H. */
+struct hq_gptq_prep {
+  int64_t cols;
+  float *U;        /* [cols x cols] backend memory: upper Cholesky factor of
+                      ((H + damp I)[perm][:, perm])⁻¹, dead columns fixed */
+  int32_t *perm;   /* [cols] host: processing order (perm[j] = original column) */
+  uint8_t *dead;   /* [cols] host: 1 where H[i,i] == 0 */
+  float *colw;     /* hscale: [cols] backend memory, diag(H) in original column order */
+  float *colw_p;   /* hscale: [cols] backend memory, the same in processing order */
+  int64_t dead_cols;
+  double damp_used, damp_abs, t_chol;
+};
+
+/* Dead columns, act-order permutation, damping (raised x10 up to damp_retries times when the
+ * Cholesky fails) and the Cholesky inverse of H [cols x cols] (host, full symmetric, not
+ * modified). Errors: HQ_ERR_INPUT (NaN/Inf in H, bad options), HQ_ERR_NUMERIC (not positive
  * definite even after all damping raises). */
+int hq_gptq_prepare(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t cols,
+                    const float *H, struct hq_gptq_prep *p);
+void hq_gptq_prep_free(const struct hq_backend *be, struct hq_gptq_prep *p);
+
+/* GPTQ of the rows x cols block W (row-major host memory; on return the dequantized weights in
+ * original column order) with the prepared factor. row0 is the index of W's first row in its
+ * layer: rows are independent given p, and row0 makes each row's arithmetic (gemm_rows tiles)
+ * the same however a layer's rows are split into blocks (docs/readme/reproducibility.md).
+ * res gets codes, scales, zeros, g_idx, perm, row_loss_ref, loss_ref (their sum, row order)
+ * and p's damping; no proxy losses. Errors: HQ_ERR_INPUT (NaN/Inf in W, bad options). */
+int hq_gptq_solve(const struct hq_backend *be, const struct hq_gptq_opts *o,
+                  const struct hq_gptq_prep *p, int64_t row0, int64_t rows, float *W,
+                  struct hq_gptq_result *res);
+
+/* Prepare + solve of a whole layer (row0 = 0). If `want_stats` is 0 the two proxy losses are
+ * not computed (saves two GEMMs). */
 int hq_gptq_quantize(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t rows,
                      int64_t cols, float *W, const float *H, int want_stats,
                      struct hq_gptq_result *res);
 
 /* Round-to-nearest on the same grid/groups (group params from W itself). H may be NULL (then
- * loss_proxy is not computed). W is replaced by its dequantized values. */
+ * loss_proxy is not computed; o->hscale needs it). W is replaced by its dequantized values. */
 int hq_rtn_quantize(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t rows,
                     int64_t cols, float *W, const float *H, struct hq_gptq_result *res);
 
 void hq_gptq_result_free(struct hq_gptq_result *res);
 
-/* tr(D H Dᵀ) for D [rows x cols] (host), H [cols x cols] (host). */
+/* out[r] = d_r H d_rᵀ for the rows of D [rows x cols] (host), H [cols x cols] (host); row0 as in
+ * hq_gptq_solve, so each row's value does not depend on the block it is computed in. */
+void hq_proxy_loss_rows(const struct hq_backend *be, int64_t row0, int64_t rows, int64_t cols,
+                        const float *D, const float *H, double *out);
+/* tr(D H Dᵀ) = Σ_r out[r] in row order. */
 double hq_proxy_loss(const struct hq_backend *be, int64_t rows, int64_t cols, const float *D,
                      const float *H);
 

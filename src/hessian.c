@@ -1,60 +1,145 @@
-/* Hessian accumulation H = 2/N Σ x xᵀ (raw fp32 sums + token count, scaled once). */
+/* Exact fixed-point Hessian accumulation (hessian.h). */
 #include "hessian.h"
 
+#include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
 
-int hq_hessian_init(struct hq_hessian *h, const struct hq_backend *be, int64_t n) {
+static size_t acc_bytes(const struct hq_hessian *h) { return (size_t)h->ntri * sizeof(int64_t); }
+
+int hq_hessian_init(struct hq_hessian *h, const struct hq_backend *be, int64_t n, int64_t windows) {
   memset(h, 0, sizeof *h);
   if (n <= 0) return hq_fail(HQ_ERR_INPUT, "Hessian of %lld features: need at least one", (long long)n);
-  size_t bytes = (size_t)n * (size_t)n * sizeof(float);
-  h->sum = be->alloc(bytes);
-  if (!h->sum)
-    return hq_fail(HQ_ERR_NOMEM, "cannot allocate the %lld x %lld Hessian (%.1f MB); use more "
-                   "ranks or a machine with more memory", (long long)n, (long long)n, bytes / 1e6);
-  be->zero(h->sum, bytes);
+  if (windows < 1 || windows > (1LL << 30))
+    return hq_fail(HQ_ERR_INPUT, "Hessian of %lld windows: need 1 .. 2^30", (long long)windows);
   h->be = be;
   h->n = n;
-  h->count = 0;
+  h->ntri = n * (n + 1) / 2;
+  h->lim_bits = 62;
+  for (int64_t w = 1; w < windows; w *= 2) h->lim_bits--; /* windows x 2^lim_bits <= 2^62 */
+  h->nslots = be->on_device ? 1 : omp_get_max_threads();
+  const int64_t p = n < HQ_HESS_P ? n : HQ_HESS_P;
+  h->acc = be->alloc(acc_bytes(h));
+  h->panels = be->alloc((size_t)h->nslots * (size_t)(p * n) * sizeof(float));
+  if (!h->acc || !h->panels) {
+    hq_hessian_free(h);
+    return hq_fail(HQ_ERR_NOMEM, "cannot allocate the %lld x %lld Hessian accumulator (%.1f GB: 8 "
+                   "bytes per upper-triangle entry); use a machine with more memory per rank",
+                   (long long)n, (long long)n, (double)(n * (n + 1) / 2) * 8.0 / 1e9);
+  }
+  h->host = be->on_device ? NULL : h->acc;
+  hq_hessian_reset(h);
   return HQ_OK;
 }
 
-void hq_hessian_accumulate(struct hq_hessian *h, const float *X, int64_t ntok, int64_t ldx) {
-  HQ_ASSERT(h->sum && ntok >= 0 && ldx >= h->n);
-  if (ntok == 0) return;
-  h->be->syrk(h->n, ntok, 1.0f, X, ldx, 1.0f, h->sum, h->n);
-  h->count += ntok;
-}
-
-void hq_hessian_finalize(struct hq_hessian *h, float *out) {
-  HQ_ASSERT(h->sum);
-  const int64_t n = h->n;
-  if (h->count == 0) {
-    memset(out, 0, (size_t)n * (size_t)n * sizeof(float));
-    return;
-  }
-  h->be->download(out, h->sum, (size_t)n * (size_t)n * sizeof(float));
-  const double f = 2.0 / (double)h->count;
-#pragma omp parallel for schedule(dynamic, 16) if (n > 256)
-  for (int64_t i = 0; i < n; i++)
-    for (int64_t j = i; j < n; j++) {
-      float v = (float)((double)out[i * n + j] * f);
-      out[i * n + j] = v;
-    }
-  /* lower triangle from the (scaled) upper one, so the result is exactly symmetric */
-#pragma omp parallel for schedule(dynamic, 16) if (n > 256)
-  for (int64_t i = 1; i < n; i++)
-    for (int64_t j = 0; j < i; j++) out[i * n + j] = out[j * n + i];
-}
-
 void hq_hessian_reset(struct hq_hessian *h) {
-  if (h->sum) h->be->zero(h->sum, (size_t)h->n * (size_t)h->n * sizeof(float));
+  if (h->acc) h->be->zero(h->acc, acc_bytes(h));
   h->count = 0;
+  h->vmax = 0.0;
 }
 
 void hq_hessian_free(struct hq_hessian *h) {
-  if (h->sum) h->be->free(h->sum);
+  if (h->acc) h->be->free(h->acc);
+  if (h->panels) h->be->free(h->panels);
+  if (h->host && h->host != h->acc) free(h->host);
   memset(h, 0, sizeof *h);
+}
+
+double hq_hessian_window_bound(const struct hq_backend *be, const float *X, int64_t ntok,
+                               int64_t ldx, int64_t n) {
+  const float *x = X;
+  float *tmp = NULL;
+  if (be->on_device) {
+    tmp = hq_xmalloc((size_t)(ntok * ldx) * sizeof(float));
+    be->sync();
+    be->download(tmp, X, (size_t)((ntok - 1) * ldx + n) * sizeof(float));
+    x = tmp;
+  }
+  double *d = hq_xcalloc((size_t)n, sizeof(double));
+  for (int64_t t = 0; t < ntok; t++)
+    for (int64_t i = 0; i < n; i++) d[i] += (double)x[t * ldx + i] * (double)x[t * ldx + i];
+  double m = 0.0;
+  for (int64_t i = 0; i < n; i++) m = d[i] > m || isnan(d[i]) ? d[i] : m;
+  free(d);
+  free(tmp);
+  return m;
+}
+
+int hq_hessian_scale_for(const struct hq_hessian *h, double bound, int headroom) {
+  if (!(bound > 1e-300) || !isfinite(bound)) bound = 1.0; /* all zero (or not finite: caught later) */
+  int e;
+  frexp(bound, &e); /* bound < 2^e */
+  int F = h->lim_bits - headroom - e;
+  return F < -900 ? -900 : F > 900 ? 900 : F;
+}
+
+void hq_hessian_set_scale(struct hq_hessian *h, int F) {
+  h->F = F;
+  h->have_F = 1;
+}
+
+void hq_hessian_accumulate(struct hq_hessian *h, const float *X, int64_t ntok, int64_t ldx) {
+  HQ_ASSERT(h->acc && ntok >= 0 && ldx >= h->n);
+  if (ntok == 0) return;
+  const struct hq_backend *be = h->be;
+  const int64_t n = h->n, P = n < HQ_HESS_P ? n : HQ_HESS_P, np = (n + P - 1) / P;
+  if (!h->have_F)
+    hq_hessian_set_scale(h, hq_hessian_scale_for(h, hq_hessian_window_bound(be, X, ntok, ldx, n), 16));
+  double vmax = h->vmax;
+  int bad = isnan(vmax);
+  /* panel p: rows j = j0 .. j0+pn-1 of XᵀX, columns 0 .. j; the largest panels first */
+#pragma omp parallel for schedule(dynamic, 1) reduction(max : vmax) reduction(| : bad) if (np > 1 && !be->on_device)
+  for (int64_t t = 0; t < np; t++) {
+    const int64_t j0 = (np - 1 - t) * P, pn = n - j0 < P ? n - j0 : P;
+    float *C = h->panels + (size_t)(be->on_device ? 0 : omp_get_thread_num()) * (size_t)(P * n);
+    be->gemm_rows(j0, 0, 1, 0, pn, j0 + pn, ntok, 1.0f, X + j0, ldx, X, ldx, 0.0f, C, n);
+    const double m = be->hess_fixed_acc(j0, pn, C, n, h->F, h->lim_bits, h->acc);
+    bad |= isnan(m);
+    vmax = m > vmax ? m : vmax;
+  }
+  h->vmax = bad ? NAN : vmax;
+  h->count += ntok;
+}
+
+int64_t *hq_hessian_sums(struct hq_hessian *h) {
+  if (!h->be->on_device) return h->acc;
+  if (!h->host) h->host = hq_xmalloc(acc_bytes(h));
+  h->be->sync();
+  h->be->download(h->host, h->acc, acc_bytes(h));
+  return h->host;
+}
+
+int hq_hessian_check(const struct hq_hessian *h, int *F_retry) {
+  if (!isfinite(h->vmax))
+    return hq_fail(HQ_ERR_NUMERIC, "the calibration activations feeding this layer are not finite "
+                   "(NaN/Inf in XᵀX): check the checkpoint's weights and the calibration tokens");
+  if (ldexp(h->vmax, h->F) < ldexp(1.0, h->lim_bits)) return HQ_OK;
+  *F_retry = hq_hessian_scale_for(h, h->vmax, 0);
+  return 1;
+}
+
+int hq_hessian_finalize(struct hq_hessian *h, float **Hout) {
+  const int64_t n = h->n;
+  float *H = malloc((size_t)(n * n) * sizeof(float) + 1);
+  if (!H) {
+    hq_hessian_free(h);
+    return hq_fail(HQ_ERR_NOMEM, "cannot allocate the %lld x %lld Hessian (%.1f GB)", (long long)n,
+                   (long long)n, (double)(n * n) * 4.0 / 1e9);
+  }
+  const int64_t *acc = hq_hessian_sums(h);
+  const double f = h->count ? ldexp(2.0 / (double)h->count, -h->F) : 0.0;
+  /* row i: entries (0..i, i) are contiguous (column i), entries (i, j > i) one per column */
+#pragma omp parallel for schedule(dynamic, 16) if (n > 256)
+  for (int64_t i = 0; i < n; i++) {
+    float *row = H + i * n;
+    const int64_t *col = acc + i * (i + 1) / 2;
+    for (int64_t j = 0; j <= i; j++) row[j] = (float)((double)col[j] * f);
+    for (int64_t j = i + 1; j < n; j++) row[j] = (float)((double)acc[j * (j + 1) / 2 + i] * f);
+  }
+  hq_hessian_free(h);
+  *Hout = H;
+  return HQ_OK;
 }

@@ -146,10 +146,16 @@ int hq_hqq_quantize(const struct hq_gptq_opts *o, const struct hq_hqq_opts *h, i
                    (long long)cols);
   }
   const double t0 = hq_now();
-  double e_hqq = 0.0, e_rtn = 0.0;
-#pragma omp parallel for schedule(dynamic, 4) reduction(+ : e_hqq, e_rtn)
+  double *row_e = l1 ? calloc((size_t)(2 * rows) + 1, sizeof(double)) : NULL; /* per row: no
+                                                                   thread-dependent reduction */
+  if (l1 && !row_e) {
+    hq_gptq_result_free(res);
+    return hq_fail(HQ_ERR_NOMEM, "out of memory for HQQ statistics");
+  }
+#pragma omp parallel for schedule(dynamic, 4)
   for (int64_t r = 0; r < rows; r++) {
     float *w = W + r * cols;
+    double e_hqq = 0.0, e_rtn = 0.0;
     for (int64_t k = 0; k < ng; k++) {
       const int64_t c0 = k * gs, n = cols - c0 < gs ? cols - c0 : gs;
       float s, z, s0, z0;
@@ -166,6 +172,10 @@ int hq_hqq_quantize(const struct hq_gptq_opts *o, const struct hq_hqq_opts *h, i
         w[j] = dq;
       }
     }
+    if (row_e) {
+      row_e[2 * r] = e_hqq;
+      row_e[2 * r + 1] = e_rtn;
+    }
   }
   for (int64_t c = 0; c < cols; c++) {
     res->g_idx[c] = (int32_t)(o->group_size > 0 ? c / gs : 0);
@@ -174,8 +184,12 @@ int hq_hqq_quantize(const struct hq_gptq_opts *o, const struct hq_hqq_opts *h, i
   res->t_quant = hq_now() - t0;
   res->loss_proxy = res->loss_proxy_rtn = res->loss_ref = NAN;
   if (l1) {
-    l1[0] = e_hqq;
-    l1[1] = e_rtn;
+    l1[0] = l1[1] = 0.0;
+    for (int64_t r = 0; r < rows; r++) {
+      l1[0] += row_e[2 * r];
+      l1[1] += row_e[2 * r + 1];
+    }
+    free(row_e);
   }
   return HQ_OK;
 }

@@ -5,11 +5,9 @@
  * is kept (ties: the larger p). Columns with H_jj = 0 weigh nothing; a group whose weights are
  * all zero falls back to weight 1 per column. This replaces --mse when both are given.
  *
- * It plugs into the unchanged GPTQ / RTN code (gptq.c) by wrapping the backend's quant_params
- * op: GPTQ and RTN call it once per group in group order, and the wrapper knows which
- * original columns each call covers (act-order: the GPTQ permutation, descending diag(H),
- * recomputed here and checked against the one GPTQ returns). Not collective; not re-entrant
- * across threads running two wrapped calls at once (one pipeline per process). */
+ * GPTQ and RTN (gptq.c) pass the Hessian diagonal of each group's columns (in the order GPTQ
+ * processes them) to the backend's quant_params, which runs this search per row
+ * (hq_gptq_opts.hscale). Not collective. */
 #ifndef HQ_HSCALE_H
 #define HQ_HSCALE_H
 
@@ -22,8 +20,8 @@
 void hq_hscale_params_ref(struct hq_grid g, const float *w, const float *d, int64_t n,
                           int64_t stride, float *scale, float *zero);
 
-/* hq_gptq_quantize / hq_rtn_quantize with the Hessian-weighted group parameters. Same
- * arguments and results (H required); HQ_ERR_INPUT when H is NULL. */
+/* hq_gptq_quantize / hq_rtn_quantize with o->hscale set. Same arguments and results (H
+ * required; HQ_ERR_INPUT when H is NULL); loss_proxy_rtn is plain min/max RTN's. */
 int hq_gptq_quantize_hscale(const struct hq_backend *be, const struct hq_gptq_opts *o,
                             int64_t rows, int64_t cols, float *W, const float *H,
                             int want_stats, struct hq_gptq_result *res);

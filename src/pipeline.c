@@ -2,19 +2,16 @@
  *
  * Per rank: open the model (mmap), sample the calibration windows (same seed everywhere) and
  * keep this rank's share, embed them. Then block after block, in true-sequential order
- * {q,k,v} -> {o} -> {gate,up} -> {down}:
- *   forward the local windows through the block (weights of the groups before this one
- *   already quantized) up to the group's input, accumulate the raw XᵀX sum and token count,
- *   all-reduce them (one all-reduce per group), scale once (2/N, N = tokens);
- *   quantize the rows this rank owns (mpi/partition plan: the group's linears concatenated
- *   and cut into aligned row ranges) with ONE GPTQ call for the stacked rows of the group
- *   (they share H, hence one Cholesky); all-gather the dequantized rows so every rank holds
- *   the quantized block; pack and write the rows collectively with statistics;
- * then forward the windows through the quantized block to produce the next block's input,
- * mark the block done and flush (resumable), print a progress line with an ETA.
+ * {q,k,v} -> {o} -> {gate,up} -> {down}, one input group at a time (pipeline_group.c):
+ * Hessian of the group's input over all ranks' windows (exact), the method on the rows this
+ * rank owns, gather, collective write; then forward the windows through the quantized block
+ * to produce the next block's input, mark the block done and flush (resumable), print a
+ * progress line with an ETA. This file: options, settings, the output file (create / resume),
+ * the calibration windows, the block loop, the summary.
  * Collective over comm->comm throughout; every local failure is agreed (hq_comm_agree) before
  * the next collective so that no rank hangs. */
 #include "pipeline.h"
+#include "pipeline_internal.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -24,11 +21,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "actquant.h"
 #include "equalize.h"
 #include "error.h"
 #include "forward.h"
-#include "hscale.h"
 #include "h5io.h"
 #include "model.h"
 #include "pack.h"
@@ -68,13 +63,11 @@ void hq_quant_opts_default(struct hq_quant_opts *o) {
   o->scale_from_hessian = 0;
 }
 
-/* the Hessian is collected for GPTQ and for --scale-from-hessian; calibration windows are
- * forwarded for those and for smoothing (activation maxima) */
-static int need_hessian(const struct hq_quant_opts *o) {
+int hq_pipeline_need_hessian(const struct hq_quant_opts *o) {
   return o->method == HQ_METHOD_GPTQ || o->scale_from_hessian;
 }
 static int need_calib(const struct hq_quant_opts *o) {
-  return need_hessian(o) || (o->equalize & HQ_EQ_SMOOTH);
+  return hq_pipeline_need_hessian(o) || (o->equalize & HQ_EQ_SMOOTH);
 }
 
 const char *hq_method_name(enum hq_method m) {
@@ -137,77 +130,15 @@ static char *settings_json(const struct hq_quant_opts *o, const struct hq_model_
   return s;
 }
 
-/* ---- capture hook: accumulate the Hessian of one input group, then stop the forward ----
- * Each calibration window's XᵀX is formed on its own (fp32 syrk over seqlen tokens) and added
- * into an fp64 sum; the all-reduce is in fp64 too. So H no longer depends (beyond fp64
- * rounding) on how windows are split over ranks or batched, and runs at different rank counts
- * quantize to the same codes. */
-struct cap_ctx {
-  const struct hq_backend *be;
-  enum hq_group want;
-  int64_t n, seqlen;
-  float *tmp;     /* [n x n] backend memory: one window's XᵀX (upper triangle) */
-  float *tmp_h;   /* host copy when the backend is a device */
-  double *acc;    /* [n x n] host: upper triangle of Σ XᵀX */
-  int64_t count;  /* tokens */
-};
-static int cap_hessian(void *ctx, enum hq_group g, const float *X, int64_t ntok, int64_t cols) {
-  struct cap_ctx *c = ctx;
-  if (g != c->want) return 0;
-  HQ_ASSERT(cols == c->n && ntok % c->seqlen == 0);
-  const int64_t n = c->n;
-  for (int64_t w = 0; w < ntok / c->seqlen; w++) {
-    c->be->syrk(n, c->seqlen, 1.0f, X + w * c->seqlen * cols, cols, 0.0f, c->tmp, n);
-    const float *t = c->tmp;
-    if (c->be->on_device) {
-      c->be->download(c->tmp_h, c->tmp, (size_t)n * (size_t)n * sizeof(float));
-      t = c->tmp_h;
-    }
-    double *acc = c->acc;
-#pragma omp parallel for schedule(dynamic, 16)
-    for (int64_t i = 0; i < n; i++)
-      for (int64_t j = i; j < n; j++) acc[i * n + j] += (double)t[i * n + j];
-  }
-  c->count += ntok;
-  return 1;
-}
+const char *const hq_phase_names[PH_COUNT] = {"forward", "hessian", "allreduce", "cholesky",
+                                              "gptq",    "stats",   "gather",    "write"};
 
-/* Linears of a group, in order. */
-static int group_linears(enum hq_group g, enum hq_linear *out) {
-  int n = 0;
-  for (int l = 0; l < HQ_LIN_COUNT; l++)
-    if (hq_linear_group((enum hq_linear)l) == g) out[n++] = (enum hq_linear)l;
-  return n;
-}
-
-enum { PH_FORWARD, PH_HESSIAN, PH_ALLREDUCE, PH_CHOL, PH_GPTQ, PH_STATS, PH_GATHER, PH_WRITE, PH_COUNT };
-static const char *const phase_names[PH_COUNT] = {"forward", "hessian", "allreduce", "cholesky",
-                                                  "gptq",    "stats",   "gather",    "write"};
-
-struct run {
-  const struct hq_comm *comm;
-  const struct hq_quant_opts *o;
-  const struct hq_backend *be;
-  struct hq_model model;
-  struct hq_plan plan;
-  struct hq_h5 *h5;
-  int64_t seqlen, nloc;     /* local windows */
-  int32_t *ids;             /* [nloc x seqlen] local calibration windows */
-  float *x;                 /* [nloc*seqlen x hidden] backend memory: current block input */
-  struct hq_rope_table rope;
-  struct hq_fwd_ws *ws;
-  int64_t batch;            /* windows per forward call */
-  double phase[PH_COUNT];   /* this block's seconds per phase (this rank) */
-  double total_phase[PH_COUNT];
-};
-
-static void lin_fullname(char *buf, size_t n, int64_t b, enum hq_linear l) {
+void hq_pipeline_lin_name(char *buf, size_t n, int64_t b, enum hq_linear l) {
   snprintf(buf, n, "model.layers.%lld.%s", (long long)b, hq_linear_name(l));
 }
 
-/* Forward all local windows through the block; stop at `capture` if given. */
-static void forward_local(struct run *R, const struct hq_block_dev *dev, hq_capture_fn cap,
-                          void *ctx) {
+void hq_pipeline_forward_local(struct run *R, const struct hq_block_dev *dev, hq_capture_fn cap,
+                               void *ctx) {
   const struct hq_model_config *c = &R->model.cfg;
   for (int64_t w = 0; w < R->nloc; w += R->batch) {
     int64_t nb = R->nloc - w < R->batch ? R->nloc - w : R->batch;
@@ -215,331 +146,6 @@ static void forward_local(struct run *R, const struct hq_block_dev *dev, hq_capt
                      R->x + w * R->seqlen * c->hidden, cap, ctx);
   }
   R->be->sync();
-}
-
-/* ---- SmoothQuant: per-channel max |X_j| of a group's input (activation quantization off) ---- */
-struct amax_ctx {
-  const struct hq_backend *be;
-  enum hq_group want;
-  double *amax; /* [cols] */
-};
-static int cap_amax(void *ctx, enum hq_group g, const float *X, int64_t ntok, int64_t cols) {
-  struct amax_ctx *c = ctx;
-  if (g != c->want) return 0;
-  const float *x = X;
-  float *host = NULL;
-  if (c->be->on_device) {
-    host = hq_xmalloc((size_t)(ntok * cols) * sizeof(float));
-    c->be->sync();
-    c->be->download(host, X, (size_t)(ntok * cols) * sizeof(float));
-    x = host;
-  }
-  for (int64_t t = 0; t < ntok; t++)
-    for (int64_t j = 0; j < cols; j++) {
-      const double a = fabs((double)x[t * cols + j]);
-      if (a > c->amax[j]) c->amax[j] = a;
-    }
-  free(host);
-  return 1;
-}
-
-/* Smooth the norm feeding group g (QKV or GATEUP) of block b with the maxima of its input over
- * all ranks' calibration windows (all-reduce MAX), in bw. Collective. */
-static int smooth_group(struct run *R, enum hq_group g, struct hq_block_weights *bw) {
-  const struct hq_model_config *c = &R->model.cfg;
-  const int64_t H = c->hidden;
-  struct amax_ctx ac = {R->be, g, calloc((size_t)H, sizeof(double))};
-  float *am = malloc((size_t)H * sizeof(float));
-  struct hq_block_dev dev;
-  memset(&dev, 0, sizeof dev);
-  int rc = ac.amax && am ? HQ_OK : hq_fail(HQ_ERR_NOMEM, "smoothing: out of memory");
-  if (!rc) rc = hq_block_dev_upload(R->be, c, bw, &dev);
-  rc = hq_comm_agree(R->comm, rc);
-  if (!rc) {
-    const double t = hq_now();
-    const int ab = hq_fwd_ws_act_bits(R->ws);
-    hq_fwd_ws_set_act_bits(R->ws, 0); /* maxima of the unquantized activations */
-    forward_local(R, &dev, cap_amax, &ac);
-    hq_fwd_ws_set_act_bits(R->ws, ab);
-    hq_comm_allreduce_max_f64(R->comm, ac.amax, H);
-    for (int64_t j = 0; j < H; j++) am[j] = (float)ac.amax[j];
-    hq_equalize_smooth(c, bw, g, am, R->o->smooth_alpha, NULL);
-    R->phase[PH_HESSIAN] += hq_now() - t;
-  }
-  hq_block_dev_free(R->be, &dev);
-  free(ac.amax);
-  free(am);
-  return rc;
-}
-
-/* Quantize one input group of block b: Hessian, GPTQ/RTN/HQQ of the owned rows, gather, write. */
-static int do_group(struct run *R, int64_t b, enum hq_group g, struct hq_block_weights *bw) {
-  const struct hq_model_config *c = &R->model.cfg;
-  const struct hq_comm *cm = R->comm;
-  const struct hq_quant_opts *o = R->o;
-  enum hq_linear lins[4];
-  int nl = group_linears(g, lins);
-  int64_t rows_l[4], cols = 0;
-  for (int i = 0; i < nl; i++) hq_linear_shape(c, lins[i], &rows_l[i], &cols);
-  int rc = HQ_OK;
-  double t;
-
-  /* 0. smoothing of the norm feeding this group (before its Hessian and quantization) */
-  if ((o->equalize & HQ_EQ_SMOOTH) && (g == HQ_GROUP_QKV || g == HQ_GROUP_GATEUP)) {
-    rc = smooth_group(R, g, bw);
-    if (rc) return rc;
-  }
-
-  /* 1. Hessian of the group's input (GPTQ, --scale-from-hessian) */
-  float *H = NULL;
-  if (need_hessian(o)) {
-    size_t nn = (size_t)cols * (size_t)cols;
-    struct cap_ctx cc = {R->be, g, cols, R->seqlen, R->be->alloc(nn * sizeof(float)),
-                         R->be->on_device ? malloc(nn * sizeof(float)) : NULL,
-                         calloc(nn, sizeof(double)), 0};
-    H = malloc(nn * sizeof(float));
-    rc = (cc.tmp && cc.acc && H && (cc.tmp_h || !R->be->on_device))
-             ? HQ_OK
-             : hq_fail(HQ_ERR_NOMEM, "cannot allocate the %lld x %lld Hessian (fp64 sum); use a "
-                       "machine with more memory per rank", (long long)cols, (long long)cols);
-    struct hq_block_dev dev;
-    memset(&dev, 0, sizeof dev);
-    if (!rc) rc = hq_block_dev_upload(R->be, c, bw, &dev);
-    rc = hq_comm_agree(cm, rc);
-    if (!rc) {
-      t = hq_now();
-      forward_local(R, &dev, cap_hessian, &cc);
-      R->phase[PH_HESSIAN] += hq_now() - t; /* forward up to the group + XᵀX */
-      /* only the upper triangle is summed: pack it row by row to the front of acc (in place:
-       * the packed index never exceeds the full one) and all-reduce half the bytes */
-      int64_t k = 0;
-      for (int64_t i = 0; i < cols; i++)
-        for (int64_t j = i; j < cols; j++) cc.acc[k++] = cc.acc[i * cols + j];
-      t = hq_now();
-      hq_comm_allreduce_f64(cm, cc.acc, k);
-      hq_comm_allreduce_i64(cm, &cc.count, 1);
-      R->phase[PH_ALLREDUCE] += hq_now() - t;
-      /* H = 2/N Σ x xᵀ (N = tokens), symmetric, rounded to fp32 once */
-      const double f = cc.count ? 2.0 / (double)cc.count : 0.0;
-      k = 0;
-      for (int64_t i = 0; i < cols; i++)
-        for (int64_t j = i; j < cols; j++, k++)
-          H[i * cols + j] = H[j * cols + i] = (float)(cc.acc[k] * f);
-    }
-    hq_block_dev_free(R->be, &dev);
-    if (cc.tmp) R->be->free(cc.tmp);
-    free(cc.tmp_h);
-    free(cc.acc);
-    if (rc) {
-      free(H);
-      return rc;
-    }
-  }
-
-  /* 2. Stack the rows this rank owns of the group's linears and quantize them at once */
-  int64_t my0[4], myn[4], nrows = 0;
-  for (int i = 0; i < nl; i++) {
-    struct hq_row_range rr = R->plan.rows[lins[i]][cm->rank];
-    my0[i] = rr.begin;
-    myn[i] = rr.end - rr.begin;
-    nrows += myn[i];
-  }
-  float *W = malloc((size_t)(nrows ? nrows : 1) * (size_t)cols * sizeof(float));
-  float *W0 = malloc((size_t)(nrows ? nrows : 1) * (size_t)cols * sizeof(float));
-  struct hq_gptq_result res;
-  memset(&res, 0, sizeof res);
-  rc = (W && W0) ? HQ_OK : hq_fail(HQ_ERR_NOMEM, "cannot allocate %lld x %lld weights", (long long)nrows, (long long)cols);
-  if (!rc) {
-    int64_t off = 0;
-    for (int i = 0; i < nl; i++) {
-      memcpy(W + off * cols, bw->lin[lins[i]] + my0[i] * cols, (size_t)myn[i] * (size_t)cols * sizeof(float));
-      off += myn[i];
-    }
-    memcpy(W0, W, (size_t)nrows * (size_t)cols * sizeof(float));
-  }
-  double loss[4][3];
-  memset(loss, 0, sizeof loss);
-  double damp_abs = 0, loss_ref = 0;
-  int64_t dead = 0;
-  if (!rc && nrows > 0) {
-    t = hq_now();
-    if (o->method == HQ_METHOD_GPTQ) {
-      rc = o->scale_from_hessian ? hq_gptq_quantize_hscale(R->be, &o->g, nrows, cols, W, H, 0, &res)
-                                 : hq_gptq_quantize(R->be, &o->g, nrows, cols, W, H, 0, &res);
-      if (!rc) {
-        R->phase[PH_CHOL] += res.t_chol;
-        R->phase[PH_GPTQ] += res.t_quant;
-        damp_abs = res.damp_abs;
-        loss_ref = res.loss_ref;
-        dead = res.dead_cols;
-      }
-    } else if (o->method == HQ_METHOD_HQQ) {
-      rc = hq_hqq_quantize(&o->g, &o->hqq, nrows, cols, W, &res, NULL);
-      R->phase[PH_GPTQ] += hq_now() - t;
-    } else {
-      rc = o->scale_from_hessian ? hq_rtn_quantize_hscale(R->be, &o->g, nrows, cols, W, H, &res)
-                                 : hq_rtn_quantize(R->be, &o->g, nrows, cols, W, NULL, &res);
-      R->phase[PH_GPTQ] += hq_now() - t;
-    }
-    if (rc) hq_fail_ctx(rc, "block %lld %s: ", (long long)b, hq_linear_name(lins[0]));
-  }
-  /* per-linear proxy losses of GPTQ and of RTN on the same grid (statistics phase) */
-  if (!rc && nrows > 0 && H) {
-    t = hq_now();
-    float *D = malloc((size_t)nrows * (size_t)cols * sizeof(float));
-    float *Wr = malloc((size_t)nrows * (size_t)cols * sizeof(float));
-    if (!D || !Wr) rc = hq_fail(HQ_ERR_NOMEM, "cannot allocate statistics buffers");
-    int64_t off = 0;
-    for (int i = 0; i < nl && !rc; i++) {
-      int64_t n = myn[i];
-      if (n == 0) continue;
-      const float *a = W0 + off * cols, *q = W + off * cols;
-      for (int64_t k = 0; k < n * cols; k++) D[k] = a[k] - q[k];
-      loss[i][0] = hq_proxy_loss(R->be, n, cols, D, H);
-      memcpy(Wr, a, (size_t)(n * cols) * sizeof(float));
-      struct hq_gptq_result rr;
-      memset(&rr, 0, sizeof rr);
-      rc = hq_rtn_quantize(R->be, &o->g, n, cols, Wr, H, &rr);
-      loss[i][1] = rr.loss_proxy;
-      hq_gptq_result_free(&rr);
-      off += n;
-    }
-    free(D);
-    free(Wr);
-    R->phase[PH_STATS] += hq_now() - t;
-  }
-  /* HQQ: mean absolute reconstruction error of HQQ and of RTN on the same grid, per linear */
-  double l1[4][2];
-  memset(l1, 0, sizeof l1);
-  if (!rc && nrows > 0 && o->method == HQ_METHOD_HQQ) {
-    t = hq_now();
-    float *Wr = malloc((size_t)nrows * (size_t)cols * sizeof(float));
-    if (!Wr) rc = hq_fail(HQ_ERR_NOMEM, "cannot allocate statistics buffers");
-    int64_t off = 0;
-    for (int i = 0; i < nl && !rc; i++) {
-      const int64_t n = myn[i];
-      if (n == 0) continue;
-      const float *a = W0 + off * cols, *q = W + off * cols;
-      memcpy(Wr, a, (size_t)(n * cols) * sizeof(float));
-      struct hq_gptq_result rr;
-      memset(&rr, 0, sizeof rr);
-      struct hq_gptq_opts ro = o->g;
-      ro.mse = 0;
-      rc = hq_rtn_quantize(R->be, &ro, n, cols, Wr, NULL, &rr);
-      hq_gptq_result_free(&rr);
-      for (int64_t k = 0; k < n * cols && !rc; k++) {
-        l1[i][0] += fabs((double)a[k] - (double)q[k]);
-        l1[i][1] += fabs((double)a[k] - (double)Wr[k]);
-      }
-      off += n;
-    }
-    free(Wr);
-    R->phase[PH_STATS] += hq_now() - t;
-  }
-  free(H);
-  rc = hq_comm_agree(cm, rc);
-  if (rc) goto out;
-
-  /* 3. All-gather the dequantized rows: every rank holds the quantized block */
-  t = hq_now();
-  {
-    int64_t off = 0;
-    for (int i = 0; i < nl; i++) {
-      size_t *bytes = malloc((size_t)cm->size * sizeof(size_t));
-      for (int r = 0; r < cm->size; r++) {
-        struct hq_row_range rr = R->plan.rows[lins[i]][r];
-        bytes[r] = (size_t)(rr.end - rr.begin) * (size_t)cols * sizeof(float);
-      }
-      hq_comm_allgatherv(cm, W + off * cols, bw->lin[lins[i]], bytes);
-      free(bytes);
-      off += myn[i];
-    }
-  }
-  R->phase[PH_GATHER] += hq_now() - t;
-
-  /* 4. Pack and write this rank's rows of every linear, and the statistics */
-  t = hq_now();
-  {
-    int64_t ngroups = res.ngroups > 0 ? res.ngroups
-                      : (o->g.group_size > 0 ? (cols + o->g.group_size - 1) / o->g.group_size : 1);
-    int64_t off = 0;
-    double sums[4 * 3 + 2];
-    for (int i = 0; i < nl; i++) {
-      sums[3 * i] = loss[i][0];
-      sums[3 * i + 1] = loss[i][1];
-      sums[3 * i + 2] = 0;
-    }
-    sums[3 * nl] = loss_ref;
-    sums[3 * nl + 1] = (double)nrows;
-    hq_comm_allreduce_f64(cm, sums, 3 * nl + 2);
-    if (o->method == HQ_METHOD_HQQ) hq_comm_allreduce_f64(cm, &l1[0][0], 8);
-    double dmax = damp_abs, ddead = (double)dead;
-    hq_comm_allreduce_max_f64(cm, &dmax, 1);
-    hq_comm_allreduce_max_f64(cm, &ddead, 1);
-    double ph[PH_COUNT];
-    memcpy(ph, R->phase, sizeof ph);
-    hq_comm_allreduce_max_f64(cm, ph, PH_COUNT);
-    for (int i = 0; i < nl; i++) {
-      char name[256];
-      lin_fullname(name, sizeof name, b, lins[i]);
-      struct hq_h5_linear_desc d = {rows_l[i], cols, o->g.bits, o->g.group_size > 0 ? o->g.group_size : -1,
-                                    ngroups, HQ_PACK_GPTQ_V2};
-      rc = hq_h5_linear_create(R->h5, name, &d);
-      if (rc) goto out;
-      struct hq_packed p;
-      memset(&p, 0, sizeof p);
-      int lrc = HQ_OK;
-      int have = myn[i] > 0;
-      if (have) {
-        lrc = hq_pack_init(&p, o->g.bits, HQ_PACK_GPTQ_V2, cols, rows_l[i], ngroups, my0[i], myn[i]);
-        if (!lrc)
-          lrc = hq_pack_encode(&p, res.codes + off * cols, res.zeros + off * ngroups,
-                               res.scales + off * ngroups, res.g_idx);
-        if (lrc) hq_fail_ctx(lrc, "packing %s: ", name);
-      }
-      rc = hq_comm_agree(cm, lrc);
-      if (rc) {
-        hq_pack_free(&p);
-        goto out;
-      }
-      rc = hq_h5_linear_write(R->h5, name, have ? &p : NULL);
-      hq_pack_free(&p);
-      if (rc) goto out;
-      int64_t *owner = malloc((size_t)cm->size * sizeof(int64_t));
-      for (int r = 0; r < cm->size; r++)
-        owner[r] = R->plan.rows[lins[i]][r].end - R->plan.rows[lins[i]][r].begin;
-      struct hq_h5_linear_stats st = {
-          .loss_proxy_gptq = need_hessian(o) ? sums[3 * i] : NAN, /* of the method used */
-          .loss_proxy_rtn = need_hessian(o) ? sums[3 * i + 1] : NAN,
-          .loss_ref = o->method == HQ_METHOD_GPTQ ? sums[3 * nl] : NAN, /* of the whole group */
-          .damp_used = dmax,
-          .dead_cols = (int64_t)ddead,
-          .nphases = PH_COUNT,
-          .phase_names = phase_names,
-          .phase_seconds = ph,
-          .owner_rows = owner,
-          .nranks = cm->size};
-      rc = hq_h5_linear_stats(R->h5, name, &st);
-      free(owner);
-      if (rc) goto out;
-      if (o->method == HQ_METHOD_HQQ) {
-        char obj[300];
-        snprintf(obj, sizeof obj, "/linears/%s", name);
-        const double numel = (double)rows_l[i] * (double)cols;
-        rc = hq_h5_attr_set_f64(R->h5, obj, "hqq_mean_abs_error", l1[i][0] / numel);
-        if (!rc) rc = hq_h5_attr_set_f64(R->h5, obj, "rtn_mean_abs_error", l1[i][1] / numel);
-        if (rc) goto out;
-      }
-      off += myn[i];
-    }
-  }
-  R->phase[PH_WRITE] += hq_now() - t;
-
-out:
-  hq_gptq_result_free(&res);
-  free(W);
-  free(W0);
-  return rc;
 }
 
 /* Unquantized tensors that equalization rescales: the norms (smoothing) and v_proj's bias
@@ -610,7 +216,7 @@ static int load_block_from_file(struct run *R, int64_t b, struct hq_block_weight
   /* replace the linears of block b by the dequantized weights stored in the file */
   for (int l = 0; l < HQ_LIN_COUNT; l++) {
     char name[256];
-    lin_fullname(name, sizeof name, b, (enum hq_linear)l);
+    hq_pipeline_lin_name(name, sizeof name, b, (enum hq_linear)l);
     struct hq_packed p;
     int rc = hq_h5_linear_read(R->h5, name, &p);
     if (rc) return hq_fail_ctx(rc, "resume: reading %s: ", name);
@@ -656,10 +262,10 @@ static void write_summary(struct run *R, double total, size_t rss_max, const dou
           R->comm->size, hq_method_name(R->o->method), R->o->g.bits, (long long)R->o->g.group_size,
           (long long)R->o->nsamples, (long long)R->seqlen, total, rss_max);
   for (int p = 0; p < PH_COUNT; p++)
-    fprintf(f, "%s\"%s\": %.6f", p ? ", " : "", phase_names[p], R->total_phase[p]);
+    fprintf(f, "%s\"%s\": %.6f", p ? ", " : "", hq_phase_names[p], R->total_phase[p]);
   fprintf(f, "}, \"phases_max\": {");
   for (int p = 0; p < PH_COUNT; p++)
-    fprintf(f, "%s\"%s\": %.6f", p ? ", " : "", phase_names[p], phase_max[p]);
+    fprintf(f, "%s\"%s\": %.6f", p ? ", " : "", hq_phase_names[p], phase_max[p]);
   fprintf(f, "}}\n");
   fclose(f);
 }
@@ -669,6 +275,8 @@ int hq_quantize_run(const struct hq_comm *comm, const struct hq_quant_opts *o) {
   memset(&R, 0, sizeof R);
   R.comm = comm;
   R.o = o;
+  R.g = o->g;
+  R.g.hscale = o->scale_from_hessian;
   double t_start = hq_now();
   int rc = HQ_OK;
   struct hq_tokens tok = {0};
@@ -699,7 +307,7 @@ int hq_quantize_run(const struct hq_comm *comm, const struct hq_quant_opts *o) {
                  "calibration-free)");
   if (!rc && o->act_bits && (o->act_bits < 2 || o->act_bits > 16))
     rc = hq_fail(HQ_ERR_INPUT, "--act-bits must be in 2..16 (8 or 4 usually), got %d", o->act_bits);
-  if (!rc && o->act_bits && !need_hessian(o))
+  if (!rc && o->act_bits && !hq_pipeline_need_hessian(o))
     rc = hq_fail(HQ_ERR_INPUT, "--act-bits changes quantization only through the Hessians "
                  "(gptq or --scale-from-hessian); with --method %s measure activation "
                  "quantization with hpcq eval --act-bits instead", hq_method_name(o->method));
@@ -861,7 +469,7 @@ int hq_quantize_run(const struct hq_comm *comm, const struct hq_quant_opts *o) {
     if (b >= start_block) {
       if (o->equalize & HQ_EQ_CLE) hq_equalize_cle(c, &bw); /* data-free, on the FP weights */
       for (int g = 0; g < HQ_GROUP_COUNT; g++) {
-        rc = do_group(&R, b, (enum hq_group)g, &bw);
+        rc = hq_pipeline_group(&R, b, (enum hq_group)g, &bw);
         if (rc) goto done;
       }
       if (o->equalize) {
@@ -878,7 +486,7 @@ int hq_quantize_run(const struct hq_comm *comm, const struct hq_quant_opts *o) {
         goto done;
       }
       double t = hq_now();
-      forward_local(&R, &dev, NULL, NULL);
+      hq_pipeline_forward_local(&R, &dev, NULL, NULL);
       R.phase[PH_FORWARD] += hq_now() - t;
       hq_block_dev_free(R.be, &dev);
     }

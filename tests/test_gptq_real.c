@@ -94,7 +94,7 @@ static void correlated_hessian(int64_t cols, double decay, uint64_t seed, float 
   float *Q = random_orthogonal(cols, seed);
   float *Z = malloc(sizeof(float) * (size_t)(chunk * cols)), *X = malloc(sizeof(float) * (size_t)(chunk * cols));
   struct hq_hessian h;
-  HQ_ASSERT(hq_hessian_init(&h, be, cols) == HQ_OK);
+  HQ_ASSERT(hq_hessian_init(&h, be, cols, (ntok + chunk - 1) / chunk) == HQ_OK);
   for (int64_t t0 = 0; t0 < ntok; t0 += chunk) {
     int64_t nt = ntok - t0 < chunk ? ntok - t0 : chunk;
     hq_t_randn(Z, nt * cols, seed + 1000 + (uint64_t)t0, 1.0f);
@@ -105,8 +105,10 @@ static void correlated_hessian(int64_t cols, double decay, uint64_t seed, float 
     be->gemm(0, 0, nt, cols, cols, 1.0f, Z, cols, Q, cols, 0.0f, X, cols); /* X = Z diag(σ) Q */
     hq_hessian_accumulate(&h, X, nt, cols);
   }
-  hq_hessian_finalize(&h, H);
-  hq_hessian_free(&h);
+  float *Hf = NULL;
+  HQ_ASSERT(hq_hessian_finalize(&h, &Hf) == HQ_OK);
+  memcpy(H, Hf, sizeof(float) * (size_t)(cols * cols));
+  free(Hf);
   free(Q);
   free(Z);
   free(X);

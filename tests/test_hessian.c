@@ -1,7 +1,14 @@
-/* hq_hessian_* against a naive double Σ x xᵀ: several chunks (one empty) with a row stride
- * wider than the feature count, finalize = symmetric 2/count scaling, count == 0 -> zeros,
- * reset, bad sizes. */
+/* The exact fixed-point Hessian (src/hessian.c) against a plain double Σ x xᵀ and against its
+ * own claims:
+ *  - H = 2/N Σ x xᵀ to fp32 accuracy (double reference), exactly symmetric, a zero feature gives
+ *    a zero row, count == 0 gives zeros; feature counts below, at and above a panel (256);
+ *  - the windows in another order, and split over two accumulators whose integer sums are added
+ *    (what the all-reduce does), give bit-identical H — also with 2 OpenMP threads;
+ *  - a window 2^20 times larger than window 0 is detected (check returns 1 and an F), and
+ *    accumulating again with that F gives the right H; a NaN gives HQ_ERR_NUMERIC;
+ *  - reset; bad sizes. */
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,87 +17,125 @@
 #include "hessian.h"
 #include "testutil.h"
 
-int main(void) {
-  const struct hq_backend *be = hq_backend_cpu();
-  const int64_t n = 37, ldx = 41;
-  const int64_t chunks[4] = {5, 0, 13, 50};
-  int64_t total = 0;
-  for (int i = 0; i < 4; i++) total += chunks[i];
-  float *X = malloc(sizeof(float) * (size_t)(total * ldx));
-  hq_t_randn(X, total * ldx, 42, 1.0f);
-  /* a few features with an offset and larger scale, one feature all zero */
-  for (int64_t t = 0; t < total; t++) {
-    X[t * ldx + 3] = 3.0f + 2.0f * X[t * ldx + 3];
-    X[t * ldx + 11] = 0.0f;
-  }
+static const struct hq_backend *be;
 
-  struct hq_hessian h;
-  CHECK(hq_hessian_init(&h, be, n) == HQ_OK, "init: %s", hq_last_error());
-  float *out = malloc(sizeof(float) * (size_t)(n * n));
-  /* count == 0: all zeros */
-  memset(out, 0x7f, sizeof(float) * (size_t)(n * n));
-  hq_hessian_finalize(&h, out);
-  int nz = 0;
-  for (int64_t k = 0; k < n * n; k++) nz += out[k] != 0.0f;
-  CHECK(nz == 0 && h.count == 0, "empty Hessian must finalize to zeros (%d non-zero)", nz);
+#define NW 5
 
-  int64_t off = 0;
-  for (int i = 0; i < 4; i++) {
-    hq_hessian_accumulate(&h, X + off * ldx, chunks[i], ldx);
-    off += chunks[i];
+/* H of the windows in `order`, split at `split` into two accumulators (0: one). */
+static float *build(int64_t n, int64_t seqlen, int64_t ldx, float *const *win, const int *order,
+                    int split, int F) {
+  struct hq_hessian a, b;
+  HQ_ASSERT(hq_hessian_init(&a, be, n, NW) == HQ_OK && hq_hessian_init(&b, be, n, NW) == HQ_OK);
+  hq_hessian_set_scale(&a, F);
+  hq_hessian_set_scale(&b, F);
+  for (int k = 0; k < NW; k++)
+    hq_hessian_accumulate(split && k >= split ? &b : &a, win[order[k]], seqlen, ldx);
+  int64_t *sa = hq_hessian_sums(&a), *sb = hq_hessian_sums(&b);
+  for (int64_t i = 0; i < a.ntri; i++) sa[i] += sb[i];
+  a.count += b.count;
+  a.vmax = a.vmax > b.vmax ? a.vmax : b.vmax;
+  int Fr = 0;
+  CHECK(hq_hessian_check(&a, &Fr) == HQ_OK, "check: unexpected range error (F %d)", Fr);
+  float *H = NULL;
+  CHECK(hq_hessian_finalize(&a, &H) == HQ_OK, "finalize");
+  hq_hessian_free(&b);
+  return H;
+}
+
+static void test_exact(int64_t n) {
+  const int64_t seqlen = 48, ldx = n + 3;
+  float *win[NW];
+  for (int w = 0; w < NW; w++) {
+    win[w] = malloc(sizeof(float) * (size_t)(seqlen * ldx));
+    hq_t_randn(win[w], seqlen * ldx, 100 + (uint64_t)w, 1.0f);
+    for (int64_t t = 0; t < seqlen; t++) {
+      win[w][t * ldx + 1] = 3.0f + 2.0f * win[w][t * ldx + 1]; /* offset, larger scale */
+      win[w][t * ldx + n - 1] = 0.0f;                          /* a dead feature */
+    }
   }
-  CHECK(h.count == total, "count %lld vs %lld", (long long)h.count, (long long)total);
-  hq_hessian_finalize(&h, out);
+  const int fwd[NW] = {0, 1, 2, 3, 4}, rev[NW] = {4, 2, 0, 3, 1};
+  struct hq_hessian tmp;
+  HQ_ASSERT(hq_hessian_init(&tmp, be, n, NW) == HQ_OK);
+  const int F = hq_hessian_scale_for(&tmp, hq_hessian_window_bound(be, win[0], seqlen, ldx, n), 16);
+  hq_hessian_free(&tmp);
+  omp_set_num_threads(1);
+  float *H1 = build(n, seqlen, ldx, win, fwd, 0, F);
+  omp_set_num_threads(2);
+  float *H2 = build(n, seqlen, ldx, win, rev, 2, F);
+  float *H3 = build(n, seqlen, ldx, win, fwd, 3, F);
+  const size_t bytes = sizeof(float) * (size_t)(n * n);
+  CHECK(!memcmp(H1, H2, bytes) && !memcmp(H1, H3, bytes), "n %lld: another order or split of the "
+        "windows changed H", (long long)n);
   double maxrel = 0.0;
   int asym = 0;
-  for (int64_t a = 0; a < n; a++)
-    for (int64_t b = 0; b < n; b++) {
+  const double N = (double)(NW * seqlen);
+  for (int64_t i = 0; i < n; i += (n > 300 ? 7 : 1))
+    for (int64_t j = 0; j < n; j++) {
       double ref = 0.0, mag = 0.0;
-      for (int64_t t = 0; t < total; t++) {
-        ref += (double)X[t * ldx + a] * (double)X[t * ldx + b];
-        mag += fabs((double)X[t * ldx + a] * (double)X[t * ldx + b]);
-      }
-      ref *= 2.0 / (double)total;
-      mag *= 2.0 / (double)total;
-      double e = fabs((double)out[a * n + b] - ref) / (mag > 0 ? mag : 1.0);
-      if (e > maxrel) maxrel = e;
-      asym += out[a * n + b] != out[b * n + a];
+      for (int w = 0; w < NW; w++)
+        for (int64_t t = 0; t < seqlen; t++) {
+          const double p = (double)win[w][t * ldx + i] * (double)win[w][t * ldx + j];
+          ref += p;
+          mag += fabs(p);
+        }
+      const double e = fabs((double)H1[i * n + j] - 2.0 * ref / N) / (2.0 * mag / N + 1e-30);
+      maxrel = e > maxrel ? e : maxrel;
+      asym += H1[i * n + j] != H1[j * n + i];
     }
-  CHECK(maxrel < 1e-5, "H vs naive double: max relative error %.3g", maxrel);
-  CHECK(asym == 0, "finalized H not exactly symmetric (%d entries)", asym);
-  CHECK(out[11 * n + 11] == 0.0f && out[11 * n + 4] == 0.0f, "zero feature must give a zero row");
-  /* finalize twice gives the same (raw sums kept) */
-  float *out2 = malloc(sizeof(float) * (size_t)(n * n));
-  hq_hessian_finalize(&h, out2);
-  CHECK(memcmp(out, out2, sizeof(float) * (size_t)(n * n)) == 0, "finalize is not repeatable");
-  /* the raw sums stay raw: upper triangle is Σ x xᵀ unscaled */
-  {
-    double ref = 0.0;
-    for (int64_t t = 0; t < total; t++) ref += (double)X[t * ldx + 3] * X[t * ldx + 5];
-    CHECK(fabs(h.sum[3 * n + 5] - ref) <= 1e-5 * fabs(ref) + 1e-4, "raw sum %g vs %g",
-          h.sum[3 * n + 5], ref);
-  }
-  /* reset */
+  CHECK(maxrel < 1e-5, "n %lld: H vs double reference %.3g", (long long)n, maxrel);
+  CHECK(asym == 0, "n %lld: H not exactly symmetric (%d)", (long long)n, asym);
+  CHECK(H1[(n - 1) * n + n - 1] == 0.0f && H1[(n - 1) * n + 1] == 0.0f, "dead feature not zero");
+  free(H1), free(H2), free(H3);
+  for (int w = 0; w < NW; w++) free(win[w]);
+}
+
+static void test_range_and_errors(void) {
+  const int64_t n = 20, seqlen = 16;
+  float *x0 = malloc(sizeof(float) * (size_t)(seqlen * n)), *x1 = malloc(sizeof(float) * (size_t)(seqlen * n));
+  hq_t_randn(x0, seqlen * n, 7, 1e-3f);
+  hq_t_randn(x1, seqlen * n, 8, 1e3f * 1.5f); /* entries ~2^21 x window 0's (> 2^16 headroom) */
+  struct hq_hessian h;
+  HQ_ASSERT(hq_hessian_init(&h, be, n, 2) == HQ_OK);
+  /* count == 0: zeros */
+  float *H = NULL;
+  CHECK(hq_hessian_finalize(&h, &H) == HQ_OK && H, "finalize of nothing");
+  int nz = 0;
+  for (int64_t k = 0; k < n * n; k++) nz += H[k] != 0.0f;
+  CHECK(nz == 0, "empty Hessian must be zeros (%d non-zero)", nz);
+  free(H);
+  HQ_ASSERT(hq_hessian_init(&h, be, n, 2) == HQ_OK);
+  hq_hessian_accumulate(&h, x0, seqlen, n); /* F from window 0 */
+  hq_hessian_accumulate(&h, x1, seqlen, n);
+  int F = 0;
+  CHECK(hq_hessian_check(&h, &F) == 1, "a window beyond the range was not detected");
   hq_hessian_reset(&h);
-  CHECK(h.count == 0, "reset count");
-  hq_hessian_finalize(&h, out);
-  nz = 0;
-  for (int64_t k = 0; k < n * n; k++) nz += out[k] != 0.0f;
-  CHECK(nz == 0, "reset must clear the sums");
-  hq_hessian_accumulate(&h, X, 5, ldx);
-  hq_hessian_finalize(&h, out);
-  {
-    double ref = 0.0;
-    for (int64_t t = 0; t < 5; t++) ref += (double)X[t * ldx] * X[t * ldx + 1];
-    ref *= 2.0 / 5.0;
-    CHECK(fabs(out[1] - ref) <= 1e-5 * fabs(ref) + 1e-6, "after reset %g vs %g", out[1], ref);
-  }
+  hq_hessian_set_scale(&h, F);
+  hq_hessian_accumulate(&h, x0, seqlen, n);
+  hq_hessian_accumulate(&h, x1, seqlen, n);
+  int F2 = 0;
+  CHECK(hq_hessian_check(&h, &F2) == HQ_OK, "still out of range after the retry");
+  CHECK(hq_hessian_finalize(&h, &H) == HQ_OK, "finalize");
+  double ref = 0.0;
+  for (int64_t t = 0; t < seqlen; t++) ref += (double)x1[t * n + 3] * x1[t * n + 3] + (double)x0[t * n + 3] * x0[t * n + 3];
+  ref *= 2.0 / (double)(2 * seqlen);
+  CHECK(fabs(H[3 * n + 3] - ref) <= 1e-6 * ref, "retry H %g vs %g", H[3 * n + 3], ref);
+  free(H);
+  /* NaN */
+  HQ_ASSERT(hq_hessian_init(&h, be, n, 2) == HQ_OK);
+  x0[5] = NAN;
+  hq_hessian_accumulate(&h, x0, seqlen, n);
+  CHECK(hq_hessian_check(&h, &F) == HQ_ERR_NUMERIC, "NaN not reported");
   hq_hessian_free(&h);
-  CHECK(h.sum == NULL, "free clears");
-  /* bad size */
-  CHECK(hq_hessian_init(&h, be, 0) == HQ_ERR_INPUT, "n = 0 must be rejected");
-  free(X);
-  free(out);
-  free(out2);
+  CHECK(hq_hessian_init(&h, be, 0, 1) == HQ_ERR_INPUT, "n = 0 accepted");
+  CHECK(hq_hessian_init(&h, be, 4, 0) == HQ_ERR_INPUT, "0 windows accepted");
+  free(x0), free(x1);
+}
+
+int main(void) {
+  be = hq_backend_cpu();
+  test_exact(37);
+  test_exact(256);
+  test_exact(700); /* 3 panels, the last partial */
+  test_range_and_errors();
   return hq_t_done("test_hessian");
 }

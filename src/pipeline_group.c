@@ -1,0 +1,426 @@
+/* One input group of one block through the pipeline (DESIGN.md "The job, end to end"): the
+ * linears that share one input (q|k|v, o, gate|up, down) and the rows of each that this rank
+ * owns (mpi/partition) form the unit of work:
+ *   smooth (optional) → Hessian (forward the local windows to the group's input, exact
+ *   fixed-point XᵀX per window, one all-reduce) → prepare (one Cholesky) → solve each owned
+ *   row block + per-row statistics → gather the dequantized rows and the per-row statistics →
+ *   write the packed rows and the statistics, summed in row order.
+ * Every value written is a function of the model, the calibration tokens and the settings
+ * alone, whatever the rank count, batch or thread count (docs/readme/reproducibility.md).
+ * Collective over R->comm throughout; local failures are agreed before the next collective. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "equalize.h"
+#include "error.h"
+#include "hessian.h"
+#include "pack.h"
+#include "pipeline_internal.h"
+#include "util.h"
+
+/* ---- the unit of work ---------------------------------------------------------------- */
+
+struct unit {
+  enum hq_group g;
+  int nl;
+  enum hq_linear lins[4];
+  int64_t rows[4], cols;   /* rows of each linear, their common input width */
+  int64_t my0[4], myn[4];  /* the rows this rank owns of each */
+};
+
+static void unit_make(const struct run *R, enum hq_group g, struct unit *u) {
+  memset(u, 0, sizeof *u);
+  u->g = g;
+  for (int l = 0; l < HQ_LIN_COUNT; l++) {
+    if (hq_linear_group((enum hq_linear)l) != g) continue;
+    const int i = u->nl++;
+    u->lins[i] = (enum hq_linear)l;
+    hq_linear_shape(&R->model.cfg, (enum hq_linear)l, &u->rows[i], &u->cols);
+    const struct hq_row_range rr = R->plan.rows[l][R->comm->rank];
+    u->my0[i] = rr.begin;
+    u->myn[i] = rr.end - rr.begin;
+  }
+}
+
+static int unit_owns_rows(const struct unit *u) {
+  for (int i = 0; i < u->nl; i++)
+    if (u->myn[i]) return 1;
+  return 0;
+}
+
+/* per row, in row order: the method's proxy loss (HQQ: Σ|w - q|), RTN's on the same grid
+ * (HQQ: its Σ|w - q|), and GPTQ's reference loss */
+enum { ST_METHOD, ST_RTN, ST_REF, NSTAT };
+
+/* this rank's block of one linear */
+struct part {
+  struct hq_gptq_result res;
+  float *W;   /* [myn x cols] dequantized */
+  double *st; /* [myn x NSTAT] */
+};
+
+static void part_free(struct part *p) {
+  hq_gptq_result_free(&p->res);
+  free(p->W);
+  free(p->st);
+  memset(p, 0, sizeof *p);
+}
+
+/* ---- smoothing: per-channel max |X_j| of a group's input (activation quantization off) ---- */
+
+struct amax_ctx {
+  const struct hq_backend *be;
+  enum hq_group want;
+  double *amax; /* [cols] */
+};
+
+static int cap_amax(void *ctx, enum hq_group g, const float *X, int64_t ntok, int64_t cols) {
+  struct amax_ctx *c = ctx;
+  if (g != c->want) return 0;
+  const float *x = X;
+  float *host = NULL;
+  if (c->be->on_device) {
+    host = hq_xmalloc((size_t)(ntok * cols) * sizeof(float));
+    c->be->sync();
+    c->be->download(host, X, (size_t)(ntok * cols) * sizeof(float));
+    x = host;
+  }
+  for (int64_t t = 0; t < ntok; t++)
+    for (int64_t j = 0; j < cols; j++) {
+      const double a = fabs((double)x[t * cols + j]);
+      if (a > c->amax[j]) c->amax[j] = a;
+    }
+  free(host);
+  return 1;
+}
+
+/* Smooth the norm feeding group g (QKV or GATEUP) of block b with the maxima of its input over
+ * all ranks' calibration windows (all-reduce MAX: exact), in bw. Collective. */
+static int smooth_group(struct run *R, enum hq_group g, struct hq_block_weights *bw) {
+  const struct hq_model_config *c = &R->model.cfg;
+  const int64_t H = c->hidden;
+  struct amax_ctx ac = {R->be, g, calloc((size_t)H, sizeof(double))};
+  float *am = malloc((size_t)H * sizeof(float));
+  struct hq_block_dev dev;
+  memset(&dev, 0, sizeof dev);
+  int rc = ac.amax && am ? HQ_OK : hq_fail(HQ_ERR_NOMEM, "smoothing: out of memory");
+  if (!rc) rc = hq_block_dev_upload(R->be, c, bw, &dev);
+  rc = hq_comm_agree(R->comm, rc);
+  if (!rc) {
+    const double t = hq_now();
+    const int ab = hq_fwd_ws_act_bits(R->ws);
+    hq_fwd_ws_set_act_bits(R->ws, 0); /* maxima of the unquantized activations */
+    hq_pipeline_forward_local(R, &dev, cap_amax, &ac);
+    hq_fwd_ws_set_act_bits(R->ws, ab);
+    hq_comm_allreduce_max_f64(R->comm, ac.amax, H);
+    for (int64_t j = 0; j < H; j++) am[j] = (float)ac.amax[j];
+    hq_equalize_smooth(c, bw, g, am, R->o->smooth_alpha, NULL);
+    R->phase[PH_HESSIAN] += hq_now() - t;
+  }
+  hq_block_dev_free(R->be, &dev);
+  free(ac.amax);
+  free(am);
+  return rc;
+}
+
+/* ---- stage: the Hessian of the group's input ------------------------------------------ */
+
+struct cap_hess {
+  const struct run *R;
+  enum hq_group want;
+  struct hq_hessian *h;
+  int need_F; /* the first call of a pass takes F from window 0 (rank 0's first window) */
+};
+
+static int cap_hessian(void *ctx, enum hq_group g, const float *X, int64_t ntok, int64_t cols) {
+  struct cap_hess *c = ctx;
+  if (g != c->want) return 0;
+  const int64_t seqlen = c->R->seqlen;
+  HQ_ASSERT(cols == c->h->n && ntok % seqlen == 0);
+  if (c->need_F) { /* every rank has a window, so every rank gets here once per pass */
+    int F = 0;
+    if (c->R->comm->rank == 0)
+      F = hq_hessian_scale_for(c->h, hq_hessian_window_bound(c->R->be, X, seqlen, cols, cols), 16);
+    hq_comm_bcast(c->R->comm, &F, sizeof F, 0);
+    hq_hessian_set_scale(c->h, F);
+    c->need_F = 0;
+  }
+  for (int64_t w = 0; w < ntok / seqlen; w++)
+    hq_hessian_accumulate(c->h, X + w * seqlen * cols, seqlen, cols);
+  return 1;
+}
+
+/* Sum the sums over the ranks (exact: integers), then check the range. Collective. */
+static int hessian_reduce(struct run *R, struct hq_hessian *h, int *F_retry) {
+  const double t = hq_now();
+  int64_t *sums = hq_hessian_sums(h);
+  hq_comm_allreduce_i64(R->comm, sums, h->ntri);
+  hq_comm_allreduce_i64(R->comm, &h->count, 1);
+  double mx[2] = {isnan(h->vmax) ? 0.0 : h->vmax, isnan(h->vmax) ? 1.0 : 0.0};
+  hq_comm_allreduce_max_f64(R->comm, mx, 2);
+  h->vmax = mx[1] > 0 ? NAN : mx[0];
+  R->phase[PH_ALLREDUCE] += hq_now() - t;
+  return hq_hessian_check(h, F_retry);
+}
+
+/* H [cols x cols] (host, free()) of group u.g: fp32 2/N Σ x xᵀ over all ranks' windows. */
+static int group_hessian(struct run *R, const struct unit *u, const struct hq_block_weights *bw,
+                         float **H) {
+  struct hq_hessian h;
+  struct hq_block_dev dev;
+  memset(&dev, 0, sizeof dev);
+  int rc = hq_hessian_init(&h, R->be, u->cols, R->o->nsamples);
+  if (!rc) rc = hq_block_dev_upload(R->be, &R->model.cfg, bw, &dev);
+  rc = hq_comm_agree(R->comm, rc);
+  struct cap_hess cc = {R, u->g, &h, 1};
+  for (int pass = 0; !rc; pass++) {
+    const double t = hq_now();
+    hq_pipeline_forward_local(R, &dev, cap_hessian, &cc);
+    R->phase[PH_HESSIAN] += hq_now() - t; /* forward up to the group + XᵀX */
+    int F = 0;
+    rc = hessian_reduce(R, &h, &F);
+    if (rc != 1) break;
+    /* an entry beyond F's range: again with F from the largest entry of all windows */
+    HQ_ASSERT(pass == 0);
+    hq_hessian_reset(&h);
+    hq_hessian_set_scale(&h, F);
+    rc = HQ_OK;
+  }
+  if (!rc) rc = hq_hessian_finalize(&h, H);
+  hq_block_dev_free(R->be, &dev);
+  hq_hessian_free(&h);
+  return rc;
+}
+
+/* ---- stage: the method on this rank's rows, with per-row statistics ---------------------- */
+
+/* st[r][ST_METHOD], st[r][ST_RTN]: proxy losses of W0 - W and of W0 - RTN(W0) (plain RTN on
+ * the same grid), per row. */
+static int part_proxy_stats(struct run *R, const struct unit *u, int i, const float *W0,
+                            const float *H, struct part *p) {
+  const int64_t n = u->myn[i], cols = u->cols;
+  float *D = malloc((size_t)(n * cols) * sizeof(float));
+  double *row = malloc((size_t)n * sizeof(double));
+  if (!D || !row) {
+    free(D);
+    free(row);
+    return hq_fail(HQ_ERR_NOMEM, "cannot allocate statistics buffers");
+  }
+  for (int64_t k = 0; k < n * cols; k++) D[k] = W0[k] - p->W[k];
+  hq_proxy_loss_rows(R->be, u->my0[i], n, cols, D, H, row);
+  for (int64_t r = 0; r < n; r++) p->st[r * NSTAT + ST_METHOD] = row[r];
+  memcpy(D, W0, (size_t)(n * cols) * sizeof(float));
+  struct hq_gptq_result rr;
+  struct hq_gptq_opts ro = R->o->g;
+  ro.hscale = 0;
+  int rc = hq_rtn_quantize(R->be, &ro, n, cols, D, NULL, &rr);
+  hq_gptq_result_free(&rr);
+  if (!rc) {
+    for (int64_t k = 0; k < n * cols; k++) D[k] = W0[k] - D[k];
+    hq_proxy_loss_rows(R->be, u->my0[i], n, cols, D, H, row);
+    for (int64_t r = 0; r < n; r++) p->st[r * NSTAT + ST_RTN] = row[r];
+  }
+  free(D);
+  free(row);
+  return rc;
+}
+
+/* HQQ: Σ|w - q| per row of HQQ's result and of RTN (no MSE search) on the same grid */
+static int part_l1_stats(struct run *R, const struct unit *u, int i, const float *W0,
+                         struct part *p) {
+  const int64_t n = u->myn[i], cols = u->cols;
+  float *Wr = malloc((size_t)(n * cols) * sizeof(float));
+  if (!Wr) return hq_fail(HQ_ERR_NOMEM, "cannot allocate statistics buffers");
+  memcpy(Wr, W0, (size_t)(n * cols) * sizeof(float));
+  struct hq_gptq_result rr;
+  struct hq_gptq_opts ro = R->o->g;
+  ro.mse = 0;
+  ro.hscale = 0;
+  int rc = hq_rtn_quantize(R->be, &ro, n, cols, Wr, NULL, &rr);
+  hq_gptq_result_free(&rr);
+  for (int64_t r = 0; r < n && !rc; r++) {
+    double a = 0, b = 0;
+    for (int64_t k = r * cols; k < (r + 1) * cols; k++) {
+      a += fabs((double)W0[k] - (double)p->W[k]);
+      b += fabs((double)W0[k] - (double)Wr[k]);
+    }
+    p->st[r * NSTAT + ST_METHOD] = a;
+    p->st[r * NSTAT + ST_RTN] = b;
+  }
+  free(Wr);
+  return rc;
+}
+
+/* The method on rows [my0, my0 + myn) of linear i (GPTQ: with the group's prepared factor). */
+static int part_quantize(struct run *R, const struct unit *u, int i,
+                         const struct hq_block_weights *bw, const float *H,
+                         const struct hq_gptq_prep *prep, struct part *p) {
+  const int64_t n = u->myn[i], cols = u->cols;
+  const size_t bytes = (size_t)(n * cols) * sizeof(float);
+  p->W = malloc(bytes + 1);
+  p->st = calloc((size_t)(n * NSTAT) + 1, sizeof(double));
+  float *W0 = malloc(bytes + 1);
+  int rc = p->W && p->st && W0 ? HQ_OK : hq_fail(HQ_ERR_NOMEM, "cannot allocate %lld x %lld weights",
+                                                  (long long)n, (long long)cols);
+  if (!rc) {
+    memcpy(p->W, bw->lin[u->lins[i]] + u->my0[i] * cols, bytes);
+    memcpy(W0, p->W, bytes);
+  }
+  double t = hq_now();
+  const enum hq_method m = R->o->method;
+  if (!rc && m == HQ_METHOD_GPTQ) rc = hq_gptq_solve(R->be, &R->g, prep, u->my0[i], n, p->W, &p->res);
+  else if (!rc && m == HQ_METHOD_HQQ) rc = hq_hqq_quantize(&R->g, &R->o->hqq, n, cols, p->W, &p->res, NULL);
+  else if (!rc) rc = hq_rtn_quantize(R->be, &R->g, n, cols, p->W, R->g.hscale ? H : NULL, &p->res);
+  R->phase[PH_GPTQ] += hq_now() - t;
+  t = hq_now();
+  if (!rc && m == HQ_METHOD_GPTQ)
+    for (int64_t r = 0; r < n; r++) p->st[r * NSTAT + ST_REF] = p->res.row_loss_ref[r];
+  if (!rc && H) rc = part_proxy_stats(R, u, i, W0, H, p);
+  if (!rc && m == HQ_METHOD_HQQ) rc = part_l1_stats(R, u, i, W0, p);
+  R->phase[PH_STATS] += hq_now() - t;
+  free(W0);
+  return rc;
+}
+
+/* Not collective: Hessian-side preparation and every owned block of the group. */
+static int group_quantize(struct run *R, int64_t b, const struct unit *u,
+                          const struct hq_block_weights *bw, const float *H, struct part *parts,
+                          struct hq_gptq_prep *prep) {
+  int rc = HQ_OK;
+  if (R->o->method == HQ_METHOD_GPTQ && unit_owns_rows(u)) {
+    rc = hq_gptq_prepare(R->be, &R->g, u->cols, H, prep);
+    R->phase[PH_CHOL] += prep->t_chol;
+  }
+  for (int i = 0; i < u->nl && !rc; i++)
+    if (u->myn[i]) rc = part_quantize(R, u, i, bw, H, prep, &parts[i]);
+  if (rc) hq_fail_ctx(rc, "block %lld %s: ", (long long)b, hq_linear_name(u->lins[0]));
+  return rc;
+}
+
+/* ---- stage: gather ----------------------------------------------------------------------- */
+
+/* Every rank: the dequantized rows of linear i into bw, and sums[NSTAT] of the per-row
+ * statistics over all rows in row order (ranks own increasing row ranges). Collective. */
+static void part_gather(struct run *R, const struct unit *u, int i, const struct part *p,
+                        struct hq_block_weights *bw, double *sums) {
+  const struct hq_comm *cm = R->comm;
+  const enum hq_linear l = u->lins[i];
+  size_t *wb = hq_xmalloc((size_t)cm->size * sizeof(size_t));
+  size_t *sb = hq_xmalloc((size_t)cm->size * sizeof(size_t));
+  for (int r = 0; r < cm->size; r++) {
+    const int64_t nr = R->plan.rows[l][r].end - R->plan.rows[l][r].begin;
+    wb[r] = (size_t)(nr * u->cols) * sizeof(float);
+    sb[r] = (size_t)(nr * NSTAT) * sizeof(double);
+  }
+  hq_comm_allgatherv(cm, p->W, bw->lin[l], wb);
+  double *all = hq_xmalloc((size_t)(u->rows[i] * NSTAT) * sizeof(double) + 1);
+  hq_comm_allgatherv(cm, p->st, all, sb);
+  for (int k = 0; k < NSTAT; k++) sums[k] = 0.0;
+  for (int64_t r = 0; r < u->rows[i]; r++)
+    for (int k = 0; k < NSTAT; k++) sums[k] += all[r * NSTAT + k];
+  free(all);
+  free(wb);
+  free(sb);
+}
+
+/* ---- stage: write ------------------------------------------------------------------------ */
+
+struct group_meta { /* identical on every rank */
+  double damp, dead;
+  double ph[PH_COUNT];
+};
+
+/* Collective: damping and dead columns from the ranks that prepared, slowest phase times. */
+static void group_meta(struct run *R, const struct hq_gptq_prep *prep, struct group_meta *gm) {
+  gm->damp = prep->U ? prep->damp_abs : 0.0;
+  gm->dead = prep->U ? (double)prep->dead_cols : 0.0;
+  hq_comm_allreduce_max_f64(R->comm, &gm->damp, 1);
+  hq_comm_allreduce_max_f64(R->comm, &gm->dead, 1);
+  memcpy(gm->ph, R->phase, sizeof gm->ph);
+  hq_comm_allreduce_max_f64(R->comm, gm->ph, PH_COUNT);
+}
+
+/* Collective: linear i's packed rows (each rank its own) and its statistics. */
+static int part_write(struct run *R, int64_t b, const struct unit *u, int i, const struct part *p,
+                      const double *sums, const struct group_meta *gm) {
+  const struct hq_quant_opts *o = R->o;
+  const struct hq_comm *cm = R->comm;
+  char name[256];
+  hq_pipeline_lin_name(name, sizeof name, b, u->lins[i]);
+  const int64_t gs = o->g.group_size > 0 ? o->g.group_size : -1;
+  const int64_t ng = gs > 0 ? (u->cols + gs - 1) / gs : 1;
+  struct hq_h5_linear_desc d = {u->rows[i], u->cols, o->g.bits, gs, ng, HQ_PACK_GPTQ_V2};
+  HQ_TRY(hq_h5_linear_create(R->h5, name, &d));
+  struct hq_packed pk;
+  memset(&pk, 0, sizeof pk);
+  const int have = u->myn[i] > 0;
+  int rc = HQ_OK;
+  if (have) {
+    rc = hq_pack_init(&pk, o->g.bits, HQ_PACK_GPTQ_V2, u->cols, u->rows[i], ng, u->my0[i], u->myn[i]);
+    if (!rc) rc = hq_pack_encode(&pk, p->res.codes, p->res.zeros, p->res.scales, p->res.g_idx);
+    if (rc) hq_fail_ctx(rc, "packing %s: ", name);
+  }
+  rc = hq_comm_agree(cm, rc);
+  if (!rc) rc = hq_h5_linear_write(R->h5, name, have ? &pk : NULL);
+  hq_pack_free(&pk);
+  if (rc) return rc;
+  int64_t *owner = hq_xmalloc((size_t)cm->size * sizeof(int64_t));
+  for (int r = 0; r < cm->size; r++)
+    owner[r] = R->plan.rows[u->lins[i]][r].end - R->plan.rows[u->lins[i]][r].begin;
+  const int hess = hq_pipeline_need_hessian(o);
+  struct hq_h5_linear_stats st = {
+      .loss_proxy_gptq = hess ? sums[ST_METHOD] : NAN, /* of the method used */
+      .loss_proxy_rtn = hess ? sums[ST_RTN] : NAN,
+      .loss_ref = o->method == HQ_METHOD_GPTQ ? sums[ST_REF] : NAN,
+      .damp_used = gm->damp,
+      .dead_cols = (int64_t)gm->dead,
+      .nphases = PH_COUNT,
+      .phase_names = hq_phase_names,
+      .phase_seconds = gm->ph,
+      .owner_rows = owner,
+      .nranks = cm->size};
+  rc = hq_h5_linear_stats(R->h5, name, &st);
+  free(owner);
+  if (!rc && o->method == HQ_METHOD_HQQ) {
+    char obj[300];
+    snprintf(obj, sizeof obj, "/linears/%s", name);
+    const double numel = (double)u->rows[i] * (double)u->cols;
+    rc = hq_h5_attr_set_f64(R->h5, obj, "hqq_mean_abs_error", sums[ST_METHOD] / numel);
+    if (!rc) rc = hq_h5_attr_set_f64(R->h5, obj, "rtn_mean_abs_error", sums[ST_RTN] / numel);
+  }
+  return rc;
+}
+
+/* ---- the group ----------------------------------------------------------------------------- */
+
+int hq_pipeline_group(struct run *R, int64_t b, enum hq_group g, struct hq_block_weights *bw) {
+  struct unit u;
+  unit_make(R, g, &u);
+  int rc = HQ_OK;
+  if ((R->o->equalize & HQ_EQ_SMOOTH) && (g == HQ_GROUP_QKV || g == HQ_GROUP_GATEUP))
+    HQ_TRY(smooth_group(R, g, bw));
+  float *H = NULL;
+  if (hq_pipeline_need_hessian(R->o)) HQ_TRY(group_hessian(R, &u, bw, &H));
+  struct part parts[4];
+  memset(parts, 0, sizeof parts);
+  struct hq_gptq_prep prep;
+  memset(&prep, 0, sizeof prep);
+  rc = hq_comm_agree(R->comm, group_quantize(R, b, &u, bw, H, parts, &prep));
+  free(H);
+  struct group_meta gm;
+  if (!rc) {
+    double t = hq_now();
+    double sums[4][NSTAT];
+    for (int i = 0; i < u.nl; i++) part_gather(R, &u, i, &parts[i], bw, sums[i]);
+    R->phase[PH_GATHER] += hq_now() - t;
+    group_meta(R, &prep, &gm);
+    t = hq_now();
+    for (int i = 0; i < u.nl && !rc; i++) rc = part_write(R, b, &u, i, &parts[i], sums[i], &gm);
+    R->phase[PH_WRITE] += hq_now() - t;
+  }
+  hq_gptq_prep_free(R->be, &prep);
+  for (int i = 0; i < u.nl; i++) part_free(&parts[i]);
+  return rc;
+}

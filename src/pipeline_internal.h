@@ -1,0 +1,44 @@
+/* Private to the pipeline (pipeline.c: the run and its blocks; pipeline_group.c: the stages of
+ * one input group). */
+#ifndef HQ_PIPELINE_INTERNAL_H
+#define HQ_PIPELINE_INTERNAL_H
+
+#include "forward.h"
+#include "h5io.h"
+#include "model.h"
+#include "partition.h"
+#include "pipeline.h"
+
+enum { PH_FORWARD, PH_HESSIAN, PH_ALLREDUCE, PH_CHOL, PH_GPTQ, PH_STATS, PH_GATHER, PH_WRITE, PH_COUNT };
+extern const char *const hq_phase_names[PH_COUNT];
+
+struct run {
+  const struct hq_comm *comm;
+  const struct hq_quant_opts *o;
+  struct hq_gptq_opts g;    /* o->g with hscale = o->scale_from_hessian */
+  const struct hq_backend *be;
+  struct hq_model model;
+  struct hq_plan plan;
+  struct hq_h5 *h5;
+  int64_t seqlen, nloc;     /* local windows */
+  int32_t *ids;             /* [nloc x seqlen] local calibration windows */
+  float *x;                 /* [nloc*seqlen x hidden] backend memory: current block input */
+  struct hq_rope_table rope;
+  struct hq_fwd_ws *ws;
+  int64_t batch;            /* windows per forward call */
+  double phase[PH_COUNT];   /* this block's seconds per phase (this rank) */
+  double total_phase[PH_COUNT];
+};
+
+/* the Hessian is collected for GPTQ and for --scale-from-hessian; calibration windows are
+ * forwarded for those and for smoothing (activation maxima) */
+int hq_pipeline_need_hessian(const struct hq_quant_opts *o);
+void hq_pipeline_lin_name(char *buf, size_t n, int64_t b, enum hq_linear l);
+/* Not collective. Forward all local windows through the block; stop at `cap` if given. */
+void hq_pipeline_forward_local(struct run *R, const struct hq_block_dev *dev, hq_capture_fn cap,
+                               void *ctx);
+/* Collective. Quantize input group g of block b (weights bw, replaced by the quantized ones on
+ * every rank): smoothing, Hessian, the method on the rows this rank owns, gather, write. */
+int hq_pipeline_group(struct run *R, int64_t b, enum hq_group g, struct hq_block_weights *bw);
+
+#endif
