@@ -1,8 +1,10 @@
 /* hpcq compare A.h5 B.h5: do two results hold the same quantized model? Per linear: the
- * fraction of identical codes, the largest relative difference of scales and of the proxy
- * loss. Used to check that runs at different rank counts, resumed runs and Slurm runs agree.
- * Exit status 0 when every linear meets --min-equal (default 1.0) and --loss-rtol
- * (default 0), 1 otherwise. Not collective. */
+ * fractions of identical codes, zero points and g_idx entries, the largest relative
+ * difference of the scales and of the statistics (proxy losses of the method and of RTN, the
+ * reference loss, the damping, the dead columns). Used to check that runs at different rank
+ * counts, batches, thread counts, resumed runs and Slurm runs agree. Exit status 0 when every
+ * linear meets --min-equal (default 1.0), --scale-rtol (default 0 with --min-equal 1, else
+ * not checked) and --loss-rtol (default 0), 1 otherwise. Not collective. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,19 +21,39 @@ static double getf(struct hq_h5 *h, const char *obj, const char *name) {
   return v;
 }
 
+/* the largest relative difference of the per-linear statistics; a value present in only one
+ * file, or finite in one and not the other, counts as different (infinite) */
+static double stats_rdiff(struct hq_h5 *A, struct hq_h5 *B, const char *obj) {
+  static const char *const names[] = {"loss_proxy_gptq", "loss_proxy_rtn", "loss_ref", "damp_used",
+                                      "dead_cols"};
+  double worst = 0.0;
+  for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+    const double a = getf(A, obj, names[k]), b = getf(B, obj, names[k]);
+    if (isnan(a) && isnan(b)) continue;
+    const double d = a == b ? 0.0 : fabs(a - b) / fmax(fabs(a), 1e-30);
+    if (!(d <= worst)) worst = isnan(d) ? INFINITY : d;
+  }
+  return worst;
+}
+
 int hq_cli_compare(int argc, char **argv) {
   const char *pa = NULL, *pb = NULL;
-  double min_equal = 1.0, loss_rtol = 0.0;
+  double min_equal = 1.0, loss_rtol = 0.0, scale_rtol = -1.0;
   int rc = HQ_OK;
   for (int i = 1; i < argc && !rc; i++) {
     if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-      printf("usage: hpcq compare A.h5 B.h5 [--min-equal F] [--loss-rtol R]\n"
+      printf("usage: hpcq compare A.h5 B.h5 [--min-equal F] [--scale-rtol S] [--loss-rtol R]\n"
              "  per linear: fractions of identical codes, zero points and g_idx entries, max relative\n"
-             "  scale and proxy-loss difference; exit 0 when every linear has all three fractions\n"
-             "  >= F (default 1) and proxy losses within R (default 0)\n");
+             "  scale difference and max relative difference of the statistics (proxy losses of the\n"
+             "  method and of RTN, reference loss, damping, dead columns); exit 0 when every linear\n"
+             "  has all three fractions >= F (default 1), scales within S (default 0 when F is 1,\n"
+             "  else not checked) and statistics within R (default 0: identical)\n");
       return 0;
     } else if (!strcmp(argv[i], "--min-equal")) {
       rc = hq_cli_float(argv[i], i + 1 < argc ? argv[i + 1] : NULL, 0, 1, &min_equal);
+      i++;
+    } else if (!strcmp(argv[i], "--scale-rtol")) {
+      rc = hq_cli_float(argv[i], i + 1 < argc ? argv[i + 1] : NULL, 0, 1e9, &scale_rtol);
       i++;
     } else if (!strcmp(argv[i], "--loss-rtol")) {
       rc = hq_cli_float(argv[i], i + 1 < argc ? argv[i + 1] : NULL, 0, 1e9, &loss_rtol);
@@ -43,6 +65,7 @@ int hq_cli_compare(int argc, char **argv) {
     else rc = hq_fail(HQ_ERR_INPUT, "give exactly two files");
   }
   if (!rc && (!pa || !pb)) rc = hq_fail(HQ_ERR_INPUT, "give two .h5 files written by hpcq quantize");
+  if (scale_rtol < 0) scale_rtol = min_equal >= 1.0 ? 0.0 : INFINITY;
   if (rc) {
     fprintf(stderr, "hpcq compare: %s\n", hq_last_error());
     return 2;
@@ -64,7 +87,7 @@ int hq_cli_compare(int argc, char **argv) {
   int bad = 0;
   int64_t tot = 0, toteq = 0;
   printf("%-36s %12s %12s %12s %12s %12s\n", "linear", "equal_codes", "equal_zeros", "equal_g_idx",
-         "scale_rdiff", "loss_rdiff");
+         "scale_rdiff", "stats_rdiff");
   for (int64_t i = 0; i < ca && !rc; i++) {
     struct hq_packed p, q;
     memset(&p, 0, sizeof p);
@@ -105,11 +128,11 @@ int hq_cli_compare(int argc, char **argv) {
     }
     char obj[512];
     snprintf(obj, sizeof obj, "/linears/%s", na[i]);
-    double la = getf(A, obj, "loss_proxy_gptq"), lb = getf(B, obj, "loss_proxy_gptq");
-    double lrd = (isfinite(la) && isfinite(lb)) ? fabs(la - lb) / fmax(fabs(la), 1e-30) : 0;
+    const double lrd = stats_rdiff(A, B, obj);
     double frac = (double)eq / (double)n, zfrac = (double)zeq / (double)ng,
            gfrac = (double)geq / (double)p.in;
-    int ok = frac >= min_equal && zfrac >= min_equal && gfrac >= min_equal && lrd <= loss_rtol;
+    int ok = frac >= min_equal && zfrac >= min_equal && gfrac >= min_equal && srd <= scale_rtol &&
+             lrd <= loss_rtol;
     bad += !ok;
     tot += n;
     toteq += eq;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # hpcq quantize end to end on the bundled 5M model (issue 4 proofs, small sizes for CI):
-#  1. np 1, 2, 3 agree: >= 99.9 % identical codes, proxy loss within 1e-3, perplexity within 0.1 %
+#  1. np 1, 2, 3 agree exactly (codes, scales, zeros, g_idx, statistics; the full matrix is in
+#     test_repro.sh), perplexities equal; W4 g128 stays within 2 % of FP (it moves it < 1 %)
 #  2. SIGTERM mid-run -> exit 75 + resumable file; --resume gives the uninterrupted result
 #  3. SIGKILL of one rank mid-run -> --resume gives the uninterrupted result
 #  4. bad inputs fail on every rank with a clear message, no hang, no complete-looking file
@@ -23,7 +24,7 @@ for np in 1 2 3; do
   if run $np "${COMMON[@]}" --out "$T/np$np.h5" 2> "$T/np$np.log"; then ok "np $np ran"; else bad "np $np failed: $(tail -3 "$T/np$np.log")"; fi
 done
 for np in 2 3; do
-  if "$BIN" compare "$T/np1.h5" "$T/np$np.h5" --min-equal 0.999 --loss-rtol 1e-3 > "$T/cmp$np.txt"; then
+  if "$BIN" compare "$T/np1.h5" "$T/np$np.h5" > "$T/cmp$np.txt"; then
     ok "np $np vs np 1: $(tail -1 "$T/cmp$np.txt")"
   else bad "np $np vs np 1 differ: $(grep differs "$T/cmp$np.txt" | head -3; tail -1 "$T/cmp$np.txt")"; fi
 done
@@ -32,10 +33,10 @@ ppl() { "$BIN" eval --model "$1" --tokens "$M/wikitext2-test.i32" --seqlen 256 -
 p1=$(ppl "$T/np1.h5"); p2=$(ppl "$T/np2.h5"); p3=$(ppl "$T/np3.h5"); pf=$(ppl "$M")
 echo "perplexity (24 windows x 256): FP $pf, np1 $p1, np2 $p2, np3 $p3"
 for p in "$p2" "$p3"; do
-  if awk -v a="$p1" -v b="$p" 'BEGIN{d=(a-b)/a; if (d<0) d=-d; exit !(a>0 && d<=0.001)}'; then ok "perplexity $p within 0.1 % of $p1"
-  else bad "perplexity $p not within 0.1 % of $p1"; fi
+  if [ -n "$p" ] && [ "$p" = "$p1" ]; then ok "perplexity $p equals np 1's"; else bad "perplexity $p differs from np 1's $p1"; fi
 done
-if awk -v a="$pf" -v b="$p1" 'BEGIN{exit !(b>a && b<1.5*a)}'; then ok "quantized perplexity $p1 is above FP $pf and sane"; else bad "quantized perplexity $p1 vs FP $pf"; fi
+# on 24 windows a quantized model may score below FP: bound the distance, not the sign
+if awk -v a="$pf" -v b="$p1" 'BEGIN{d=(b-a)/a; if (d<0) d=-d; exit !(a>0 && d<0.02)}'; then ok "quantized perplexity $p1 within 2 % of FP $pf"; else bad "quantized perplexity $p1 vs FP $pf"; fi
 
 # ---- 2. SIGTERM at a block boundary, then --resume ----
 "$MPIEXEC" -np 2 "$BIN" quantize "${COMMON[@]}" --out "$T/term.h5" 2> "$T/term.log" --batch 2 &
@@ -53,7 +54,7 @@ if [ $rc -eq 75 ]; then
   "$BIN" eval --model "$T/term.h5" --tokens "$M/wikitext2-test.i32" --seqlen 256 --max-windows 1 > /dev/null 2>&1 && bad "interrupted file evaluates as if complete" || ok "interrupted file is refused as incomplete"
   run 2 "${COMMON[@]}" --out "$T/term.h5" --resume 2> "$T/term2.log" && ok "resume after SIGTERM" || bad "resume after SIGTERM failed: $(tail -3 "$T/term2.log")"
 fi
-if "$BIN" compare "$T/np2.h5" "$T/term.h5" --min-equal 1 --loss-rtol 1e-12 > "$T/cmpt.txt"; then ok "SIGTERM+resume identical to uninterrupted"; else bad "SIGTERM+resume differs: $(tail -2 "$T/cmpt.txt")"; fi
+if "$BIN" compare "$T/np2.h5" "$T/term.h5" > "$T/cmpt.txt"; then ok "SIGTERM+resume identical to uninterrupted"; else bad "SIGTERM+resume differs: $(tail -2 "$T/cmpt.txt")"; fi
 
 # ---- 3. SIGKILL of one rank, then --resume ----
 "$MPIEXEC" -np 2 "$BIN" quantize "${COMMON[@]}" --out "$T/kill.h5" 2> "$T/kill.log" &
@@ -64,7 +65,7 @@ victim=$(pgrep -f "^$BIN quantize.*kill.h5" | tail -1)
 wait $mp; rc=$?
 [ $rc -ne 0 ] && ok "run with a killed rank failed ($rc)" || bad "run with a killed rank exited 0"
 run 2 "${COMMON[@]}" --out "$T/kill.h5" --resume 2> "$T/kill2.log" && ok "resume after SIGKILL" || bad "resume after SIGKILL failed: $(tail -3 "$T/kill2.log")"
-if "$BIN" compare "$T/np2.h5" "$T/kill.h5" --min-equal 1 --loss-rtol 1e-12 > "$T/cmpk.txt"; then ok "SIGKILL+resume identical to uninterrupted"; else bad "SIGKILL+resume differs: $(tail -2 "$T/cmpk.txt")"; fi
+if "$BIN" compare "$T/np2.h5" "$T/kill.h5" > "$T/cmpk.txt"; then ok "SIGKILL+resume identical to uninterrupted"; else bad "SIGKILL+resume differs: $(tail -2 "$T/cmpk.txt")"; fi
 
 # ---- 4. bad inputs: non-zero exit, clear message, no hang, no complete file ----
 expect_fail() { # name, pattern, args...
