@@ -257,9 +257,23 @@ static void cu_gemm_rows(int64_t row0, int64_t seg, int ta, int tb, int64_t m, i
   hq_cuda_gemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+/* "CUDA <runtime> cuBLAS <version> <device name> sm_XY" */
+static const char *cu_kernels(void) {
+  static char buf[384];
+  if (!buf[0]) {
+    cudaDeviceProp p;
+    int rt = 0, bl = 0;
+    HQ_CUDA_CHECK(cudaGetDeviceProperties(&p, hq_cuda.device));
+    HQ_CUDA_CHECK(cudaRuntimeGetVersion(&rt));
+    HQ_CUBLAS_CHECK(cublasGetVersion(hq_cuda.blas, &bl));
+    snprintf(buf, sizeof buf, "CUDA %d cuBLAS %d %s sm_%d%d", rt, bl, p.name, p.major, p.minor);
+  }
+  return buf;
+}
+
 static const struct hq_backend hq_cuda_backend = {
     "cuda", 1,
-    cu_alloc, cu_free, cu_upload, cu_download, cu_copy, cu_zero, cu_sync,
+    cu_alloc, cu_free, cu_upload, cu_download, cu_copy, cu_zero, cu_sync, cu_kernels,
     cu_gemm, cu_gemm_rows, cu_syrk, cu_symmetrize, cu_chol_inverse_upper, cu_hess_fixed_acc,
     hq_cuda_quant_params, hq_cuda_gptq_block, hq_cuda_rtn_cols,
     hq_cuda_rmsnorm, hq_cuda_rope, hq_cuda_attention, hq_cuda_swiglu, hq_cuda_add,

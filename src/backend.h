@@ -31,6 +31,9 @@ struct hq_backend {
   void (*copy)(void *dst, const void *src, size_t bytes);
   void (*zero)(void *p, size_t bytes);
   void (*sync)(void);
+  /* The library and kernel family whose rounding the results depend on
+   * (docs/readme/reproducibility.md): recorded with a result, a resume must match it. */
+  const char *(*kernels)(void);
 
   /* ---- dense linear algebra (fp32, row-major) ---- */
   /* C[m x n] = alpha * op(A) * op(B) + beta * C; op(A) is m x k, op(B) is k x n. */

@@ -1,6 +1,8 @@
 /* CPU backend: memory and the op table. The reproducible dense linear algebra (OpenBLAS,
  * LAPACKE) is in backend_cpu_blas.c, quantization ops in backend_cpu_quant.c, forward ops in
  * backend_cpu_fwd.c. */
+#include <cblas.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -22,6 +24,13 @@ static void cpu_zero(void *p, size_t bytes) {
 }
 static void cpu_sync(void) {}
 
+/* "OpenBLAS <config> core <kernels>", e.g. "OpenBLAS 0.3.21 DYNAMIC_ARCH ... core Haswell" */
+static const char *cpu_kernels(void) {
+  static char buf[256];
+  if (!buf[0]) snprintf(buf, sizeof buf, "%s core %s", openblas_get_config(), openblas_get_corename());
+  return buf;
+}
+
 static const struct hq_backend hq_cpu_backend = {
     .name = "cpu",
     .on_device = 0,
@@ -32,6 +41,7 @@ static const struct hq_backend hq_cpu_backend = {
     .copy = cpu_copy,
     .zero = cpu_zero,
     .sync = cpu_sync,
+    .kernels = cpu_kernels,
     .gemm = hq_cpu_gemm,
     .gemm_rows = hq_cpu_gemm_rows,
     .syrk = hq_cpu_syrk,

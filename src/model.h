@@ -114,6 +114,11 @@ int hq_model_h5_shape(const struct hq_model *m, const char *name, int *ndim,
  * needs is present with the shape the config implies (clear error naming the tensor). */
 int hq_model_open(const char *dir, struct hq_model *m);
 void hq_model_close(struct hq_model *m);
+/* A 64-bit fingerprint of the model opened from `path` (model_id.c): config.json's text and,
+ * per tensor, its name, dtype, shape and 16 evenly spread 4 KiB slices of its bytes (all of a
+ * smaller one) -- a few MB read, and another checkpoint of the same shapes differs; for an
+ * .h5 result its size and first and last 64 KiB. */
+uint64_t hq_model_fingerprint(const struct hq_model *m, const char *path);
 
 /* One block's weights as fp32 host arrays, row-major [out x in] for linears. */
 struct hq_block_weights {

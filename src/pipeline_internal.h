@@ -6,6 +6,7 @@
 #include "forward.h"
 #include "h5io.h"
 #include "model.h"
+#include "outpath.h"
 #include "partition.h"
 #include "pipeline.h"
 
@@ -28,11 +29,18 @@ struct run {
   int64_t batch;            /* windows per forward call */
   double phase[PH_COUNT];   /* this block's seconds per phase (this rank) */
   double total_phase[PH_COUNT];
+  /* what the result is a function of, agreed over the ranks */
+  uint64_t model_id, calib_id; /* hq_model_fingerprint, FNV-1a 64 of the calibration tokens */
+  int64_t calib_tokens;
+  /* the result file */
+  struct hq_out_lock lock;
+  int64_t start_block;      /* blocks already done (a resumed run) */
 };
 
 /* the Hessian is collected for GPTQ and for --scale-from-hessian; calibration windows are
  * forwarded for those and for smoothing (activation maxima) */
 int hq_pipeline_need_hessian(const struct hq_quant_opts *o);
+int hq_pipeline_need_calib(const struct hq_quant_opts *o);
 void hq_pipeline_lin_name(char *buf, size_t n, int64_t b, enum hq_linear l);
 /* Not collective. Forward all local windows through the block; stop at `cap` if given. */
 void hq_pipeline_forward_local(struct run *R, const struct hq_block_dev *dev, hq_capture_fn cap,
@@ -40,5 +48,18 @@ void hq_pipeline_forward_local(struct run *R, const struct hq_block_dev *dev, hq
 /* Collective. Quantize input group g of block b (weights bw, replaced by the quantized ones on
  * every rank): smoothing, Hessian, the method on the rows this rank owns, gather, write. */
 int hq_pipeline_group(struct run *R, int64_t b, enum hq_group g, struct hq_block_weights *bw);
+
+/* pipeline_file.c */
+/* Collective. Refuse an --out that is one of the inputs, lock it, then create it (root
+ * attributes, unquantized tensors, progress record) or reopen it for --resume when the
+ * settings (with the model and calibration fingerprints) match; R->start_block is set. */
+int hq_pipeline_file_open(struct run *R);
+/* Collective. Close the file and release its lock. */
+int hq_pipeline_file_close(struct run *R);
+/* Collective. Block b's equalized unquantized tensors (identical on every rank). */
+int hq_pipeline_write_equalized(struct run *R, int64_t b, const struct hq_block_weights *bw);
+/* Not collective. A block already done: the linears of bw replaced by the stored quantized
+ * weights (shapes checked first), equalized norms / v bias as stored. */
+int hq_pipeline_load_done_block(struct run *R, int64_t b, struct hq_block_weights *bw);
 
 #endif

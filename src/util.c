@@ -77,3 +77,9 @@ void hq_format_duration(double s, char *buf, int len) {
   else if (s < 3600) snprintf(buf, (size_t)len, "%d min %02d s", (int)(s / 60), (int)s % 60);
   else snprintf(buf, (size_t)len, "%d h %02d min", (int)(s / 3600), ((int)s % 3600) / 60);
 }
+
+uint64_t hq_fnv1a64(uint64_t h, const void *p, size_t n) {
+  const unsigned char *b = p;
+  for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ULL;
+  return h;
+}

@@ -2,6 +2,7 @@
 #ifndef HQ_UTIL_H
 #define HQ_UTIL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 double hq_now(void); /* monotonic seconds */
@@ -15,6 +16,11 @@ uint64_t hq_rng_u64(struct hq_rng *r);
 double hq_rng_uniform(struct hq_rng *r);  /* [0, 1) */
 double hq_rng_normal(struct hq_rng *r);   /* N(0, 1), Box-Muller */
 uint64_t hq_rng_below(struct hq_rng *r, uint64_t n); /* uniform in [0, n), unbiased */
+
+/* FNV-1a 64 of n bytes, continuing from h (start with HQ_FNV_INIT): identifies inputs in
+ * metadata and across ranks (not cryptographic). */
+#define HQ_FNV_INIT 0xcbf29ce484222325ULL
+uint64_t hq_fnv1a64(uint64_t h, const void *p, size_t n);
 
 /* "12.3 s", "4 min 05 s", "1 h 02 min" */
 void hq_format_duration(double seconds, char *buf, int len);

@@ -1,0 +1,327 @@
+/* The result file of a run (pipeline_internal.h): its settings and root attributes, the
+ * unquantized tensors, the blocks already done of a resumed run; and its path: one run at a
+ * time (lock), the same file on every rank, never one of the run's inputs (outpath.h). */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "equalize.h"
+#include "error.h"
+#include "pack.h"
+#include "outpath.h"
+#include "pipeline_internal.h"
+
+/* The settings that determine the result; a resume must match them exactly. */
+static char *settings_json(const struct run *R) {
+  const struct hq_quant_opts *o = R->o;
+  const struct hq_model_config *c = &R->model.cfg;
+  const int64_t seqlen = R->seqlen;
+  cJSON *j = cJSON_CreateObject();
+  cJSON_AddStringToObject(j, "method", hq_method_name(o->method));
+  cJSON_AddNumberToObject(j, "bits", o->g.bits);
+  cJSON_AddNumberToObject(j, "group_size", (double)(o->g.group_size > 0 ? o->g.group_size : -1));
+  cJSON_AddBoolToObject(j, "sym", o->g.sym);
+  cJSON_AddBoolToObject(j, "mse", o->g.mse);
+  if (o->method == HQ_METHOD_GPTQ) {
+    cJSON_AddBoolToObject(j, "act_order", o->g.act_order);
+    cJSON_AddBoolToObject(j, "static_groups", o->g.static_groups);
+    cJSON_AddNumberToObject(j, "percdamp", o->g.percdamp);
+    cJSON_AddNumberToObject(j, "block_size", o->g.block_size);
+    cJSON_AddNumberToObject(j, "damp_retries", o->g.damp_retries);
+  }
+  if (hq_pipeline_need_calib(o)) {
+    cJSON_AddNumberToObject(j, "nsamples", (double)o->nsamples);
+    cJSON_AddNumberToObject(j, "seqlen", (double)seqlen);
+    cJSON_AddNumberToObject(j, "seed", (double)o->seed);
+    char hx[32];
+    snprintf(hx, sizeof hx, "%016llx", (unsigned long long)R->calib_id);
+    cJSON_AddStringToObject(j, "calib_fnv1a64", hx);
+    cJSON_AddNumberToObject(j, "calib_tokens", (double)R->calib_tokens);
+  }
+  /* the other methods' settings, only when used (so GPTQ/RTN settings stay as they were) */
+  if (o->method == HQ_METHOD_HQQ) {
+    cJSON_AddNumberToObject(j, "hqq_lp", o->hqq.lp);
+    cJSON_AddNumberToObject(j, "hqq_beta", o->hqq.beta);
+    cJSON_AddNumberToObject(j, "hqq_kappa", o->hqq.kappa);
+    cJSON_AddNumberToObject(j, "hqq_iters", o->hqq.iters);
+    cJSON_AddBoolToObject(j, "hqq_scale", o->hqq.opt_scale);
+  }
+  if (o->act_bits) cJSON_AddNumberToObject(j, "act_bits", o->act_bits);
+  if (o->equalize) {
+    cJSON_AddStringToObject(j, "equalize", hq_equalize_name(o->equalize));
+    if (o->equalize & HQ_EQ_SMOOTH) cJSON_AddNumberToObject(j, "smooth_alpha", o->smooth_alpha);
+  }
+  if (o->scale_from_hessian) cJSON_AddBoolToObject(j, "scale_from_hessian", 1);
+  cJSON_AddStringToObject(j, "zero_convention", "gptq_v2");
+  cJSON_AddNumberToObject(j, "hidden_size", (double)c->hidden);
+  cJSON_AddNumberToObject(j, "num_hidden_layers", (double)c->n_layers);
+  cJSON_AddNumberToObject(j, "intermediate_size", (double)c->intermediate);
+  cJSON_AddNumberToObject(j, "vocab_size", (double)c->vocab);
+  /* what else makes the result: the model's contents, the arithmetic (backend and its kernel
+   * family, docs/readme/reproducibility.md) and the hpcq version */
+  char hx[32];
+  snprintf(hx, sizeof hx, "%016llx", (unsigned long long)R->model_id);
+  cJSON_AddStringToObject(j, "model_fnv1a64", hx);
+  cJSON_AddStringToObject(j, "kernels", R->be->kernels());
+  cJSON_AddStringToObject(j, "hpcq_version", HQ_VERSION);
+  char *s = cJSON_PrintUnformatted(j);
+  cJSON_Delete(j);
+  return s;
+}
+
+/* "key: file A, now B" for every setting that differs (or the whole strings when unparsable) */
+static void settings_diff(const char *file, const char *now, char *buf, size_t n) {
+  cJSON *a = cJSON_Parse(file ? file : ""), *b = cJSON_Parse(now);
+  size_t used = 0;
+  buf[0] = 0;
+  for (cJSON *x = b ? b->child : NULL; x && a; x = x->next) {
+    cJSON *y = cJSON_GetObjectItemCaseSensitive(a, x->string);
+    char *vx = cJSON_PrintUnformatted(x), *vy = y ? cJSON_PrintUnformatted(y) : NULL;
+    if (!vy || strcmp(vx, vy))
+      used += (size_t)snprintf(buf + used, used < n ? n - used : 0, "\n  %s: file %s, now %s",
+                               x->string, vy ? vy : "(absent)", vx);
+    cJSON_free(vx);
+    cJSON_free(vy);
+    if (used >= n) break;
+  }
+  if (!a || !b) snprintf(buf, n, "\n  file: %s\n  now:  %s", file ? file : "(none)", now);
+  cJSON_Delete(a);
+  cJSON_Delete(b);
+}
+
+/* Unquantized tensors that equalization rescales: the norms (smoothing) and v_proj's bias
+ * (CLE). They are stored as float32: rounding the rescaled values to the checkpoint's bf16
+ * would break the exact equivalence of the transformed model. */
+static int equalized_tensor(const struct hq_quant_opts *o, const char *name) {
+  if ((o->equalize & HQ_EQ_SMOOTH) && (strstr(name, "input_layernorm.weight") ||
+                                       strstr(name, "post_attention_layernorm.weight")))
+    return 1;
+  return (o->equalize & HQ_EQ_CLE) && strstr(name, "v_proj.bias") != NULL;
+}
+
+/* Collective: write block b's equalized unquantized tensors (identical on every rank). */
+int hq_pipeline_write_equalized(struct run *R, int64_t b, const struct hq_block_weights *bw) {
+  const struct hq_model_config *c = &R->model.cfg;
+  const char *sfx[3] = {"input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.v_proj.bias"};
+  const float *src[3] = {bw->ln_attn, bw->ln_mlp, bw->bias[HQ_LIN_V]};
+  const int64_t n[3] = {c->hidden, c->hidden, c->n_kv_heads * c->head_dim};
+  for (int k = 0; k < 3; k++) {
+    char name[256];
+    snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)b, sfx[k]);
+    if (!src[k] || !equalized_tensor(R->o, name)) continue;
+    int rc = hq_h5_write_tensor(R->h5, name, HQ_DTYPE_F32, 1, &n[k], src[k]);
+    if (rc) return rc;
+  }
+  return HQ_OK;
+}
+
+static int write_unquantized(struct run *R) {
+  const struct hq_model_config *c = &R->model.cfg;
+  int rc = HQ_OK;
+  char name[256];
+  const char *fixed[3] = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"};
+  int nfixed = c->tie_embeddings ? 2 : 3;
+  for (int64_t k = 0; k < nfixed + 2 * c->n_layers + (c->qkv_bias ? 3 * c->n_layers : 0); k++) {
+    if (k < nfixed) {
+      snprintf(name, sizeof name, "%s", fixed[k]);
+    } else if (k < nfixed + 2 * c->n_layers) {
+      int64_t j = k - nfixed;
+      snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)(j / 2),
+               j % 2 ? "post_attention_layernorm.weight" : "input_layernorm.weight");
+    } else {
+      int64_t j = k - nfixed - 2 * c->n_layers;
+      static const char *bn[3] = {"q_proj", "k_proj", "v_proj"};
+      snprintf(name, sizeof name, "model.layers.%lld.self_attn.%s.bias", (long long)(j / 3), bn[j % 3]);
+    }
+    const struct hq_st_tensor *t = hq_st_find(&R->model.st, name);
+    int lrc = t ? HQ_OK : hq_fail(HQ_ERR_INPUT, "tensor %s missing from the model", name);
+    rc = hq_comm_agree(R->comm, lrc);
+    if (rc) return rc;
+    if (t->dtype != HQ_DTYPE_F32 && equalized_tensor(R->o, name)) {
+      /* rescaled by equalization at its block: stored as float32 (written again then) */
+      float *f = malloc((size_t)t->numel * sizeof(float) + 1);
+      if (f) hq_st_to_f32(t, f);
+      rc = hq_comm_agree(R->comm, f ? HQ_OK : hq_fail(HQ_ERR_NOMEM, "tensor %s", name));
+      if (!rc) rc = hq_h5_write_tensor(R->h5, name, HQ_DTYPE_F32, t->ndim, t->shape, f);
+      free(f);
+      if (rc) return rc;
+      continue;
+    }
+    rc = hq_h5_write_tensor(R->h5, name, t->dtype, t->ndim, t->shape, t->data);
+    if (rc) return rc;
+  }
+  return HQ_OK;
+}
+
+/* the stored linear must have the shape this model and these settings give (a file of
+ * another model must not be dequantized into this one's buffers) */
+static int check_stored_linear(struct run *R, const char *name, enum hq_linear l) {
+  struct hq_h5_linear_desc d;
+  HQ_TRY(hq_h5_linear_info(R->h5, name, &d));
+  int64_t rows, cols;
+  hq_linear_shape(&R->model.cfg, l, &rows, &cols);
+  const int64_t gs = R->o->g.group_size > 0 ? R->o->g.group_size : -1;
+  if (d.rows != rows || d.cols != cols || d.bits != R->o->g.bits || (d.group_size > 0 ? d.group_size : -1) != gs)
+    return hq_fail(HQ_ERR_INPUT, "resume: %s is %lld x %lld at %d bits, group %lld in the file; this "
+                   "model and these settings give %lld x %lld at %d bits, group %lld; use "
+                   "--overwrite to start again", name, (long long)d.rows, (long long)d.cols, d.bits,
+                   (long long)d.group_size, (long long)rows, (long long)cols, R->o->g.bits,
+                   (long long)gs);
+  return HQ_OK;
+}
+
+int hq_pipeline_load_done_block(struct run *R, int64_t b, struct hq_block_weights *bw) {
+  /* replace the linears of block b by the dequantized weights stored in the file */
+  for (int l = 0; l < HQ_LIN_COUNT; l++) {
+    char name[256];
+    hq_pipeline_lin_name(name, sizeof name, b, (enum hq_linear)l);
+    struct hq_packed p;
+    int rc = check_stored_linear(R, name, (enum hq_linear)l);
+    if (rc) return rc;
+    rc = hq_h5_linear_read(R->h5, name, &p);
+    if (rc) return hq_fail_ctx(rc, "resume: reading %s: ", name);
+    rc = hq_pack_dequantize(&p, bw->lin[l]);
+    hq_pack_free(&p);
+    if (rc) return hq_fail_ctx(rc, "resume: %s: ", name);
+  }
+  /* equalized norms / v bias as stored */
+  const struct hq_model_config *c = &R->model.cfg;
+  const char *sfx[3] = {"input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.v_proj.bias"};
+  float *dst[3] = {bw->ln_attn, bw->ln_mlp, bw->bias[HQ_LIN_V]};
+  const int64_t want[3] = {c->hidden, c->hidden, c->n_kv_heads * c->head_dim};
+  for (int k = 0; k < 3; k++) {
+    char name[256];
+    snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)b, sfx[k]);
+    if (!dst[k] || !equalized_tensor(R->o, name)) continue;
+    float *f = NULL;
+    int64_t n = 0;
+    int rc = hq_h5_read_tensor_f32(R->h5, name, &f, &n);
+    if (!rc && n != want[k]) rc = hq_fail(HQ_ERR_INPUT, "resume: %s has %lld values, expected %lld", name, (long long)n, (long long)want[k]);
+    if (!rc) memcpy(dst[k], f, (size_t)n * sizeof(float));
+    free(f);
+    if (rc) return hq_fail_ctx(rc, "resume: reading %s: ", name);
+  }
+  return HQ_OK;
+}
+
+
+/* Collective: the root attributes of a new file, its unquantized tensors and progress record */
+static int write_root(struct run *R, const char *settings) {
+  const struct hq_quant_opts *o = R->o;
+  const struct hq_model_config *c = &R->model.cfg;
+  char hash[17];
+  snprintf(hash, sizeof hash, "%016llx", (unsigned long long)R->calib_id);
+  cJSON *cj = cJSON_CreateObject(); /* cJSON escapes the path */
+  cJSON_AddStringToObject(cj, "path", o->calib_path ? o->calib_path : "");
+  cJSON_AddNumberToObject(cj, "tokens", (double)R->calib_tokens);
+  cJSON_AddStringToObject(cj, "fnv1a64", hash);
+  cJSON_AddNumberToObject(cj, "nsamples", (double)o->nsamples);
+  cJSON_AddNumberToObject(cj, "seqlen", (double)R->seqlen);
+  cJSON_AddNumberToObject(cj, "seed", (double)o->seed);
+  char *calib = cJSON_PrintUnformatted(cj);
+  cJSON_Delete(cj);
+  if (!calib) return hq_comm_agree(R->comm, hq_fail(HQ_ERR_NOMEM, "calibration_json"));
+  struct hq_h5 *h = R->h5;
+  int rc = hq_h5_attr_set_str(h, "/", "settings_json", settings);
+  if (!rc) rc = hq_h5_attr_set_str(h, "/", "method", hq_method_name(o->method));
+  if (!rc) rc = hq_h5_attr_set_i64(h, "/", "bits", o->g.bits);
+  if (!rc) rc = hq_h5_attr_set_i64(h, "/", "group_size", o->g.group_size > 0 ? o->g.group_size : -1);
+  if (!rc) rc = hq_h5_attr_set_i64(h, "/", "sym", o->g.sym);
+  if (!rc) rc = hq_h5_attr_set_i64(h, "/", "act_order", o->g.act_order);
+  if (!rc) rc = hq_h5_attr_set_i64(h, "/", "static_groups", o->g.static_groups);
+  if (!rc) rc = hq_h5_attr_set_f64(h, "/", "percdamp", o->g.percdamp);
+  if (!rc) rc = hq_h5_attr_set_i64(h, "/", "block_size", o->g.block_size);
+  if (!rc) rc = hq_h5_attr_set_i64(h, "/", "nsamples", o->nsamples);
+  if (!rc) rc = hq_h5_attr_set_i64(h, "/", "seqlen", R->seqlen);
+  if (!rc) rc = hq_h5_attr_set_i64(h, "/", "seed", (int64_t)o->seed);
+  if (!rc) rc = hq_h5_attr_set_str(h, "/", "model_config_json", c->json ? c->json : "{}");
+  if (!rc) rc = hq_h5_attr_set_str(h, "/", "model_dir", o->model_dir);
+  if (!rc) rc = hq_h5_attr_set_str(h, "/", "calibration_json", calib);
+  cJSON_free(calib);
+  if (!rc) rc = hq_h5_attr_set_str(h, "/", "zero_convention", "gptq_v2");
+  if (!rc) rc = hq_h5_attr_set_i64(h, "/", "act_bits", o->act_bits);
+  if (!rc) rc = hq_h5_attr_set_str(h, "/", "equalize", hq_equalize_name(o->equalize));
+  if (!rc) rc = write_unquantized(R);
+  if (!rc) rc = hq_h5_progress_init(h, c->n_layers);
+  return rc;
+}
+
+/* Collective: reopen the file of an interrupted run with the same settings */
+static int resume_file(struct run *R, const char *settings) {
+  struct hq_h5_state st;
+  memset(&st, 0, sizeof st);
+  HQ_TRY(hq_h5_open_rw(R->comm, R->o->out_path, &R->h5, &st));
+  int lrc = HQ_OK;
+  if (st.complete) {
+    lrc = hq_fail(HQ_ERR_INPUT, "%s is already complete: nothing to resume (use --overwrite to "
+                  "redo it)", R->o->out_path);
+  } else if (!st.settings_json || strcmp(st.settings_json, settings)) {
+    char diff[4096];
+    settings_diff(st.settings_json, settings, diff, sizeof diff);
+    lrc = hq_fail(HQ_ERR_INPUT, "cannot resume %s: it was written with other settings, another "
+                  "model, calibration, backend or hpcq version:%s\nRerun with the same options "
+                  "and inputs, or use --overwrite to start again", R->o->out_path, diff);
+  }
+  R->start_block = st.blocks_done;
+  hq_h5_state_free(&st);
+  HQ_TRY(hq_comm_agree(R->comm, lrc));
+  if (R->comm->rank == 0 && !R->o->quiet)
+    fprintf(stderr, "hpcq quantize: resuming %s after %lld of %lld blocks\n", R->o->out_path,
+            (long long)R->start_block, (long long)R->model.cfg.n_layers);
+  return HQ_OK;
+}
+
+/* Not collective (rank 0): --out must not be any file this run reads */
+static int out_not_input(const struct run *R) {
+  const struct hq_quant_opts *o = R->o;
+  const struct hq_safetensors *st = &R->model.st;
+  const int n = st->nfiles + 4;
+  const char **in = calloc((size_t)n, sizeof *in), **what = calloc((size_t)n, sizeof *what);
+  char cfg[4096], idx[4096];
+  snprintf(cfg, sizeof cfg, "%s/config.json", o->model_dir);
+  snprintf(idx, sizeof idx, "%s/model.safetensors.index.json", o->model_dir);
+  int k = 0;
+  in[k] = o->model_dir, what[k++] = "the model";
+  in[k] = cfg, what[k++] = "the model's config.json";
+  in[k] = idx, what[k++] = "the model's safetensors index";
+  in[k] = o->calib_path, what[k++] = "the calibration file";
+  for (int i = 0; i < st->nfiles; i++) in[k] = st->files[i].path, what[k++] = "a weights file of the model";
+  int rc = hq_out_check_inputs(o->out_path, k, in, what);
+  free(in);
+  free(what);
+  return rc;
+}
+
+int hq_pipeline_file_open(struct run *R) {
+  const struct hq_quant_opts *o = R->o;
+  const struct hq_comm *cm = R->comm;
+  HQ_TRY(hq_comm_agree(cm, cm->rank == 0 ? out_not_input(R) : HQ_OK));
+  HQ_TRY(hq_out_lock_take(cm, o->out_path, &R->lock));
+  char *settings = settings_json(R);
+  if (!settings) return hq_comm_agree(cm, hq_fail(HQ_ERR_NOMEM, "settings_json"));
+  struct stat sb;
+  int exists = cm->rank == 0 ? stat(o->out_path, &sb) == 0 : 0; /* rank 0 decides */
+  hq_comm_bcast(cm, &exists, sizeof exists, 0);
+  int rc;
+  if (o->resume && exists) {
+    rc = resume_file(R, settings);
+  } else if (exists && !o->overwrite) {
+    rc = hq_comm_agree(cm, hq_fail(HQ_ERR_INPUT, "%s exists; pass --overwrite to replace it or "
+                                   "--resume to continue an interrupted run", o->out_path));
+  } else {
+    rc = hq_h5_create(cm, o->out_path, o->overwrite, &R->h5);
+    if (!rc) rc = write_root(R, settings);
+  }
+  free(settings);
+  return rc;
+}
+
+int hq_pipeline_file_close(struct run *R) {
+  const int rc = hq_h5_close(R->h5);
+  R->h5 = NULL;
+  if (R->lock.path) hq_out_lock_release(R->comm, &R->lock);
+  return rc;
+}
