@@ -65,10 +65,10 @@ static void w_gemm(int64_t row0, int64_t seg, int ta, int tb, int64_t m, int64_t
 }
 static void w_block(struct hq_grid g, int64_t rows, int64_t count, int64_t c0, int64_t c1,
                     float *W1, int64_t ldw, const float *Hinv1, int64_t ldh, const float *scale,
-                    const float *zero, float *Err1, int64_t lde, uint8_t *codes, int64_t ldc,
+                    const float *zero, const int32_t *cg, float *Err1, int64_t lde, uint8_t *codes, int64_t ldc,
                     double *loss_acc) {
   double t0 = hq_now();
-  base_be->gptq_block(g, rows, count, c0, c1, W1, ldw, Hinv1, ldh, scale, zero, Err1, lde, codes,
+  base_be->gptq_block(g, rows, count, c0, c1, W1, ldw, Hinv1, ldh, scale, zero, cg, Err1, lde, codes,
                       ldc, loss_acc);
   acc.t_block += hq_now() - t0;
   for (int64_t i = c0; i < c1; i++) acc.f_block += 2.0 * (double)rows * (double)(count - i - 1);
@@ -97,6 +97,8 @@ static void *xalloc(size_t bytes) {
   if (posix_memalign(&p, 64, bytes ? bytes : 64)) HQ_DIE("out of memory (%zu bytes)", bytes);
   return p;
 }
+
+static int g_static = 0; /* --static-groups: GPTQ with static groups (and act-order) */
 
 /* ---------------------------------------------------------------- sgemm peak */
 struct peak { int64_t n; double best, med; int reps; };
@@ -135,14 +137,20 @@ static struct peak measure_peak(int64_t n, int reps) {
 }
 
 /* ---------------------------------------------------------------- plain reference GPTQ */
+struct perm_key { float d; int32_t i; };
 /* The unblocked GPTQ of one (permuted) row w[cols] with the upper factor U [cols x cols]
- * (row-major) and dynamic groups of gs columns in processing order, params from the updated
- * row when a group starts. Codes in processing order. Written independently of gptq.c. */
+ * (row-major) and groups of gs columns: dynamic (in processing order, params from the updated
+ * row when a group starts) or, with `orig` (the unpermuted row) and `perm` (processing order
+ * -> original column), static (params of the original column groups, taken up front). Codes
+ * in processing order. Written independently of gptq.c. */
 static void ref_gptq_row(struct hq_grid g, int64_t cols, int64_t gs, float *w, const float *U,
-                         uint8_t *codes) {
+                         const float *orig, const struct perm_key *perm, uint8_t *codes) {
   float s = 1.0f, z = 0.0f;
   for (int64_t j = 0; j < cols; j++) {
-    if (j % gs == 0) {
+    if (orig) {
+      const int64_t c0 = (int64_t)perm[j].i / gs * gs, n = cols - c0 < gs ? cols - c0 : gs;
+      hq_grid_params_ref(g, orig + c0, n, 1, &s, &z);
+    } else if (j % gs == 0) {
       int64_t n = cols - j < gs ? cols - j : gs;
       hq_grid_params_ref(g, w + j, n, 1, &s, &z);
     }
@@ -156,7 +164,6 @@ static void ref_gptq_row(struct hq_grid g, int64_t cols, int64_t gs, float *w, c
   }
 }
 
-struct perm_key { float d; int32_t i; };
 static int perm_key_cmp(const void *a, const void *b) {
   const struct perm_key *x = a, *y = b;
   if (x->d != y->d) return x->d > y->d ? -1 : 1; /* descending diag */
@@ -292,6 +299,7 @@ static int bench_layer(int64_t rows, int64_t cols, int64_t ntok, int reps, const
   o.bits = 4;
   o.group_size = 128;
   o.act_order = 1;
+  o.static_groups = g_static;
   o.percdamp = percdamp;
   float *W = xalloc((size_t)(rows * cols) * 4);
   struct hq_gptq_result res;
@@ -361,7 +369,7 @@ static int bench_layer(int64_t rows, int64_t cols, int64_t ntok, int reps, const
     for (int64_t q = 0; q < nchk; q++) {
       int64_t row = q * (rows / nchk);
       for (int64_t j = 0; j < cols; j++) w[j] = W0[row * cols + keys[j].i];
-      ref_gptq_row(g, cols, o.group_size, w, Up, c);
+      ref_gptq_row(g, cols, o.group_size, w, Up, o.static_groups ? W0 + row * cols : NULL, keys, c);
       for (int64_t j = 0; j < cols; j++) same += c[j] == res.codes[row * cols + keys[j].i];
       for (int pass = 0; pass < 2; pass++) {
         for (int64_t j = 0; j < cols; j++)
@@ -399,11 +407,11 @@ static int bench_layer(int64_t rows, int64_t cols, int64_t ntok, int reps, const
     int n = snprintf(js, sizeof js,
                      "{\"rows\": %lld, \"cols\": %lld, \"bits\": %d, \"group_size\": %lld, "
                      "\"act_order\": %d, \"sym\": %d, \"percdamp\": %g, \"block_size\": %d, "
-                     "\"static_groups\": 0, \"tokens\": %lld, \"threads\": %d, "
+                     "\"static_groups\": %d, \"tokens\": %lld, \"threads\": %d, "
                      "\"hpcq_t_gptq_s\": %.6f, \"hpcq_t_chol_s\": %.6f, \"hpcq_t_loop_s\": %.6f, "
                      "\"reps\": %d}\n",
                      (long long)rows, (long long)cols, o.bits, (long long)o.group_size,
-                     o.act_order, o.sym, (double)o.percdamp, o.block_size, (long long)ntok,
+                     o.act_order, o.sym, (double)o.percdamp, o.block_size, o.static_groups, (long long)ntok,
                      omp_get_max_threads(), L->t_gptq, L->t_gptq_chol, L->t_gptq_loop, reps);
     snprintf(name, sizeof name, "%s.json", base);
     HQ_TRY(write_file(dump, name, js, (size_t)n));
@@ -421,7 +429,7 @@ static int bench_layer(int64_t rows, int64_t cols, int64_t ntok, int reps, const
 static void usage(void) {
   fprintf(stderr,
           "usage: bench_gptq [--quick] [--json] [--reps N] [--tokens N] [--peak-n N]\n"
-          "                  [--layer ROWSxCOLS]... [--dump DIR]\n"
+          "                  [--layer ROWSxCOLS]... [--dump DIR] [--static-groups]\n"
           "  default layers 4096x4096 11008x4096 4096x11008 (rows x cols = out x in);\n"
           "  --quick: 1024x1024 2048x2048, sgemm peak at n=2048.\n"
           "  threads: OPENBLAS_NUM_THREADS / OMP_NUM_THREADS (and OMP_WAIT_POLICY=passive).\n");
@@ -435,6 +443,7 @@ int main(int argc, char **argv) {
     const char *a = argv[i];
     if (!strcmp(a, "--quick")) quick = 1;
     else if (!strcmp(a, "--json")) json = 1;
+    else if (!strcmp(a, "--static-groups")) g_static = 1;
     else if (!strcmp(a, "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
     else if (!strcmp(a, "--tokens") && i + 1 < argc) ntok = atoll(argv[++i]);
     else if (!strcmp(a, "--peak-n") && i + 1 < argc) peak_n = atoll(argv[++i]);

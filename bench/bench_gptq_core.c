@@ -31,10 +31,10 @@ static void w_gemm(int64_t row0, int64_t seg, int ta, int tb, int64_t m, int64_t
 }
 static void w_block(struct hq_grid g, int64_t rows, int64_t count, int64_t c0, int64_t c1,
                     float *W1, int64_t ldw, const float *Hinv1, int64_t ldh, const float *scale,
-                    const float *zero, float *Err1, int64_t lde, uint8_t *codes, int64_t ldc,
+                    const float *zero, const int32_t *cg, float *Err1, int64_t lde, uint8_t *codes, int64_t ldc,
                     double *loss) {
   double t0 = hq_now();
-  cpu->gptq_block(g, rows, count, c0, c1, W1, ldw, Hinv1, ldh, scale, zero, Err1, lde, codes, ldc,
+  cpu->gptq_block(g, rows, count, c0, c1, W1, ldw, Hinv1, ldh, scale, zero, cg, Err1, lde, codes, ldc,
                   loss);
   t_inner += hq_now() - t0;
 }

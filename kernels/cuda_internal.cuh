@@ -80,8 +80,8 @@ void hq_cuda_quant_params(struct hq_grid g, int64_t rows, int64_t ncols, const f
                           int64_t ldw, const float *colw, float *scale, float *zero);
 void hq_cuda_gptq_block(struct hq_grid g, int64_t rows, int64_t count, int64_t c0, int64_t c1,
                         float *W1, int64_t ldw, const float *Hinv1, int64_t ldh,
-                        const float *scale, const float *zero, float *Err1, int64_t lde,
-                        uint8_t *codes, int64_t ldc, double *row_loss);
+                        const float *scale, const float *zero, const int32_t *col_group,
+                        float *Err1, int64_t lde, uint8_t *codes, int64_t ldc, double *row_loss);
 void hq_cuda_rtn_cols(struct hq_grid g, int64_t rows, int64_t ncols, float *W, int64_t ldw,
                       const float *scale, const float *zero, uint8_t *codes, int64_t ldc);
 void hq_cuda_quant_init(void); /* kernel attributes (dynamic shared memory opt-in) */

@@ -103,8 +103,8 @@ static size_t gptq_smem_bytes(int64_t w, int64_t n, int h_in_smem) {
 __global__ void __launch_bounds__(HQ_GPTQ_R)
 gptq_block_smem_kernel(int maxq, int64_t rows, int64_t w, int64_t n, float *Wb, int64_t ldw,
                        const float *Hb, int64_t ldh, const float *scale, const float *zero,
-                       float *Eb, int64_t lde, uint8_t *Cb, int64_t ldc, double *row_loss,
-                       int h_in_smem) {
+                       const int32_t *cg, float *Eb, int64_t lde, uint8_t *Cb, int64_t ldc,
+                       double *row_loss, int h_in_smem) {
   extern __shared__ float sm[];
   float *T = sm;                                   /* [w][RP]: T[j*RP + r] = W1[r0+r, c0+j] */
   float *E = T + w * HQ_GPTQ_RP;                   /* [n][RP]: errors */
@@ -122,12 +122,16 @@ gptq_block_smem_kernel(int maxq, int64_t rows, int64_t w, int64_t n, float *Wb, 
       for (int64_t j = i + lane; j < w; j += HQ_GPTQ_R) Hs[i * w + j] = Hb[i * ldh + j];
   __syncthreads();
 
-  const float s = lane < nr ? scale[r0 + lane] : 1.0f;
-  const float z = lane < nr ? zero[r0 + lane] : 0.0f;
+  float s = lane < nr ? scale[r0 + lane] : 1.0f;
+  float z = lane < nr ? zero[r0 + lane] : 0.0f;
   float *t = T + lane;
   double loss = 0.0;
   for (int64_t i = 0; i < n; i++) {
     const float *h = h_in_smem ? Hs + i * w : Hb + i * ldh;
+    if (cg && lane < nr) { /* the column's group (cg is relative to c0, like the block) */
+      s = scale[(int64_t)cg[i] * rows + r0 + lane];
+      z = zero[(int64_t)cg[i] * rows + r0 + lane];
+    }
     const float wi = t[i * HQ_GPTQ_RP];
     const int code = hq_quant_code(wi, s, z, maxq);
     const float q = hq_dequant(code, s, z);
@@ -155,16 +159,17 @@ gptq_block_smem_kernel(int maxq, int64_t rows, int64_t w, int64_t n, float *Wb, 
  * the same walk, one thread per row, directly in global memory. */
 __global__ void gptq_block_global_kernel(int maxq, int64_t rows, int64_t w, int64_t n, float *Wb,
                                          int64_t ldw, const float *Hb, int64_t ldh,
-                                         const float *scale, const float *zero, float *Eb,
-                                         int64_t lde, uint8_t *Cb, int64_t ldc,
+                                         const float *scale, const float *zero, const int32_t *cg,
+                                         float *Eb, int64_t lde, uint8_t *Cb, int64_t ldc,
                                          double *row_loss) {
   const int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   double loss = 0.0;
   if (r < rows) {
     float *wr = Wb + r * ldw;
-    const float s = scale[r], z = zero[r];
+    float s = scale[r], z = zero[r];
     for (int64_t i = 0; i < n; i++) {
       const float *h = Hb + i * ldh;
+      if (cg) s = scale[(int64_t)cg[i] * rows + r], z = zero[(int64_t)cg[i] * rows + r];
       const float wi = wr[i];
       const int code = hq_quant_code(wi, s, z, maxq);
       const float q = hq_dequant(code, s, z);
@@ -181,8 +186,8 @@ __global__ void gptq_block_global_kernel(int maxq, int64_t rows, int64_t w, int6
 
 void hq_cuda_gptq_block(struct hq_grid g, int64_t rows, int64_t count, int64_t c0, int64_t c1,
                         float *W1, int64_t ldw, const float *Hinv1, int64_t ldh,
-                        const float *scale, const float *zero, float *Err1, int64_t lde,
-                        uint8_t *codes, int64_t ldc, double *row_loss) {
+                        const float *scale, const float *zero, const int32_t *col_group,
+                        float *Err1, int64_t lde, uint8_t *codes, int64_t ldc, double *row_loss) {
   HQ_ASSERT(0 <= c0 && c0 <= c1 && c1 <= count);
   if (rows <= 0 || c0 == c1) return;
   const int64_t w = count - c0, n = c1 - c0;
@@ -190,18 +195,19 @@ void hq_cuda_gptq_block(struct hq_grid g, int64_t rows, int64_t count, int64_t c
   const float *Hb = Hinv1 + c0 * ldh + c0;
   float *Eb = Err1 + c0;
   uint8_t *Cb = codes + c0;
+  const int32_t *cg = col_group ? col_group + c0 : NULL;
   const int64_t nblk = (rows + HQ_GPTQ_R - 1) / HQ_GPTQ_R;
   HQ_ASSERT(nblk <= INT32_MAX);
   const size_t with_h = gptq_smem_bytes(w, n, 1), no_h = gptq_smem_bytes(w, n, 0);
   if (no_h <= (size_t)hq_cuda.smem_optin) {
     const int h_in = with_h <= (size_t)hq_cuda.smem_optin;
     gptq_block_smem_kernel<<<(unsigned)nblk, HQ_GPTQ_R, h_in ? with_h : no_h, hq_cuda.stream>>>(
-        g.maxq, rows, w, n, Wb, ldw, Hb, ldh, scale, zero, Eb, lde, Cb, ldc, row_loss, h_in);
+        g.maxq, rows, w, n, Wb, ldw, Hb, ldh, scale, zero, cg, Eb, lde, Cb, ldc, row_loss, h_in);
     HQ_LAUNCH_CHECK("gptq_block_smem");
   } else {
     const unsigned nb = (unsigned)((rows + 63) / 64);
     gptq_block_global_kernel<<<nb, 64, 0, hq_cuda.stream>>>(g.maxq, rows, w, n, Wb, ldw, Hb, ldh,
-                                                             scale, zero, Eb, lde, Cb, ldc,
+                                                             scale, zero, cg, Eb, lde, Cb, ldc,
                                                              row_loss);
     HQ_LAUNCH_CHECK("gptq_block_global");
   }

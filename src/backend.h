@@ -79,16 +79,18 @@ struct hq_backend {
                        int64_t ldw, const float *colw, float *scale, float *zero);
   /* The fused GPTQ inner block. W1 is the rows x count block of the (permuted) weights
    * (row-major, ldw), Hinv1 its count x count upper block of the inverse-Hessian factor (ldh).
-   * Process columns [c0, c1) (0 <= c0 < c1 <= count) with fixed per-row parameters
-   * scale[r], zero[r]; for each column i: code = quant(W1[r,i]); W1[r,i] <- dequant (so W1
+   * Process columns [c0, c1) (0 <= c0 < c1 <= count). Parameters: with col_group NULL, the
+   * per-row scale[r], zero[r] for every column; else column i uses group col_group[i]'s
+   * scale[col_group[i] * rows + r], zero[...] (group-major arrays; col_group: count entries,
+   * backend memory). For each column i: code = quant(W1[r,i]); W1[r,i] <- dequant (so W1
    * ends as the dequantized weights); err = (w - q) / Hinv1[i,i]; W1[r, i+1:count] -=
    * err * Hinv1[i, i+1:count]; Err1[r, i] = err (row-major, lde); codes[r * ldc + i] = code.
    * row_loss[r] (backend memory, rows doubles) += Σ_i (w - q)² / Hinv1[i,i]² / 2, summed
    * over i in column order (a per-row value: no reduction across rows or threads). */
   void (*gptq_block)(struct hq_grid g, int64_t rows, int64_t count, int64_t c0, int64_t c1,
                      float *W1, int64_t ldw, const float *Hinv1, int64_t ldh,
-                     const float *scale, const float *zero, float *Err1, int64_t lde,
-                     uint8_t *codes, int64_t ldc, double *row_loss);
+                     const float *scale, const float *zero, const int32_t *col_group,
+                     float *Err1, int64_t lde, uint8_t *codes, int64_t ldc, double *row_loss);
   /* Round-to-nearest of a rows x ncols slice in place with per-row params; codes out. */
   void (*rtn_cols)(struct hq_grid g, int64_t rows, int64_t ncols, float *W, int64_t ldw,
                    const float *scale, const float *zero, uint8_t *codes, int64_t ldc);

@@ -396,6 +396,7 @@ struct solve_ws {
   float *W, *E, *S, *Z; /* [rows x cols], [rows x B], [ngroups x rows] x 2 */
   uint8_t *C;           /* [rows x cols] codes in processing order */
   double *L;            /* [rows] reference loss */
+  int32_t *G;           /* static groups: [cols] group of each processing-order column */
 };
 
 static void solve_ws_free(const struct hq_backend *be, struct solve_ws *w, const float *W_host) {
@@ -405,6 +406,7 @@ static void solve_ws_free(const struct hq_backend *be, struct solve_ws *w, const
   if (w->Z) be->free(w->Z);
   if (w->C) be->free(w->C);
   if (w->L) be->free(w->L);
+  if (w->G) be->free(w->G);
 }
 
 /* Grid parameters of a rows x n slice: colw (backend, n) weights the hscale search. */
@@ -423,13 +425,12 @@ static void solve_block(const struct hq_backend *be, const struct hq_gptq_opts *
   const int64_t gs = o->group_size > 0 ? o->group_size : 0;
   const float *U = p->U;
   int64_t pend_done = 0, pend_e = i2; /* [i2, pend_e) already got errors [0, pend_done) */
-  for (int64_t j = i1; j < i2;) {
+  if (gs > 0 && o->static_groups) /* the block at once: each column looks up its group */
+    be->gptq_block(g, rows, count, 0, count, w->W + i1, cols, U + i1 * cols + i1, cols, w->S,
+                   w->Z, w->G + i1, w->E, B, w->C + i1, cols, w->L);
+  for (int64_t j = i1; j < i2 && !(gs > 0 && o->static_groups);) {
     int64_t seg_end = i2, grp = 0;
-    if (gs > 0 && o->static_groups) {
-      grp = p->perm[j] / gs;
-      seg_end = j + 1;
-      while (seg_end < i2 && p->perm[seg_end] / gs == grp) seg_end++;
-    } else if (gs > 0) {
+    if (gs > 0) {
       grp = j / gs;
       const int64_t ge = (grp + 1) * gs < cols ? (grp + 1) * gs : cols;
       if (j == grp * gs) {
@@ -447,7 +448,7 @@ static void solve_block(const struct hq_backend *be, const struct hq_gptq_opts *
       seg_end = ge < i2 ? ge : i2;
     }
     be->gptq_block(g, rows, count, j - i1, seg_end - i1, w->W + i1, cols, U + i1 * cols + i1,
-                   cols, w->S + grp * rows, w->Z + grp * rows, w->E, B, w->C + i1, cols, w->L);
+                   cols, w->S + grp * rows, w->Z + grp * rows, NULL, w->E, B, w->C + i1, cols, w->L);
     j = seg_end;
   }
   if (i2 >= cols) return;
@@ -480,6 +481,10 @@ static int solve_setup(const struct hq_backend *be, const struct hq_gptq_opts *o
       for (int64_t i = 0; i < cols; i++)
         if (p->dead[i]) W[r * cols + i] = 0.0f;
   if (gs > 0 && o->static_groups) {
+    int32_t *grp = hq_xmalloc((size_t)cols * sizeof(int32_t));
+    for (int64_t j = 0; j < cols; j++) grp[j] = (int32_t)(p->perm[j] / gs);
+    be->upload(w->G, grp, (size_t)cols * sizeof(int32_t));
+    free(grp);
     if (be->on_device) be->upload(w->W, W, wbytes);
     for (int64_t k = 0; k < ngroups_of(cols, gs); k++) {
       int64_t c0 = k * gs, n = cols - c0 < gs ? cols - c0 : gs;
@@ -537,9 +542,10 @@ int hq_gptq_solve(const struct hq_backend *be, const struct hq_gptq_opts *o,
   struct solve_ws w = {be->on_device ? be->alloc((size_t)rows * (size_t)cols * sizeof(float) + 1) : W,
                        be->alloc((size_t)rows * (size_t)B * sizeof(float) + 1), be->alloc(pbytes),
                        be->alloc(pbytes), be->alloc((size_t)rows * (size_t)cols + 1),
-                       be->alloc((size_t)(rows ? rows : 1) * sizeof(double))};
+                       be->alloc((size_t)(rows ? rows : 1) * sizeof(double)),
+                       o->static_groups ? be->alloc((size_t)cols * sizeof(int32_t)) : NULL};
   int rc = HQ_OK;
-  if (!res->row_loss_ref || !w.W || !w.E || !w.S || !w.Z || !w.C || !w.L)
+  if (!res->row_loss_ref || !w.W || !w.E || !w.S || !w.Z || !w.C || !w.L || (o->static_groups && !w.G))
     rc = hq_fail(HQ_ERR_NOMEM, "out of memory for GPTQ of a %lld x %lld layer (%s backend); use "
                  "more ranks", (long long)rows, (long long)cols, be->name);
   if (!rc) {

@@ -260,8 +260,8 @@ static void test_gptq_block(int64_t rows, int64_t count, int64_t c0, int64_t c1,
   double *loss = malloc((size_t)rows * sizeof(double)), *lossg = malloc((size_t)rows * sizeof(double));
   for (int64_t r = 0; r < rows; r++) loss[r] = lossg[r] = 0.25;
   double *dL = dput(lossg, (size_t)rows * sizeof(double));
-  cb->gptq_block(g, rows, count, c0, c1, W, ldw, U, ldh, s, z, E, lde, C, ldc, loss);
-  gb->gptq_block(g, rows, count, c0, c1, dW, ldw, dU, ldh, ds, dz, dE, lde, dC, ldc, dL);
+  cb->gptq_block(g, rows, count, c0, c1, W, ldw, U, ldh, s, z, NULL, E, lde, C, ldc, loss);
+  gb->gptq_block(g, rows, count, c0, c1, dW, ldw, dU, ldh, ds, dz, NULL, dE, lde, dC, ldc, dL);
   float *Wg = malloc((size_t)(rows * ldw) * 4), *Eg = malloc((size_t)(rows * lde) * 4);
   uint8_t *Cg = malloc((size_t)(rows * ldc));
   int guards = dget(Wg, dW, (size_t)(rows * ldw) * 4) & dget(Eg, dE, (size_t)(rows * lde) * 4) &
