@@ -10,41 +10,15 @@
 #include "error.h"
 #include "hscale.h"
 
-#define HQ_TILE 16 /* rows per tile of the inner block; lanes of the min/max scan */
+#define HQ_TILE 16 /* rows per tile of the inner block */
 
 void hq_cpu_quant_params(struct hq_grid g, int64_t rows, int64_t ncols, const float *W,
                          int64_t ldw, const float *colw, float *scale, float *zero) {
 #pragma omp parallel for schedule(static) if (rows * ncols * (g.mse || colw ? 80 : 1) > 65536)
   for (int64_t r = 0; r < rows; r++) {
     const float *restrict w = W + r * ldw;
-    if (colw) {
-      hq_hscale_params_ref(g, w, colw, ncols, 1, scale + r, zero + r);
-      continue;
-    }
-    if (g.mse) {
-      hq_grid_params_ref(g, w, ncols, 1, scale + r, zero + r);
-      continue;
-    }
-    /* the range of hq_grid_params_ref (min/max are exact, so any order gives the same
-     * result), written so that it vectorises; then the shared grid math */
-    float mn[HQ_TILE] = {0}, mx[HQ_TILE] = {0};
-    int64_t i = 0;
-    for (; i + HQ_TILE <= ncols; i += HQ_TILE)
-      for (int l = 0; l < HQ_TILE; l++) {
-        float v = w[i + l];
-        mn[l] = v < mn[l] ? v : mn[l];
-        mx[l] = v > mx[l] ? v : mx[l];
-      }
-    for (; i < ncols; i++) {
-      mn[0] = w[i] < mn[0] ? w[i] : mn[0];
-      mx[0] = w[i] > mx[0] ? w[i] : mx[0];
-    }
-    float xmin = 0.0f, xmax = 0.0f;
-    for (int l = 0; l < HQ_TILE; l++) {
-      xmin = mn[l] < xmin ? mn[l] : xmin;
-      xmax = mx[l] > xmax ? mx[l] : xmax;
-    }
-    hq_grid_params_from_range(g, xmin, xmax, scale + r, zero + r);
+    if (colw) hq_hscale_params_ref(g, w, colw, ncols, 1, scale + r, zero + r);
+    else hq_grid_params_ref(g, w, ncols, 1, scale + r, zero + r); /* min/max (+ MSE search) */
   }
 }
 

@@ -71,8 +71,8 @@ void hq_gptq_result_free(struct hq_gptq_result *res) {
 
 static int64_t ngroups_of(int64_t cols, int64_t gs) { return gs > 0 ? (cols + gs - 1) / gs : 1; }
 
-static int check_finite(const char *what, const float *A, int64_t rows, int64_t cols,
-                        const char *advice) {
+int hq_check_finite(const char *what, const float *A, int64_t rows, int64_t cols,
+                    const char *advice) {
   int64_t nbad = 0;
 #pragma omp parallel for schedule(static) reduction(+ : nbad) if (rows * cols > 65536)
   for (int64_t r = 0; r < rows; r++)
@@ -187,7 +187,7 @@ double hq_proxy_loss(const struct hq_backend *be, int64_t rows, int64_t cols, co
   return s;
 }
 
-static int alloc_result(struct hq_gptq_result *res, int64_t rows, int64_t cols, int64_t ngroups) {
+int hq_gptq_result_alloc(struct hq_gptq_result *res, int64_t rows, int64_t cols, int64_t ngroups) {
   memset(res, 0, sizeof *res);
   res->rows = rows;
   res->cols = cols;
@@ -244,11 +244,11 @@ static float *upload_diag(const struct hq_backend *be, const float *H, int64_t c
 int hq_rtn_quantize(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t rows,
                     int64_t cols, float *W, const float *H, struct hq_gptq_result *res) {
   HQ_TRY(hq_gptq_opts_check(o, cols));
-  HQ_TRY(check_finite("W", W, rows, cols, "the layer's weights are corrupt (check the checkpoint)"));
+  HQ_TRY(hq_check_finite("W", W, rows, cols, "the layer's weights are corrupt (check the checkpoint)"));
   if (o->hscale && !H) return hq_fail(HQ_ERR_INPUT, "--scale-from-hessian needs the Hessian (calibration data)");
   const int64_t gs = o->group_size > 0 ? o->group_size : cols;
   const int64_t ngroups = ngroups_of(cols, o->group_size);
-  HQ_TRY(alloc_result(res, rows, cols, ngroups));
+  HQ_TRY(hq_gptq_result_alloc(res, rows, cols, ngroups));
   const struct hq_grid g = hq_grid_make(o->bits, o->sym, o->mse);
   double t0 = hq_now();
   float *W0 = H ? malloc((size_t)rows * (size_t)cols * sizeof(float) + 1) : NULL;
@@ -347,7 +347,7 @@ int hq_gptq_prepare(const struct hq_backend *be, const struct hq_gptq_opts *o, i
                     const float *H, struct hq_gptq_prep *p) {
   memset(p, 0, sizeof *p);
   HQ_TRY(hq_gptq_opts_check(o, cols));
-  HQ_TRY(check_finite("H", H, cols, cols,
+  HQ_TRY(hq_check_finite("H", H, cols, cols,
                       "the calibration activations overflowed or are corrupt (check the "
                       "calibration tokens and the forward of the previous blocks)"));
   const double t0 = hq_now();
@@ -531,10 +531,10 @@ int hq_gptq_solve(const struct hq_backend *be, const struct hq_gptq_opts *o,
   HQ_TRY(hq_gptq_opts_check(o, cols));
   if (rows < 0) return hq_fail(HQ_ERR_INPUT, "negative row count %lld", (long long)rows);
   if (o->hscale && !p->colw) return hq_fail(HQ_ERR_INPUT, "--scale-from-hessian: prepare without hscale");
-  HQ_TRY(check_finite("W", W, rows, cols,
+  HQ_TRY(hq_check_finite("W", W, rows, cols,
                       "the layer's weights are corrupt (check the checkpoint or the previous block)"));
   const int64_t ngroups = ngroups_of(cols, o->group_size > 0 ? o->group_size : 0);
-  HQ_TRY(alloc_result(res, rows, cols, ngroups));
+  HQ_TRY(hq_gptq_result_alloc(res, rows, cols, ngroups));
   res->row_loss_ref = malloc((size_t)(rows ? rows : 1) * sizeof(double));
   const double t0 = hq_now();
   const struct hq_grid g = hq_grid_make(o->bits, o->sym, o->mse);
@@ -596,7 +596,7 @@ int hq_gptq_quantize(const struct hq_backend *be, const struct hq_gptq_opts *o, 
   memset(res, 0, sizeof *res);
   HQ_TRY(hq_gptq_opts_check(o, cols));
   if (rows < 0) return hq_fail(HQ_ERR_INPUT, "negative row count %lld", (long long)rows);
-  HQ_TRY(check_finite("W", W, rows, cols,
+  HQ_TRY(hq_check_finite("W", W, rows, cols,
                       "the layer's weights are corrupt (check the checkpoint or the previous block)"));
   struct hq_gptq_prep p;
   HQ_TRY(hq_gptq_prepare(be, o, cols, H, &p));

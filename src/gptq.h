@@ -91,7 +91,11 @@ int hq_gptq_quantize(const struct hq_backend *be, const struct hq_gptq_opts *o, 
 int hq_rtn_quantize(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t rows,
                     int64_t cols, float *W, const float *H, struct hq_gptq_result *res);
 
+/* codes, scales, zeros, g_idx, perm of a rows x cols result with ngroups groups (statistics NaN). */
+int hq_gptq_result_alloc(struct hq_gptq_result *res, int64_t rows, int64_t cols, int64_t ngroups);
 void hq_gptq_result_free(struct hq_gptq_result *res);
+/* HQ_ERR_INPUT naming the first non-finite element of A [rows x cols] ("W[3, 7] is NaN ...; advice"). */
+int hq_check_finite(const char *what, const float *A, int64_t rows, int64_t cols, const char *advice);
 
 /* out[r] = d_r H d_rᵀ for the rows of D [rows x cols] (host), H [cols x cols] (host); row0 as in
  * hq_gptq_solve, so each row's value does not depend on the block it is computed in. */

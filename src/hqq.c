@@ -44,12 +44,8 @@ void hq_hqq_group(struct hq_grid g, const struct hq_hqq_opts *h, const float *w,
                   int64_t stride, float *scale, float *zero, int *iters_run) {
   const float fmaxq = (float)g.maxq;
   /* start: RTN's min/max parameters (range forced to include 0) */
-  float xmin = 0.0f, xmax = 0.0f;
-  for (int64_t k = 0; k < n; k++) {
-    const float v = w[k * stride];
-    xmin = v < xmin ? v : xmin;
-    xmax = v > xmax ? v : xmax;
-  }
+  float xmin, xmax;
+  hq_range0(w, n, stride, &xmin, &xmax);
   struct hq_grid g0 = g;
   g0.mse = 0;
   float s, zi;
@@ -125,26 +121,11 @@ int hq_hqq_quantize(const struct hq_gptq_opts *o, const struct hq_hqq_opts *h, i
   HQ_TRY(hq_gptq_opts_check(o, cols));
   HQ_TRY(hq_hqq_opts_check(h));
   if (rows < 0) return hq_fail(HQ_ERR_INPUT, "negative row count %lld", (long long)rows);
-  for (int64_t k = 0; k < rows * cols; k++)
-    if (!isfinite(W[k]))
-      return hq_fail(HQ_ERR_INPUT, "W[%lld, %lld] is not finite; the layer's weights are corrupt "
-                     "(check the checkpoint)", (long long)(k / cols), (long long)(k % cols));
+  HQ_TRY(hq_check_finite("W", W, rows, cols, "the layer's weights are corrupt (check the checkpoint)"));
   const int64_t gs = o->group_size > 0 ? o->group_size : cols;
   const int64_t ng = (cols + gs - 1) / gs;
   const struct hq_grid g = hq_grid_make(o->bits, o->sym, 0);
-  res->rows = rows;
-  res->cols = cols;
-  res->ngroups = ng;
-  res->codes = malloc((size_t)(rows * cols) + 1);
-  res->scales = malloc((size_t)(rows * ng) * sizeof(float) + 1);
-  res->zeros = malloc((size_t)(rows * ng) * sizeof(float) + 1);
-  res->g_idx = malloc((size_t)cols * sizeof(int32_t));
-  res->perm = malloc((size_t)cols * sizeof(int32_t));
-  if (!res->codes || !res->scales || !res->zeros || !res->g_idx || !res->perm) {
-    hq_gptq_result_free(res);
-    return hq_fail(HQ_ERR_NOMEM, "out of memory for HQQ of a %lld x %lld layer", (long long)rows,
-                   (long long)cols);
-  }
+  HQ_TRY(hq_gptq_result_alloc(res, rows, cols, ng));
   const double t0 = hq_now();
   double *row_e = l1 ? calloc((size_t)(2 * rows) + 1, sizeof(double)) : NULL; /* per row: no
                                                                    thread-dependent reduction */

@@ -9,14 +9,10 @@
 
 void hq_hscale_params_ref(struct hq_grid g, const float *w, const float *d, int64_t n,
                           int64_t stride, float *scale, float *zero) {
-  float xmin = 0.0f, xmax = 0.0f;
+  float xmin, xmax;
+  hq_range0(w, n, stride, &xmin, &xmax);
   double dsum = 0.0;
-  for (int64_t k = 0; k < n; k++) {
-    const float v = w[k * stride];
-    xmin = v < xmin ? v : xmin;
-    xmax = v > xmax ? v : xmax;
-    dsum += d[k];
-  }
+  for (int64_t k = 0; k < n; k++) dsum += d[k];
   struct hq_grid g0 = g;
   g0.mse = 0;
   double best = INFINITY;
