@@ -176,6 +176,20 @@ void hq_proxy_loss_rows(const struct hq_backend *be, int64_t row0, int64_t rows,
   }
 }
 
+void hq_gptq_proxy_rows(const struct hq_gptq_prep *p, const double *row_loss_ref, int64_t rows,
+                        const float *W0, const float *Q, double *out) {
+  const int64_t cols = p->cols;
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+  for (int64_t r = 0; r < rows; r++) {
+    double d2 = 0.0;
+    for (int64_t j = 0; j < cols; j++) {
+      const double d = p->dead[j] ? 0.0 : (double)W0[r * cols + j] - (double)Q[r * cols + j];
+      d2 += d * d;
+    }
+    out[r] = 2.0 * row_loss_ref[r] - p->damp_abs * d2;
+  }
+}
+
 double hq_proxy_loss(const struct hq_backend *be, int64_t rows, int64_t cols, const float *D,
                      const float *H) {
   if (rows <= 0 || cols <= 0) return 0.0;

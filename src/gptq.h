@@ -101,6 +101,12 @@ int hq_check_finite(const char *what, const float *A, int64_t rows, int64_t cols
  * hq_gptq_solve, so each row's value does not depend on the block it is computed in. */
 void hq_proxy_loss_rows(const struct hq_backend *be, int64_t row0, int64_t rows, int64_t cols,
                         const float *D, const float *H, double *out);
+/* GPTQ's per-row proxy losses d_r H d_rᵀ (H undamped, d = W0 - Q) from the solver's own error
+ * terms, without a GEMM: sequential GPTQ (OBS) quantizes the damped, dead-fixed H' exactly, so
+ * Σ_i err_i² = d' H' d'ᵀ with d' the row with its dead columns zeroed, and
+ * out[r] = 2 row_loss_ref[r] - damp_abs Σ_{live j} (W0[r,j] - Q[r,j])². W0, Q [rows x cols]. */
+void hq_gptq_proxy_rows(const struct hq_gptq_prep *p, const double *row_loss_ref, int64_t rows,
+                        const float *W0, const float *Q, double *out);
 /* tr(D H Dᵀ) = Σ_r out[r] in row order. */
 double hq_proxy_loss(const struct hq_backend *be, int64_t rows, int64_t cols, const float *D,
                      const float *H);

@@ -250,6 +250,39 @@ static int forward_block(struct run *R, const struct hq_block_weights *bw) {
   return HQ_OK;
 }
 
+/* Share of a block's GPTQ-side work done after group g: by rows x cols² of its linears */
+static double block_fraction(const struct hq_model_config *c, enum hq_group g) {
+  double w[HQ_GROUP_COUNT] = {0}, done = 0, all = 0;
+  for (int l = 0; l < HQ_LIN_COUNT; l++) {
+    int64_t rows, cols;
+    hq_linear_shape(c, (enum hq_linear)l, &rows, &cols);
+    w[hq_linear_group((enum hq_linear)l)] += (double)rows * (double)cols * (double)cols;
+  }
+  for (int k = 0; k < HQ_GROUP_COUNT; k++) {
+    all += w[k];
+    if (k <= (int)g) done += w[k];
+  }
+  return done / all;
+}
+
+/* Rank 0: a line per input group while blocks take longer than 30 s (the first block's
+ * groups from the moment it passes 30 s), with the time so far and an updated ETA */
+static void group_line(struct run *R, int64_t b, enum hq_group g) {
+  if (R->comm->rank != 0 || R->o->quiet) return;
+  static const char *const gn[HQ_GROUP_COUNT] = {"qkv", "o", "gate-up", "down"};
+  const double now = hq_now(), in_block = now - R->t_block;
+  if (in_block < 30.0 && R->last_block_s < 30.0) return;
+  const int64_t L = R->model.cfg.n_layers;
+  const double done = (double)(b - R->first_block) + block_fraction(&R->model.cfg, g);
+  char eta[32], els[32];
+  hq_format_duration((now - R->t_blocks) / done * ((double)(L - R->first_block) - done), eta, sizeof eta);
+  hq_format_duration(in_block, els, sizeof els);
+  const double *p = R->phase;
+  fprintf(stderr, "block %lld/%lld %-7s done, %s into the block | hess %.1f allred %.1f chol %.1f "
+          "gptq %.1f stats %.1f | ETA %s\n", (long long)(b + 1), (long long)L, gn[g], els,
+          p[PH_HESSIAN], p[PH_ALLREDUCE], p[PH_CHOL], p[PH_GPTQ], p[PH_STATS], eta);
+}
+
 /* Collective: block b quantized (or, when already done, replayed from the file), its output
  * forwarded when the next block needs calibration inputs, marked done. */
 static int run_block(struct run *R, int64_t b, struct hq_block_weights *bw) {
@@ -260,7 +293,10 @@ static int run_block(struct run *R, int64_t b, struct hq_block_weights *bw) {
   HQ_TRY(hq_comm_agree(R->comm, rc));
   if (!done) {
     if (o->equalize & HQ_EQ_CLE) hq_equalize_cle(&R->model.cfg, bw); /* data-free, FP weights */
-    for (int g = 0; g < HQ_GROUP_COUNT; g++) HQ_TRY(hq_pipeline_group(R, b, (enum hq_group)g, bw));
+    for (int g = 0; g < HQ_GROUP_COUNT; g++) {
+      HQ_TRY(hq_pipeline_group(R, b, (enum hq_group)g, bw));
+      group_line(R, b, (enum hq_group)g);
+    }
     if (o->equalize) HQ_TRY(hq_pipeline_write_equalized(R, b, bw));
   }
   if (hq_pipeline_need_calib(o)) HQ_TRY(forward_block(R, bw));
@@ -352,14 +388,16 @@ int hq_quantize_run(const struct hq_comm *comm, const struct hq_quant_opts *o) {
             hq_method_name(o->method), o->g.bits, o->g.group_size > 0 ? " grouped" : " per-channel",
             o->g.act_order ? " act-order" : "", (long long)c->n_layers, comm->size, comm->size > 1 ? "s" : "",
             (long long)(hq_pipeline_need_calib(o) ? o->nsamples : 0), (long long)R.seqlen);
-  const double t_blocks = hq_now();
+  const double t_blocks = R.t_blocks = hq_now();
   for (int64_t b = 0; !rc && b < c->n_layers; b++) {
     /* a finished block is replayed only to feed the next block's calibration inputs */
     if (b < R.start_block && !hq_pipeline_need_calib(o)) continue;
     memset(R.phase, 0, sizeof R.phase);
-    const double tb = hq_now();
+    const double tb = R.t_block = hq_now();
+    if (b == R.start_block) R.first_block = b;
     struct hq_block_weights bw;
     rc = run_block(&R, b, &bw);
+    R.last_block_s = hq_now() - tb;
     hq_block_weights_free(&bw);
     if (rc) break;
     for (int p = 0; p < PH_COUNT; p++) R.total_phase[p] += R.phase[p];

@@ -196,34 +196,56 @@ static int group_hessian(struct run *R, const struct unit *u, const struct hq_bl
 
 /* ---- stage: the method on this rank's rows, with per-row statistics ---------------------- */
 
-/* st[r][ST_METHOD], st[r][ST_RTN]: proxy losses of W0 - W and of W0 - RTN(W0) (plain RTN on
- * the same grid), per row. */
-static int part_proxy_stats(struct run *R, const struct unit *u, int i, const float *W0,
-                            const float *H, struct part *p) {
-  const int64_t n = u->myn[i], cols = u->cols;
-  float *D = malloc((size_t)(n * cols) * sizeof(float));
-  double *row = malloc((size_t)n * sizeof(double));
+/* Large layers compare with RTN on every HQ_STATS_STRIDE-th row of the layer (the same rows
+ * for any rank split: row ranges start at multiples of 32) and scale the sum up; small ones on
+ * all rows. A function of the layer's shape alone. */
+#define HQ_STATS_STRIDE 16
+static int64_t stats_stride(int64_t rows, int64_t cols) {
+  return rows * cols >= ((int64_t)1 << 20) ? HQ_STATS_STRIDE : 1;
+}
+
+/* proxy losses d H dᵀ of the rows [r0, n) step k of D = W0 - Q into st[r][slot] */
+static int sampled_proxy(struct run *R, const struct unit *u, int i, const float *W0,
+                         const float *Q, const float *H, int64_t k, int slot, struct part *p) {
+  const int64_t n = u->myn[i], cols = u->cols, ns = (n + k - 1) / k;
+  float *D = calloc((size_t)(ns * cols) + 1, sizeof(float));
+  double *row = malloc((size_t)ns * sizeof(double) + 1);
   if (!D || !row) {
-    free(D);
-    free(row);
+    free(D), free(row);
     return hq_fail(HQ_ERR_NOMEM, "cannot allocate statistics buffers");
   }
-  for (int64_t k = 0; k < n * cols; k++) D[k] = W0[k] - p->W[k];
-  hq_proxy_loss_rows(R->be, u->my0[i], n, cols, D, H, row);
-  for (int64_t r = 0; r < n; r++) p->st[r * NSTAT + ST_METHOD] = row[r];
-  memcpy(D, W0, (size_t)(n * cols) * sizeof(float));
+  for (int64_t s = 0; s < ns; s++)
+    for (int64_t j = 0; j < cols; j++) D[s * cols + j] = W0[s * k * cols + j] - Q[s * k * cols + j];
+  hq_proxy_loss_rows(R->be, u->my0[i] / k, ns, cols, D, H, row);
+  for (int64_t s = 0; s < ns; s++) p->st[s * k * NSTAT + slot] = row[s] * (double)k;
+  free(D), free(row);
+  return HQ_OK;
+}
+
+/* st[r][ST_METHOD]: the method's proxy loss (GPTQ: exact, from its error terms; otherwise by
+ * GEMM); st[r][ST_RTN]: plain RTN's on the same grid. Both on sampled rows when large. */
+static int part_proxy_stats(struct run *R, const struct unit *u, int i, const float *W0,
+                            const float *H, const struct hq_gptq_prep *prep, struct part *p) {
+  const int64_t n = u->myn[i], cols = u->cols, k = stats_stride(u->rows[i], cols);
+  if (R->o->method == HQ_METHOD_GPTQ) {
+    double *row = malloc((size_t)n * sizeof(double) + 1);
+    if (!row) return hq_fail(HQ_ERR_NOMEM, "cannot allocate statistics buffers");
+    hq_gptq_proxy_rows(prep, p->res.row_loss_ref, n, W0, p->W, row);
+    for (int64_t r = 0; r < n; r++) p->st[r * NSTAT + ST_METHOD] = row[r];
+    free(row);
+  } else {
+    HQ_TRY(sampled_proxy(R, u, i, W0, p->W, H, k, ST_METHOD, p));
+  }
+  float *Wr = malloc((size_t)(n * cols) * sizeof(float) + 1);
+  if (!Wr) return hq_fail(HQ_ERR_NOMEM, "cannot allocate statistics buffers");
+  memcpy(Wr, W0, (size_t)(n * cols) * sizeof(float));
   struct hq_gptq_result rr;
   struct hq_gptq_opts ro = R->o->g;
   ro.hscale = 0;
-  int rc = hq_rtn_quantize(R->be, &ro, n, cols, D, NULL, &rr);
+  int rc = hq_rtn_quantize(R->be, &ro, n, cols, Wr, NULL, &rr);
   hq_gptq_result_free(&rr);
-  if (!rc) {
-    for (int64_t k = 0; k < n * cols; k++) D[k] = W0[k] - D[k];
-    hq_proxy_loss_rows(R->be, u->my0[i], n, cols, D, H, row);
-    for (int64_t r = 0; r < n; r++) p->st[r * NSTAT + ST_RTN] = row[r];
-  }
-  free(D);
-  free(row);
+  if (!rc) rc = sampled_proxy(R, u, i, W0, Wr, H, k, ST_RTN, p);
+  free(Wr);
   return rc;
 }
 
@@ -277,7 +299,7 @@ static int part_quantize(struct run *R, const struct unit *u, int i,
   t = hq_now();
   if (!rc && m == HQ_METHOD_GPTQ)
     for (int64_t r = 0; r < n; r++) p->st[r * NSTAT + ST_REF] = p->res.row_loss_ref[r];
-  if (!rc && H) rc = part_proxy_stats(R, u, i, W0, H, p);
+  if (!rc && H) rc = part_proxy_stats(R, u, i, W0, H, prep, p);
   if (!rc && m == HQ_METHOD_HQQ) rc = part_l1_stats(R, u, i, W0, p);
   R->phase[PH_STATS] += hq_now() - t;
   free(W0);
@@ -383,6 +405,12 @@ static int part_write(struct run *R, int64_t b, const struct unit *u, int i, con
       .nranks = cm->size};
   rc = hq_h5_linear_stats(R->h5, name, &st);
   free(owner);
+  if (!rc && hess) {
+    char obj[300];
+    snprintf(obj, sizeof obj, "/linears/%s", name);
+    const int64_t k = stats_stride(u->rows[i], u->cols);
+    rc = hq_h5_attr_set_i64(R->h5, obj, "stats_rows", (u->rows[i] + k - 1) / k);
+  }
   if (!rc && o->method == HQ_METHOD_HQQ) {
     char obj[300];
     snprintf(obj, sizeof obj, "/linears/%s", name);

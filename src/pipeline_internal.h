@@ -35,6 +35,10 @@ struct run {
   /* the result file */
   struct hq_out_lock lock;
   int64_t start_block;      /* blocks already done (a resumed run) */
+  /* progress */
+  double t_blocks, t_block; /* start of the block loop, of the current block */
+  double last_block_s;      /* seconds of the previous block */
+  int64_t first_block;      /* the first block quantized in this run */
 };
 
 /* the Hessian is collected for GPTQ and for --scale-from-hessian; calibration windows are
