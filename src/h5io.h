@@ -28,9 +28,13 @@
 #include "model.h" /* enum hq_dtype */
 #include "pack.h"  /* struct hq_packed, enum hq_pack_format */
 
-#define HQ_H5_FORMAT_VERSION 1
+#define HQ_H5_FORMAT_VERSION 2
 
 struct hq_h5; /* opaque handle */
+
+/* Not collective. Call first in main(), before MPI_Init: see h5io.c (HDF5 shutdown after a
+ * failed close, SIGXFSZ). */
+void hq_h5_process_init(void);
 
 /* ---------------- writer (collective) ---------------- */
 
