@@ -221,11 +221,24 @@ static int need_writable(const struct hq_h5 *h, const char *what) {
   return HQ_OK;
 }
 
+/* Format 2 keeps every attribute and link in its object's header ("compact" storage), which
+ * HDF5 protects with a checksum: the "dense" storage it switches to past 8 attributes or links
+ * keeps them in fractal-heap blocks without one, where a changed byte goes unnoticed. */
+#define HQ_H5_COMPACT 65535
+
+static hid_t ocpl_compact(hid_t cls) {
+  hid_t p = H5Pcreate(cls);
+  H5Pset_attr_phase_change(p, HQ_H5_COMPACT, HQ_H5_COMPACT);
+  if (cls == H5P_GROUP_CREATE || cls == H5P_FILE_CREATE)
+    H5Pset_link_phase_change(p, HQ_H5_COMPACT, HQ_H5_COMPACT);
+  return p;
+}
+
 /* Create a group with creation-order tracking when it does not exist yet (collective). */
 static int ensure_group(struct hq_h5 *h, const char *path) {
   htri_t e = H5Lexists(h->file, path, H5P_DEFAULT);
   if (e > 0) return HQ_OK;
-  hid_t gcpl = H5Pcreate(H5P_GROUP_CREATE);
+  hid_t gcpl = ocpl_compact(H5P_GROUP_CREATE);
   H5Pset_link_creation_order(gcpl, H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED);
   hid_t g = H5Gcreate2(h->file, path, H5P_DEFAULT, gcpl, H5P_DEFAULT);
   H5Pclose(gcpl);
@@ -456,16 +469,21 @@ static int get_sum(struct hq_h5 *h, const char *path, uint64_t *v) {
   return rc;
 }
 
-/* Not collective. Compare the n elements read from dataset `path` with its checksum. */
-static int verify_sum(struct hq_h5 *h, const char *path, const void *buf, size_t esize, int64_t n) {
+/* Not collective. Compare the hq64 of everything read from dataset `path` with its checksum. */
+static int check_sum(struct hq_h5 *h, const char *path, uint64_t got) {
   uint64_t want = 0;
   int rc = get_sum(h, path, &want);
   if (rc) return hq_fail_ctx(rc, "%s: no valid checksum for %s (damaged file?): ", h->path, path);
-  if (hq_sum64(buf, esize, n) != want)
+  if (got != want)
     return hq_fail(HQ_ERR_INPUT, "%s: the data of %s does not match its checksum: the file is "
                    "damaged (changed bytes); restore it from a good copy or quantize again",
                    h->path, path);
   return HQ_OK;
+}
+
+/* Not collective. check_sum of the n elements of a whole dataset. */
+static int verify_sum(struct hq_h5 *h, const char *path, const void *buf, size_t esize, int64_t n) {
+  return check_sum(h, path, hq_sum64(buf, esize, n));
 }
 
 /* ---------------- open / create / close ---------------- */
@@ -541,7 +559,9 @@ static int check_shared(const char *path, const char nonce[32], const char *host
 static int open_collective(struct hq_h5 *h, int create) {
   hid_t fapl = fapl_mpio(h->c);
   if (create) {
-    h->file = H5Fcreate(h->path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    hid_t fcpl = ocpl_compact(H5P_FILE_CREATE); /* the root group's */
+    h->file = H5Fcreate(h->path, H5F_ACC_TRUNC, fcpl, fapl);
+    H5Pclose(fcpl);
   } else {
     h->file = H5Fopen(h->path, H5F_ACC_RDWR, fapl);
   }
@@ -811,7 +831,7 @@ int hq_h5_close(struct hq_h5 *h) {
 /* ---------------- datasets ---------------- */
 
 static hid_t dcpl_nofill(void) {
-  hid_t p = H5Pcreate(H5P_DATASET_CREATE);
+  hid_t p = ocpl_compact(H5P_DATASET_CREATE);
   H5Pset_alloc_time(p, H5D_ALLOC_TIME_EARLY);
   H5Pset_fill_time(p, H5D_FILL_TIME_NEVER); /* progress flags, not fill values, mark done data */
   return p;
@@ -1061,7 +1081,9 @@ int hq_h5_linear_create(struct hq_h5 *h, const char *name, const struct hq_h5_li
   }
   rc = agree(h, rc);
   if (rc) return rc;
-  hid_t grp = H5Gcreate2(h->file, g, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  hid_t gcpl = ocpl_compact(H5P_GROUP_CREATE);
+  hid_t grp = H5Gcreate2(h->file, g, H5P_DEFAULT, gcpl, H5P_DEFAULT);
+  H5Pclose(gcpl);
   if (grp < 0) rc = h5fail(HQ_ERR_IO, "cannot create %s in %s", g, h->path);
   else H5Gclose(grp);
   rc = agree(h, rc);
@@ -1403,6 +1425,47 @@ int hq_h5_read_tensor_f32(struct hq_h5 *h, const char *name, float **out, int64_
   *out = f;
   *numel = n;
   return HQ_OK;
+}
+
+/* Not collective. */
+int hq_h5_read_tensor_rows(struct hq_h5 *h, const char *name, int64_t r0, int64_t nr, void *buf,
+                           uint64_t *sum) {
+  enum hq_dtype dt;
+  int nd;
+  int64_t shape[HQ_ST_MAXDIM];
+  HQ_TRY(hq_h5_tensor_info(h, name, &dt, &nd, shape));
+  int64_t rows = nd ? shape[0] : 1, rowel = 1;
+  for (int k = 1; k < nd; k++) rowel *= shape[k];
+  if (r0 < 0 || nr < 0 || r0 + nr > rows)
+    return hq_fail(HQ_ERR_INPUT, "rows [%lld, %lld) of %s: it has %lld", (long long)r0,
+                   (long long)(r0 + nr), name, (long long)rows);
+  char path[1024];
+  snprintf(path, sizeof path, "/tensors/%s", name);
+  hid_t ds = H5Dopen2(h->file, path, H5P_DEFAULT);
+  hid_t ft = ds >= 0 ? H5Dget_type(ds) : H5I_INVALID_HID;
+  hid_t fs = ds >= 0 ? H5Dget_space(ds) : H5I_INVALID_HID;
+  hsize_t start[HQ_ST_MAXDIM] = {0}, count[HQ_ST_MAXDIM] = {1};
+  for (int k = 0; k < nd; k++) count[k] = (hsize_t)shape[k];
+  start[0] = (hsize_t)r0;
+  count[0] = (hsize_t)nr;
+  hid_t ms = H5Screate_simple(nd ? nd : 1, count, NULL);
+  herr_t e = ds < 0 ? -1 : nd ? H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) : 0;
+  if (e >= 0 && nr > 0) e = H5Dread(ds, ft, ms, nd ? fs : H5S_ALL, H5P_DEFAULT, buf);
+  H5Sclose(ms);
+  if (fs >= 0) H5Sclose(fs);
+  if (ft >= 0) H5Tclose(ft);
+  if (ds >= 0) H5Dclose(ds);
+  if (e < 0) return h5fail(HQ_ERR_IO, "cannot read rows %lld..%lld of %s from %s", (long long)r0,
+                           (long long)(r0 + nr), path, h->path);
+  *sum += hq_sum64_block(buf, hq_dtype_size(dt), 1, nr * rowel, 0, 0, (uint64_t)(r0 * rowel));
+  return HQ_OK;
+}
+
+/* Not collective. */
+int hq_h5_tensor_check_sum(struct hq_h5 *h, const char *name, uint64_t sum) {
+  char path[1024];
+  snprintf(path, sizeof path, "/tensors/%s", name);
+  return check_sum(h, path, sum);
 }
 
 static int dims_of(struct hq_h5 *h, const char *path, int want_nd, hsize_t *dims) {
