@@ -28,6 +28,10 @@ int hq_comm_init(struct hq_comm *c, int *argc, char ***argv) {
   MPI_Initialized(&init);
   if (!init) {
     int provided = 0;
+    /* Started without a launcher (singleton), Open MPI's own PMIx server keeps its data in
+     * shared-memory files: under `ulimit -f` it dies writing them (SIGXFSZ) and MPI_Init
+     * aborts or hangs before hpcq can say anything. Its in-memory store needs no file. */
+    if (!getenv("OMPI_COMM_WORLD_SIZE") && !getenv("PMIX_RANK")) setenv("PMIX_MCA_gds", "hash", 0);
     if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
       return hq_fail(HQ_ERR_IO, "MPI_Init_thread failed; check the MPI installation/launcher");
     c->owns_mpi = 1;

@@ -9,10 +9,47 @@
 #include "error.h"
 #include "h5io.h"
 
-static double attr_f64(struct hq_h5 *h, const char *obj, const char *name) {
+/* An optional attribute: NaN when absent; *rc records a read failure (a damaged file). */
+static double attr_f64(struct hq_h5 *h, const char *obj, const char *name, int *rc) {
   double v = NAN;
-  if (hq_h5_attr_exists(h, obj, name)) hq_h5_attr_get_f64(h, obj, name, &v);
+  if (!*rc && hq_h5_attr_exists(h, obj, name)) *rc = hq_h5_attr_get_f64(h, obj, name, &v);
   return v;
+}
+
+static void opt_str(struct hq_h5 *h, const char *name, char **v, int *rc) {
+  if (!*rc && hq_h5_attr_exists(h, "/", name)) *rc = hq_h5_attr_get_str(h, "/", name, v);
+}
+
+/* One row of the table (sums[] += its proxy losses); a read failure returns before printing. */
+static int print_linear(struct hq_h5 *h, const char *name, int64_t i, int json, double sums[2]) {
+  char obj[512];
+  snprintf(obj, sizeof obj, "/linears/%s", name);
+  struct hq_h5_linear_desc d;
+  int rc = hq_h5_linear_info(h, name, &d);
+  double lg = attr_f64(h, obj, "loss_proxy_gptq", &rc), lr = attr_f64(h, obj, "loss_proxy_rtn", &rc);
+  double damp = attr_f64(h, obj, "damp_used", &rc);
+  double tc = attr_f64(h, obj, "seconds_cholesky", &rc), tg = attr_f64(h, obj, "seconds_gptq", &rc);
+  int64_t *own = NULL, nown = 0;
+  char owners[256] = "";
+  if (!rc && hq_h5_attr_exists(h, obj, "owner_rows")) rc = hq_h5_attr_get_i64_array(h, obj, "owner_rows", &own, &nown);
+  for (int64_t r = 0, k = 0; !rc && r < nown && k < (int64_t)sizeof owners - 24; r++)
+    k += snprintf(owners + k, sizeof owners - (size_t)k, "%s%lld", r ? "," : "", (long long)own[r]);
+  free(own);
+  if (rc) return rc;
+  if (isfinite(lg)) sums[0] += lg;
+  if (isfinite(lr)) sums[1] += lr;
+  if (json) {
+    printf("%s{\"name\": \"%s\", \"rows\": %lld, \"cols\": %lld, \"bits\": %d, \"group_size\": %lld, "
+           "\"loss_proxy_gptq\": %.9g, \"loss_proxy_rtn\": %.9g, \"damp_used\": %.9g, \"owner_rows\": [%s]}",
+           i ? ", " : "", name, (long long)d.rows, (long long)d.cols, d.bits, (long long)d.group_size,
+           isfinite(lg) ? lg : -1.0, isfinite(lr) ? lr : -1.0, isfinite(damp) ? damp : -1.0, owners);
+  } else {
+    char shape[48];
+    snprintf(shape, sizeof shape, "%lldx%lld", (long long)d.rows, (long long)d.cols);
+    printf("%-36s %11s %4d %5lld %12.5g %12.5g %7.3f %10.3g %8.3f %8.3f %s\n", name, shape, d.bits,
+           (long long)d.group_size, lg, lr, lg / lr, damp, tc, tg, owners);
+  }
+  return HQ_OK;
 }
 
 int hq_cli_inspect(int argc, char **argv) {
@@ -41,15 +78,23 @@ int hq_cli_inspect(int argc, char **argv) {
   }
   struct hq_h5_state st;
   memset(&st, 0, sizeof st);
-  hq_h5_status(h, &st);
   char *settings = NULL, *method = NULL;
-  hq_h5_attr_get_str(h, "/", "settings_json", &settings);
-  hq_h5_attr_get_str(h, "/", "method", &method);
   char **names = NULL;
   int64_t n = 0;
-  rc = hq_h5_list_linears(h, &names, &n);
+  rc = hq_h5_status(h, &st);
+  opt_str(h, "settings_json", &settings, &rc);
+  opt_str(h, "method", &method, &rc);
+  if (!rc) rc = hq_h5_list_linears(h, &names, &n);
+  for (int64_t i = 0; i < n && !rc; i++) { /* all of it readable before anything is printed */
+    struct hq_h5_linear_desc d;
+    rc = hq_h5_linear_info(h, names[i], &d);
+  }
   if (rc) {
     fprintf(stderr, "hpcq inspect: %s\n", hq_last_error());
+    hq_h5_state_free(&st);
+    hq_h5_names_free(names, n);
+    free(settings);
+    free(method);
     hq_h5_close(h);
     return 1;
   }
@@ -64,44 +109,15 @@ int hq_cli_inspect(int argc, char **argv) {
     printf("%-36s %11s %4s %5s %12s %12s %7s %10s %8s %8s %s\n", "linear", "shape", "bits", "group",
            "loss_gptq", "loss_rtn", "ratio", "damp", "chol_s", "gptq_s", "owner rows");
   }
-  double sum_g = 0, sum_r = 0;
-  for (int64_t i = 0; i < n; i++) {
-    char obj[512];
-    snprintf(obj, sizeof obj, "/linears/%s", names[i]);
-    struct hq_h5_linear_desc d;
-    memset(&d, 0, sizeof d);
-    hq_h5_linear_info(h, names[i], &d);
-    double lg = attr_f64(h, obj, "loss_proxy_gptq"), lr = attr_f64(h, obj, "loss_proxy_rtn");
-    double damp = attr_f64(h, obj, "damp_used");
-    double tc = attr_f64(h, obj, "seconds_cholesky"), tg = attr_f64(h, obj, "seconds_gptq");
-    int64_t *own = NULL, nown = 0;
-    char owners[256] = "";
-    if (hq_h5_attr_exists(h, obj, "owner_rows") && !hq_h5_attr_get_i64_array(h, obj, "owner_rows", &own, &nown)) {
-      int k = 0;
-      for (int64_t r = 0; r < nown && k < (int)sizeof owners - 24; r++)
-        k += snprintf(owners + k, sizeof owners - (size_t)k, "%s%lld", r ? "," : "", (long long)own[r]);
-    }
-    free(own);
-    if (isfinite(lg)) sum_g += lg;
-    if (isfinite(lr)) sum_r += lr;
-    if (json) {
-      printf("%s{\"name\": \"%s\", \"rows\": %lld, \"cols\": %lld, \"bits\": %d, \"group_size\": %lld, "
-             "\"loss_proxy_gptq\": %.9g, \"loss_proxy_rtn\": %.9g, \"damp_used\": %.9g, \"owner_rows\": [%s]}",
-             i ? ", " : "", names[i], (long long)d.rows, (long long)d.cols, d.bits, (long long)d.group_size,
-             isfinite(lg) ? lg : -1.0, isfinite(lr) ? lr : -1.0, isfinite(damp) ? damp : -1.0, owners);
-    } else {
-      char shape[32];
-      snprintf(shape, sizeof shape, "%lldx%lld", (long long)d.rows, (long long)d.cols);
-      printf("%-36s %11s %4d %5lld %12.5g %12.5g %7.3f %10.3g %8.3f %8.3f %s\n", names[i], shape, d.bits,
-             (long long)d.group_size, lg, lr, lg / lr, damp, tc, tg, owners);
-    }
-  }
-  if (json) printf("]}\n");
-  else if (n) printf("\ntotal proxy loss: GPTQ %.6g, RTN %.6g (ratio %.3f)\n", sum_g, sum_r, sum_g / sum_r);
+  double sums[2] = {0, 0};
+  for (int64_t i = 0; i < n && !rc; i++) rc = print_linear(h, names[i], i, json, sums);
+  if (rc) fprintf(stderr, "hpcq inspect: %s\n", hq_last_error());
+  else if (json) printf("]}\n");
+  else if (n) printf("\ntotal proxy loss: GPTQ %.6g, RTN %.6g (ratio %.3f)\n", sums[0], sums[1], sums[0] / sums[1]);
   hq_h5_names_free(names, n);
   hq_h5_state_free(&st);
   free(settings);
   free(method);
   hq_h5_close(h);
-  return 0;
+  return rc ? 1 : 0;
 }

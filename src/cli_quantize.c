@@ -132,8 +132,12 @@ int hq_cli_quantize(int argc, char **argv) {
   }
   hq_pipeline_install_signals();
   rc = hq_quantize_run(&comm, &o);
+  /* every rank says why it stops (the message is agreed, rank 0's line is the usual one) */
   if (rc && comm.rank == 0)
     fprintf(stderr, "hpcq quantize: %s: %s\n", rc == HQ_ERR_INTERRUPTED ? "interrupted" : "error", hq_last_error());
+  else if (rc)
+    fprintf(stderr, "hpcq quantize (rank %d): %s: %s\n", comm.rank,
+            rc == HQ_ERR_INTERRUPTED ? "interrupted" : "error", hq_last_error());
   hq_comm_finalize(&comm);
   return rc == HQ_OK ? 0 : rc == HQ_ERR_INTERRUPTED ? 75 : 1;
 }

@@ -374,38 +374,6 @@ static int precheck_v1(hid_t f, char **lin, const struct hq_h5_linear_desc *d, i
   return rc;
 }
 
-/* Raw bytes (the file's own type, no conversion) of rows [r0, r0+nr) of /tensors/<name>. */
-static int read_tensor_rows(hid_t f, const char *name, int ndim, const int64_t *shape,
-                            size_t esize, int64_t r0, int64_t nr, void *buf) {
-  char path[400];
-  snprintf(path, sizeof path, "/tensors/%s", name);
-  hid_t ds = H5Dopen2(f, path, H5P_DEFAULT);
-  if (ds < 0) return hq_fail(HQ_ERR_IO, "cannot open %s", path);
-  hid_t ft = H5Dget_type(ds);
-  int rc = HQ_OK;
-  if (H5Tget_size(ft) != esize) {
-    rc = hq_fail(HQ_ERR_INPUT, "%s: element size %zu, expected %zu", path, H5Tget_size(ft), esize);
-  } else if (ndim == 0) {
-    if (H5Dread(ds, ft, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0)
-      rc = hq_fail(HQ_ERR_IO, "cannot read %s", path);
-  } else {
-    hsize_t start[HQ_ST_MAXDIM] = {0}, count[HQ_ST_MAXDIM];
-    for (int k = 0; k < ndim; k++) count[k] = (hsize_t)shape[k];
-    start[0] = (hsize_t)r0;
-    count[0] = (hsize_t)nr;
-    hid_t fs = H5Dget_space(ds), ms = H5Screate_simple(ndim, count, NULL);
-    herr_t e = H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL);
-    if (e >= 0) e = H5Dread(ds, ft, ms, fs, H5P_DEFAULT, buf);
-    if (e < 0) rc = hq_fail(HQ_ERR_IO, "cannot read rows %lld..%lld of %s", (long long)r0,
-                            (long long)(r0 + nr), path);
-    H5Sclose(ms);
-    H5Sclose(fs);
-  }
-  H5Tclose(ft);
-  H5Dclose(ds);
-  return rc;
-}
-
 static const char *tokenizer_files[] = {"tokenizer.model", "tokenizer.json",
                                         "tokenizer_config.json", "special_tokens_map.json",
                                         "generation_config.json", "added_tokens.json"};
@@ -655,12 +623,13 @@ int hq_export_gptq(const char *h5_path, const char *out_dir, const struct hq_exp
           buf = hq_xmalloc(it->e.nbytes ? it->e.nbytes : 1);
           step = rows;
         }
+        uint64_t sum = 0; /* its checksum, verified before the shard is renamed into place */
         for (int64_t r = 0; r < rows && rowb > 0; r += step) {
           int64_t nr = rows - r < step ? rows - r : step;
-          if ((rc = read_tensor_rows(raw, it->name, it->e.ndim, it->e.shape, es, r, nr, buf)))
-            goto out;
+          if ((rc = hq_h5_read_tensor_rows(h, it->name, r, nr, buf, &sum))) goto out;
           if ((rc = hq_stw_write(w, buf, (size_t)(nr * rowb)))) goto out;
         }
+        if ((rc = hq_h5_tensor_check_sum(h, it->name, sum))) goto out;
       }
       S.ntensors++;
     }

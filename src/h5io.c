@@ -5,15 +5,19 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <hdf5.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "error.h"
+#include "h5sum.h"
 #include "quant.h"
 
 #ifndef HQ_VERSION
@@ -37,6 +41,11 @@ struct hq_h5 {
   hid_t dxpl;              /* collective transfer list (writable handles), else H5P_DEFAULT */
   hid_t f16;               /* IEEE binary16 little-endian, as h5py's float16 */
   int last_coll;           /* hq_h5_last_write_collective */
+  char *broken;            /* writer: the agreed message of an I/O failure; no HDF5 call
+                            * touches the file after it (hq_h5_close abandons the file) */
+  int complete_set;        /* the attribute complete = 1 may have reached the file */
+  int8_t *flags;           /* writer: its copy of /progress (identical on every rank) */
+  int64_t nflags;
 };
 
 /* ---------------- helpers ---------------- */
@@ -47,18 +56,78 @@ static herr_t walk_cb(unsigned n, const H5E_error2_t *e, void *data) {
   return 0;
 }
 
+static int h5vfail(int status, const char *cause, const char *fmt, va_list ap) {
+  char msg[1200], detail[512] = "";
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, walk_cb, detail);
+  H5Eclear2(H5E_DEFAULT);
+  if (cause && cause[0] && detail[0]) return hq_fail(status, "%s: %s (HDF5: %s)", msg, cause, detail);
+  if (cause && cause[0]) return hq_fail(status, "%s: %s", msg, cause);
+  if (detail[0]) return hq_fail(status, "%s (HDF5: %s)", msg, detail);
+  return hq_fail(status, "%s", msg);
+}
+
 /* Fail with `fmt` plus the innermost HDF5 error description (when there is one). */
 static int h5fail(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int h5fail(int status, const char *fmt, ...) {
-  char msg[1200], detail[512] = "";
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
+  int rc = h5vfail(status, NULL, fmt, ap);
   va_end(ap);
-  H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, walk_cb, detail);
-  H5Eclear2(H5E_DEFAULT);
-  if (detail[0]) return hq_fail(status, "%s (HDF5: %s)", msg, detail);
-  return hq_fail(status, "%s", msg);
+  return rc;
+}
+
+#define HQ_H5_PROBE_BYTES ((off_t)1 << 20)
+
+static void say_free(const char *path, char *buf, size_t n, const char *what) {
+  struct statvfs vf;
+  if (statvfs(path, &vf) == 0)
+    snprintf(buf, n, "%s: %.1f MB free on the file system of %s; free space or choose another "
+             "--out", what, (double)vf.f_bavail * (double)vf.f_frsize / 1e6, path);
+  else
+    snprintf(buf, n, "%s; free space or choose another --out", what);
+}
+
+/* Why writing `path` fails, from the operating system (HDF5's errors carry no errno): the
+ * process's file size limit, or no room left (asked for with fallocate at the end of the
+ * file; statvfs where the file system cannot preallocate). "" when nothing shows. */
+static void io_cause(const char *path, char *buf, size_t n) {
+  buf[0] = 0;
+  struct stat st;
+  struct rlimit rl;
+  if (stat(path, &st) != 0) {
+    snprintf(buf, n, "%s", strerror(errno));
+    return;
+  }
+  if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+      (uint64_t)st.st_size + (uint64_t)HQ_H5_PROBE_BYTES > (uint64_t)rl.rlim_cur) {
+    snprintf(buf, n, "file size limit exceeded (EFBIG: this process may write files of at most "
+             "%llu bytes, ulimit -f); raise the limit", (unsigned long long)rl.rlim_cur);
+    return;
+  }
+  int fd = open(path, O_WRONLY);
+  int e = fd < 0 ? errno : fallocate(fd, FALLOC_FL_KEEP_SIZE, st.st_size, HQ_H5_PROBE_BYTES) ? errno : 0;
+  if (fd >= 0) close(fd);
+  struct statvfs vf;
+  if ((e == EOPNOTSUPP || e == ENOSYS) && statvfs(path, &vf) == 0 &&
+      (double)vf.f_bavail * (double)vf.f_frsize < (double)HQ_H5_PROBE_BYTES)
+    e = ENOSPC;
+  if (e == ENOSPC) say_free(path, buf, n, "no space left on device (ENOSPC)");
+  else if (e == EDQUOT) say_free(path, buf, n, "disk quota exceeded (EDQUOT)");
+  else if (e == EFBIG) snprintf(buf, n, "file too large (EFBIG)");
+  else if (e && e != EOPNOTSUPP && e != ENOSYS) snprintf(buf, n, "%s", strerror(e));
+}
+
+/* Fail after a write/flush/close of h's file: the message says why when the OS can tell. */
+static int h5fail_io(const struct hq_h5 *h, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int h5fail_io(const struct hq_h5 *h, const char *fmt, ...) {
+  char cause[600];
+  io_cause(h->path, cause, sizeof cause);
+  va_list ap;
+  va_start(ap, fmt);
+  int rc = h5vfail(HQ_ERR_IO, cause, fmt, ap);
+  va_end(ap);
+  return rc;
 }
 
 static void h5_quiet(void) {
@@ -70,8 +139,25 @@ static void h5_quiet(void) {
   }
 }
 
-/* Agree on a status over the writer's ranks (serial handles: unchanged). */
-static int agree(const struct hq_h5 *h, int rc) { return h->c ? hq_comm_agree(h->c, rc) : rc; }
+/* Not collective. HDF5 is initialised before MPI_Init so that it does not hook its shutdown
+ * into MPI_Finalize, and never shut down at exit: HDF5 1.10 crashes shutting down with a file
+ * whose close failed (a full disk), and hpcq closes every file it can itself. Writes past
+ * `ulimit -f` fail with EFBIG (reported) instead of killing the process with SIGXFSZ. */
+void hq_h5_process_init(void) {
+  signal(SIGXFSZ, SIG_IGN);
+  H5dont_atexit();
+  h5_quiet();
+}
+
+/* Agree on a status over the writer's ranks (serial handles: unchanged). An agreed I/O
+ * failure (HQ_ERR_IO: a write, flush or metadata operation of HDF5 failed on some rank) marks
+ * a writer broken on every rank: no rank makes another HDF5 call on the file, since HDF5's own
+ * collectives could hang once the ranks' states differ, and hq_h5_close abandons it. */
+static int agree(struct hq_h5 *h, int rc) {
+  if (h->c) rc = hq_comm_agree(h->c, rc);
+  if (rc == HQ_ERR_IO && h->writable && !h->broken) h->broken = strdup(hq_last_error());
+  return rc;
+}
 
 static hid_t make_f16(void) {
   hid_t t = H5Tcopy(H5T_IEEE_F32LE);
@@ -102,6 +188,8 @@ static void handle_free(struct hq_h5 *h) {
   if (h->dxpl != H5P_DEFAULT) H5Pclose(h->dxpl);
   H5Tclose(h->f16);
   free(h->path);
+  free(h->broken);
+  free(h->flags);
   free(h);
 }
 
@@ -124,17 +212,33 @@ static void bcast0(const struct hq_h5 *h, void *buf, size_t bytes) {
 
 static int is_root(const struct hq_h5 *h) { return !h->c || h->c->rank == 0; }
 
+/* Every writer function starts here: a handle broken by an agreed I/O failure fails at once
+ * (on every rank, since the failure was agreed) without touching HDF5. */
 static int need_writable(const struct hq_h5 *h, const char *what) {
   if (!h || !h->writable)
     return hq_fail(HQ_ERR_INPUT, "%s: the HDF5 file is not open for writing", what);
+  if (h->broken) return hq_fail(HQ_ERR_IO, "%s", h->broken);
   return HQ_OK;
+}
+
+/* Format 2 keeps every attribute and link in its object's header ("compact" storage), which
+ * HDF5 protects with a checksum: the "dense" storage it switches to past 8 attributes or links
+ * keeps them in fractal-heap blocks without one, where a changed byte goes unnoticed. */
+#define HQ_H5_COMPACT 65535
+
+static hid_t ocpl_compact(hid_t cls) {
+  hid_t p = H5Pcreate(cls);
+  H5Pset_attr_phase_change(p, HQ_H5_COMPACT, HQ_H5_COMPACT);
+  if (cls == H5P_GROUP_CREATE || cls == H5P_FILE_CREATE)
+    H5Pset_link_phase_change(p, HQ_H5_COMPACT, HQ_H5_COMPACT);
+  return p;
 }
 
 /* Create a group with creation-order tracking when it does not exist yet (collective). */
 static int ensure_group(struct hq_h5 *h, const char *path) {
   htri_t e = H5Lexists(h->file, path, H5P_DEFAULT);
   if (e > 0) return HQ_OK;
-  hid_t gcpl = H5Pcreate(H5P_GROUP_CREATE);
+  hid_t gcpl = ocpl_compact(H5P_GROUP_CREATE);
   H5Pset_link_creation_order(gcpl, H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED);
   hid_t g = H5Gcreate2(h->file, path, H5P_DEFAULT, gcpl, H5P_DEFAULT);
   H5Pclose(gcpl);
@@ -164,9 +268,12 @@ static int attr_write(struct hq_h5 *h, const char *obj, const char *name, hid_t 
   return rc;
 }
 
-static hid_t str_type(void) {
+/* Fixed-length UTF-8 string of `len` bytes, NUL-padded. Format 2 has no variable-length
+ * strings: HDF5 reads their global heap without a checksum and crashes on a damaged one. */
+static hid_t str_type(size_t len) {
   hid_t t = H5Tcopy(H5T_C_S1);
-  H5Tset_size(t, H5T_VARIABLE);
+  H5Tset_size(t, len ? len : 1);
+  H5Tset_strpad(t, H5T_STR_NULLPAD);
   H5Tset_cset(t, H5T_CSET_UTF8);
   return t;
 }
@@ -181,8 +288,8 @@ int hq_h5_attr_set_str(struct hq_h5 *h, const char *obj, const char *name, const
   if (is_root(h) && value) memcpy(v, value, (size_t)len);
   bcast0(h, v, (size_t)len);
   v[len] = 0;
-  hid_t t = str_type(), s = H5Screate(H5S_SCALAR);
-  rc = attr_write(h, obj, name, t, t, s, &v);
+  hid_t t = str_type((size_t)len), s = H5Screate(H5S_SCALAR);
+  rc = attr_write(h, obj, name, t, t, s, v);
   H5Sclose(s);
   H5Tclose(t);
   free(v);
@@ -237,6 +344,16 @@ int hq_h5_attr_exists(struct hq_h5 *h, const char *obj, const char *name) {
   return e > 0;
 }
 
+/* Elements of a dataspace (closes it); -1 on error. */
+static hssize_t npoints(hid_t space) {
+  hssize_t n = space >= 0 ? H5Sget_simple_extent_npoints(space) : -1;
+  if (space >= 0) H5Sclose(space);
+  return n;
+}
+
+#define HQ_H5_MAX_STR (64 << 20)   /* longest string attribute a reader accepts */
+#define HQ_H5_MAX_ATTR (1 << 20)   /* most elements of a numeric attribute a reader accepts */
+
 static hid_t attr_open(struct hq_h5 *h, const char *obj, const char *name) {
   hid_t o = open_obj(h, obj);
   if (o < 0) return H5I_INVALID_HID;
@@ -254,20 +371,15 @@ int hq_h5_attr_get_str(struct hq_h5 *h, const char *obj, const char *name, char 
   int rc = HQ_OK;
   if (H5Tget_class(ft) != H5T_STRING) {
     rc = hq_fail(HQ_ERR_INPUT, "%s: attribute %s of %s is not a string", h->path, name, obj);
-  } else if (H5Tis_variable_str(ft) > 0) {
-    hid_t mt = str_type();
-    char *s = NULL;
-    if (H5Aread(a, mt, &s) < 0 || !s) {
-      rc = h5fail(HQ_ERR_IO, "%s: cannot read attribute %s of %s", h->path, name, obj);
-    } else {
-      *value = strdup(s);
-      H5free_memory(s);
-    }
-    H5Tclose(mt);
+  } else if (H5Tis_variable_str(ft) != 0 || H5Tget_size(ft) > HQ_H5_MAX_STR ||
+             npoints(H5Aget_space(a)) != 1) {
+    rc = hq_fail(HQ_ERR_INPUT, "%s: attribute %s of %s is not a fixed-length string of at most "
+                 "%d bytes (not written by this hpcq, or damaged)", h->path, name, obj, HQ_H5_MAX_STR);
   } else {
     size_t n = H5Tget_size(ft);
     hid_t mt = H5Tcopy(H5T_C_S1);
     H5Tset_size(mt, n + 1);
+    H5Tset_cset(mt, H5Tget_cset(ft));
     char *s = hq_xcalloc(n + 2, 1);
     if (H5Aread(a, mt, s) < 0) {
       free(s);
@@ -286,9 +398,15 @@ static int attr_get_num(struct hq_h5 *h, const char *obj, const char *name, hid_
                         size_t esize, void **out, int64_t *n) {
   hid_t a = attr_open(h, obj, name);
   if (a < 0) return h5fail(HQ_ERR_INPUT, "%s: %s has no attribute %s", h->path, obj, name);
-  hid_t s = H5Aget_space(a);
-  hssize_t np = H5Sget_simple_extent_npoints(s);
-  H5Sclose(s);
+  hid_t t = H5Aget_type(a);
+  hssize_t np = npoints(H5Aget_space(a));
+  H5T_class_t cl = H5Tget_class(t);
+  H5Tclose(t);
+  if (np < 0 || np > HQ_H5_MAX_ATTR || (cl != H5T_INTEGER && cl != H5T_FLOAT)) {
+    H5Aclose(a);
+    return h5fail(HQ_ERR_INPUT, "%s: attribute %s of %s is not a numeric array of at most %d "
+                  "values (damaged file?)", h->path, name, obj, HQ_H5_MAX_ATTR);
+  }
   int rc = HQ_OK;
   void *v = hq_xmalloc(esize * (size_t)(np > 0 ? np : 1));
   if (np > 0 && H5Aread(a, mtype, v) < 0) {
@@ -333,6 +451,41 @@ int hq_h5_attr_get_i64_array(struct hq_h5 *h, const char *obj, const char *name,
   return HQ_OK;
 }
 
+/* ---------------- checksums (src/h5sum.h) ---------------- */
+
+/* Collective. Set the attribute "checksum" (uint64 hq64) of dataset `path` to rank 0's `v`. */
+static int set_sum(struct hq_h5 *h, const char *path, uint64_t v) {
+  return attr_set_num(h, path, "checksum", H5T_STD_U64LE, H5T_NATIVE_UINT64, &v, sizeof v, 1, 1);
+}
+
+/* Not collective. The attribute "checksum" of dataset `path`. */
+static int get_sum(struct hq_h5 *h, const char *path, uint64_t *v) {
+  void *b;
+  int64_t n;
+  HQ_TRY(attr_get_num(h, path, "checksum", H5T_NATIVE_UINT64, sizeof(uint64_t), &b, &n));
+  int rc = n == 1 ? HQ_OK : hq_fail(HQ_ERR_INPUT, "%s: checksum of %s is not one value", h->path, path);
+  if (n == 1) *v = *(uint64_t *)b;
+  free(b);
+  return rc;
+}
+
+/* Not collective. Compare the hq64 of everything read from dataset `path` with its checksum. */
+static int check_sum(struct hq_h5 *h, const char *path, uint64_t got) {
+  uint64_t want = 0;
+  int rc = get_sum(h, path, &want);
+  if (rc) return hq_fail_ctx(rc, "%s: no valid checksum for %s (damaged file?): ", h->path, path);
+  if (got != want)
+    return hq_fail(HQ_ERR_INPUT, "%s: the data of %s does not match its checksum: the file is "
+                   "damaged (changed bytes); restore it from a good copy or quantize again",
+                   h->path, path);
+  return HQ_OK;
+}
+
+/* Not collective. check_sum of the n elements of a whole dataset. */
+static int verify_sum(struct hq_h5 *h, const char *path, const void *buf, size_t esize, int64_t n) {
+  return check_sum(h, path, hq_sum64(buf, esize, n));
+}
+
 /* ---------------- open / create / close ---------------- */
 
 static void iso_now(char *buf, size_t n) {
@@ -351,6 +504,9 @@ static int precreate(const char *path, int overwrite, const char nonce[32], int 
   int existed = stat(path, &st) == 0;
   if (existed && S_ISDIR(st.st_mode))
     return hq_fail(HQ_ERR_IO, "cannot create output file %s: it is a directory", path);
+  if (existed && !S_ISREG(st.st_mode)) /* /dev/null, a FIFO (opening it would block), ... */
+    return hq_fail(HQ_ERR_IO, "cannot write the output to %s: it is not a regular file (a "
+                   "device or pipe); hpcq writes one HDF5 file, give a file path", path);
   if (existed && !overwrite)
     return hq_fail(HQ_ERR_INPUT,
                    "output file %s already exists; pass --overwrite to replace it or --resume "
@@ -371,12 +527,14 @@ static int precreate(const char *path, int overwrite, const char nonce[32], int 
                    path, strerror(e));
   }
   ssize_t w = write(fd, nonce, 32);
-  int e = errno;
+  int e = w < 0 ? errno : ENOSPC;
   close(fd);
   *created = !existed;
-  if (w != 32)
-    return hq_fail(HQ_ERR_IO, "cannot write output file %s: %s", path,
-                   w < 0 ? strerror(e) : "short write (disk full?)");
+  if (w != 32) {
+    char cause[600];
+    io_cause(path, cause, sizeof cause);
+    return hq_fail(HQ_ERR_IO, "cannot write output file %s: %s", path, cause[0] ? cause : strerror(e));
+  }
   return HQ_OK;
 }
 
@@ -401,7 +559,9 @@ static int check_shared(const char *path, const char nonce[32], const char *host
 static int open_collective(struct hq_h5 *h, int create) {
   hid_t fapl = fapl_mpio(h->c);
   if (create) {
-    h->file = H5Fcreate(h->path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    hid_t fcpl = ocpl_compact(H5P_FILE_CREATE); /* the root group's */
+    h->file = H5Fcreate(h->path, H5F_ACC_TRUNC, fcpl, fapl);
+    H5Pclose(fcpl);
   } else {
     h->file = H5Fopen(h->path, H5F_ACC_RDWR, fapl);
   }
@@ -474,7 +634,13 @@ static int check_format(struct hq_h5 *h) {
                    h->path);
   int64_t v = 0;
   HQ_TRY(hq_h5_attr_get_i64(h, "/", "hpcq_format_version", &v));
-  if (v < 1 || v > HQ_H5_FORMAT_VERSION)
+  if (v >= 1 && v < HQ_H5_FORMAT_VERSION)
+    return hq_fail(HQ_ERR_UNSUPPORTED,
+                   "%s has hpcq format version %lld, written by an older hpcq; this hpcq (" HQ_VERSION
+                   ") reads version %d only (checksummed data, fixed-length strings): quantize "
+                   "again, or read it with the hpcq that wrote it",
+                   h->path, (long long)v, HQ_H5_FORMAT_VERSION);
+  if (v != HQ_H5_FORMAT_VERSION)
     return hq_fail(HQ_ERR_UNSUPPORTED,
                    "%s has hpcq format version %lld; this hpcq (" HQ_VERSION
                    ") reads version %d: use a newer hpcq",
@@ -489,43 +655,66 @@ void hq_h5_state_free(struct hq_h5_state *s) {
   memset(s, 0, sizeof *s);
 }
 
+/* Not collective. /progress [n] with its checksum checked and every flag 0 or 1. */
+static int read_progress(struct hq_h5 *h, int64_t n, int8_t **out) {
+  *out = NULL;
+  if (n < 1 || n > HQ_H5_MAX_ATTR)
+    return hq_fail(HQ_ERR_INPUT, "%s: n_blocks = %lld is out of range (damaged file?)", h->path,
+                   (long long)n);
+  hid_t d = H5Lexists(h->file, "/progress", H5P_DEFAULT) > 0 ? H5Dopen2(h->file, "/progress", H5P_DEFAULT)
+                                                             : H5I_INVALID_HID;
+  hssize_t np = d >= 0 ? npoints(H5Dget_space(d)) : -1;
+  int8_t *f = hq_xcalloc((size_t)n, 1);
+  int rc = HQ_OK;
+  if (np != n || H5Dread(d, H5T_NATIVE_INT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, f) < 0)
+    rc = h5fail(HQ_ERR_INPUT, "%s: /progress is missing, unreadable or has %lld entries for %lld "
+                "blocks (damaged file?)", h->path, (long long)np, (long long)n);
+  if (d >= 0) H5Dclose(d);
+  if (!rc) rc = verify_sum(h, "/progress", f, 1, n);
+  for (int64_t b = 0; b < n && !rc; b++)
+    if (f[b] != 0 && f[b] != 1)
+      rc = hq_fail(HQ_ERR_INPUT, "%s: /progress holds %d for block %lld (damaged file?)", h->path,
+                   (int)f[b], (long long)b);
+  if (rc) free(f);
+  else *out = f;
+  return rc;
+}
+
+/* Not collective. hq_h5_status that also hands back the flags (*flags NULL without them). */
+static int status_flags(struct hq_h5 *h, struct hq_h5_state *st, int8_t **flags) {
+  memset(st, 0, sizeof *st);
+  *flags = NULL;
+  int64_t v = 0;
+  int rc = HQ_OK;
+  if (hq_h5_attr_exists(h, "/", "n_blocks")) rc = hq_h5_attr_get_i64(h, "/", "n_blocks", &st->n_blocks);
+  if (!rc && hq_h5_attr_exists(h, "/", "complete")) rc = hq_h5_attr_get_i64(h, "/", "complete", &v);
+  if (!rc && v != 0 && v != 1) rc = hq_fail(HQ_ERR_INPUT, "%s: complete = %lld (damaged file?)", h->path, (long long)v);
+  st->complete = v == 1;
+  if (!rc && hq_h5_attr_exists(h, "/", "settings_json"))
+    rc = hq_h5_attr_get_str(h, "/", "settings_json", &st->settings_json);
+  if (!rc && (st->n_blocks != 0 || st->complete)) rc = read_progress(h, st->n_blocks, flags);
+  for (int64_t b = 0, lead = 1; !rc && b < st->n_blocks; b++) {
+    st->flags_set += (*flags)[b];
+    lead = lead && (*flags)[b];
+    st->blocks_done += lead;
+  }
+  if (!rc && st->complete && st->flags_set != st->n_blocks)
+    rc = hq_fail(HQ_ERR_INPUT, "%s says complete but %lld of %lld blocks are marked done (damaged "
+                 "file?)", h->path, (long long)st->flags_set, (long long)st->n_blocks);
+  if (rc) {
+    hq_h5_state_free(st);
+    free(*flags);
+    *flags = NULL;
+  }
+  return rc;
+}
+
 /* Not collective. */
 int hq_h5_status(struct hq_h5 *h, struct hq_h5_state *st) {
-  memset(st, 0, sizeof *st);
-  if (hq_h5_attr_exists(h, "/", "n_blocks")) HQ_TRY(hq_h5_attr_get_i64(h, "/", "n_blocks", &st->n_blocks));
-  if (hq_h5_attr_exists(h, "/", "complete")) {
-    int64_t v = 0;
-    HQ_TRY(hq_h5_attr_get_i64(h, "/", "complete", &v));
-    st->complete = v == 1;
-  }
-  if (hq_h5_attr_exists(h, "/", "settings_json"))
-    HQ_TRY(hq_h5_attr_get_str(h, "/", "settings_json", &st->settings_json));
-  if (st->n_blocks > 0 && H5Lexists(h->file, "/progress", H5P_DEFAULT) > 0) {
-    hid_t d = H5Dopen2(h->file, "/progress", H5P_DEFAULT);
-    hid_t s = d >= 0 ? H5Dget_space(d) : H5I_INVALID_HID;
-    hssize_t n = s >= 0 ? H5Sget_simple_extent_npoints(s) : -1;
-    int8_t *f = hq_xcalloc((size_t)(n > 0 ? n : 1), 1);
-    int rc = HQ_OK;
-    if (n != st->n_blocks || H5Dread(d, H5T_NATIVE_INT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, f) < 0)
-      rc = h5fail(HQ_ERR_INPUT, "%s: /progress is unreadable or has %lld entries for %lld blocks",
-                  h->path, (long long)n, (long long)st->n_blocks);
-    if (s >= 0) H5Sclose(s);
-    if (d >= 0) H5Dclose(d);
-    if (rc == HQ_OK) {
-      int lead = 1;
-      for (int64_t b = 0; b < st->n_blocks; b++) {
-        if (f[b] == 1) st->flags_set++;
-        if (f[b] != 1) lead = 0;
-        if (lead) st->blocks_done++;
-      }
-    }
-    free(f);
-    if (rc) {
-      hq_h5_state_free(st);
-      return rc;
-    }
-  }
-  return HQ_OK;
+  int8_t *f;
+  int rc = status_flags(h, st, &f);
+  free(f);
+  return rc;
 }
 
 /* Collective. */
@@ -553,7 +742,9 @@ int hq_h5_open_rw(const struct hq_comm *c, const char *path, struct hq_h5 **out,
   }
   rc = agree(h, check_format(h));
   struct hq_h5_state tmp;
-  if (!rc) rc = agree(h, hq_h5_status(h, &tmp));
+  memset(&tmp, 0, sizeof tmp);
+  if (!rc) rc = agree(h, status_flags(h, &tmp, &h->flags));
+  h->nflags = h->flags ? tmp.n_blocks : 0;
   if (rc) {
     H5Fclose(h->file);
     handle_free(h);
@@ -607,16 +798,32 @@ int hq_h5_open_read(const char *path, int allow_incomplete, struct hq_h5 **out) 
   return HQ_OK;
 }
 
+/* Collective (rank 0 acts). A writer that failed is left open (see hq_h5_process_init): no
+ * HDF5 call can succeed on it, and closing it would try to write again. When `complete` may
+ * have reached the file, its content is removed so the file cannot pass for a result. */
+static int abandon(struct hq_h5 *h) {
+  int rc = hq_fail(HQ_ERR_IO, "%s", h->broken);
+  if (h->complete_set && is_root(h) && truncate(h->path, 0) == 0)
+    rc = hq_fail(HQ_ERR_IO, "%s; %s was emptied so that it cannot be taken for a finished result",
+                 h->broken, h->path);
+  h->file = H5I_INVALID_HID;
+  return agree(h, rc);
+}
+
 /* Collective for writable handles. */
 int hq_h5_close(struct hq_h5 *h) {
   if (!h) return HQ_OK;
   int rc = HQ_OK;
-  if (h->file >= 0) {
-    if (h->writable && H5Fflush(h->file, H5F_SCOPE_GLOBAL) < 0)
-      rc = h5fail(HQ_ERR_IO, "cannot flush %s", h->path);
-    if (H5Fclose(h->file) < 0 && rc == HQ_OK) rc = h5fail(HQ_ERR_IO, "cannot close %s", h->path);
+  if (h->writable && h->file >= 0) {
+    if (!h->broken && H5Fflush(h->file, H5F_SCOPE_GLOBAL) < 0)
+      rc = h5fail_io(h, "cannot flush %s", h->path);
+    if (!h->broken) rc = agree(h, rc); /* nobody enters the collective H5Fclose alone */
+    if (!h->broken && H5Fclose(h->file) < 0) rc = h5fail_io(h, "cannot close %s", h->path);
+    if (!h->broken) rc = agree(h, rc);
+    if (h->broken) rc = abandon(h);
+  } else if (h->file >= 0 && H5Fclose(h->file) < 0) {
+    rc = h5fail(HQ_ERR_IO, "cannot close %s", h->path);
   }
-  if (h->writable && h->c) rc = hq_comm_agree(h->c, rc);
   handle_free(h);
   return rc;
 }
@@ -624,7 +831,7 @@ int hq_h5_close(struct hq_h5 *h) {
 /* ---------------- datasets ---------------- */
 
 static hid_t dcpl_nofill(void) {
-  hid_t p = H5Pcreate(H5P_DATASET_CREATE);
+  hid_t p = ocpl_compact(H5P_DATASET_CREATE);
   H5Pset_alloc_time(p, H5D_ALLOC_TIME_EARLY);
   H5Pset_fill_time(p, H5D_FILL_TIME_NEVER); /* progress flags, not fill values, mark done data */
   return p;
@@ -695,7 +902,7 @@ static int write_block(struct hq_h5 *h, hid_t d, hid_t mtype, int ndim, hsize_t 
   herr_t e = H5Dwrite(d, mtype, ms, fs, h->dxpl, buf);
   H5Sclose(ms);
   H5Sclose(fs);
-  if (e < 0) return h5fail(HQ_ERR_IO, "cannot write to %s", h->path);
+  if (e < 0) return h5fail_io(h, "cannot write to %s", h->path);
   H5D_mpio_actual_io_mode_t mode = H5D_MPIO_NO_COLLECTIVE;
   if (h->dxpl != H5P_DEFAULT) H5Pget_mpio_actual_io_mode(h->dxpl, &mode);
   h->last_coll = mode != H5D_MPIO_NO_COLLECTIVE;
@@ -757,14 +964,18 @@ int hq_h5_write_tensor(struct hq_h5 *h, const char *name, enum hq_dtype dtype, i
         buf = path; /* any non-NULL pointer: nothing is read from it */
       }
       if (H5Dwrite(d, mt, ms, fs, h->dxpl, buf) < 0)
-        rc = h5fail(HQ_ERR_IO, "cannot write tensor %s to %s", name, h->path);
+        rc = h5fail_io(h, "cannot write tensor %s to %s", name, h->path);
       H5Sclose(ms);
       H5Sclose(fs);
+      rc = agree(h, rc); /* before the next piece's collective write */
     }
     H5Sclose(fs0);
   }
-  H5Dclose(d);
-  rc = agree(h, rc);
+  if (!h->broken) H5Dclose(d);
+  if (rc) return rc;
+  uint64_t numel = 1;
+  for (int i = 0; i < ndim; i++) numel *= dims[i];
+  rc = set_sum(h, path, src ? hq_sum64(src, esize, (int64_t)numel) : 0);
   if (!rc) rc = hq_h5_attr_set_str(h, path, "dtype", dn);
   return rc;
 }
@@ -799,6 +1010,56 @@ static int linear_path(char *buf, size_t n, const char *name, const char *ds) {
   return HQ_OK;
 }
 
+static const char *const lin_ds[4] = {"qweight", "qzeros", "scales", "g_idx"};
+
+/* Collective. The checksums of a linear's datasets and its rows_written count start at 0. */
+static int linear_sums_reset(struct hq_h5 *h, const char *g) {
+  int rc = hq_h5_attr_set_i64(h, g, "rows_written", 0);
+  for (int i = 0; i < 4 && !rc; i++) {
+    char p[1100];
+    snprintf(p, sizeof p, "%s/%s", g, lin_ds[i]);
+    rc = set_sum(h, p, 0);
+  }
+  return rc;
+}
+
+/* Collective. Add this call's slabs to the checksums of linear g (qweight, qzeros, scales are
+ * sums over all slabs since hq_h5_linear_create; g_idx is replaced when a slab came). */
+static int linear_sums_add(struct hq_h5 *h, const char *g, const struct hq_h5_linear_desc *d,
+                           const struct hq_packed *s, int gidx_mine) {
+  const int64_t qw0 = d->cols * d->bits / 32, zw = d->rows * d->bits / 32;
+  uint64_t add[5] = {0, 0, 0, 0, 0}; /* qweight, qzeros, scales, g_idx, rows */
+  if (s && s->nrows > 0) {
+    const int64_t n = s->nrows, nz = n * d->bits / 32, z0 = s->row0 * d->bits / 32;
+    add[0] = hq_sum64_block(s->qweight, 4, qw0, n, n, d->rows, (uint64_t)s->row0);
+    add[1] = hq_sum64_block(s->qzeros, 4, d->ngroups, nz, nz, zw, (uint64_t)z0);
+    add[2] = hq_sum64_block(s->scales, 2, d->ngroups, n, n, d->rows, (uint64_t)s->row0);
+    if (gidx_mine) add[3] = hq_sum64(s->g_idx, 4, d->cols);
+    add[4] = (uint64_t)n;
+  }
+  MPI_Allreduce(MPI_IN_PLACE, add, 5, MPI_UINT64_T, MPI_SUM, h->c->comm);
+  int64_t rows = 0;
+  int rc = hq_h5_attr_get_i64(h, g, "rows_written", &rows);
+  if (!rc && rows + (int64_t)add[4] > d->rows)
+    rc = hq_fail(HQ_ERR_INPUT, "linear %s: %lld rows written since its creation, it has %lld: "
+                 "write each row once", g, (long long)(rows + (int64_t)add[4]), (long long)d->rows);
+  rc = agree(h, rc);
+  for (int i = 0; i < 3 && !rc; i++) {
+    char p[1100];
+    uint64_t v = 0;
+    snprintf(p, sizeof p, "%s/%s", g, lin_ds[i]);
+    rc = agree(h, get_sum(h, p, &v));
+    if (!rc) rc = set_sum(h, p, v + add[i]);
+  }
+  if (!rc && add[4] > 0) {
+    char p[1100];
+    snprintf(p, sizeof p, "%s/g_idx", g);
+    rc = set_sum(h, p, add[3]);
+  }
+  if (!rc) rc = hq_h5_attr_set_i64(h, g, "rows_written", rows + (int64_t)add[4]);
+  return rc;
+}
+
 /* Collective. */
 int hq_h5_linear_create(struct hq_h5 *h, const char *name, const struct hq_h5_linear_desc *d) {
   HQ_TRY(need_writable(h, name));
@@ -815,24 +1076,26 @@ int hq_h5_linear_create(struct hq_h5 *h, const char *name, const struct hq_h5_li
                    "%s: linear %s exists with a different shape or settings (a file written "
                    "for another model or settings?)",
                    h->path, name);
-    return agree(h, rc);
+    rc = agree(h, rc);
+    return rc ? rc : linear_sums_reset(h, g); /* its rows are written again */
   }
   rc = agree(h, rc);
   if (rc) return rc;
-  hid_t grp = H5Gcreate2(h->file, g, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  hid_t gcpl = ocpl_compact(H5P_GROUP_CREATE);
+  hid_t grp = H5Gcreate2(h->file, g, H5P_DEFAULT, gcpl, H5P_DEFAULT);
+  H5Pclose(gcpl);
   if (grp < 0) rc = h5fail(HQ_ERR_IO, "cannot create %s in %s", g, h->path);
   else H5Gclose(grp);
   rc = agree(h, rc);
   if (rc) return rc;
   hsize_t qw[2], qz[2], sc[2], gi;
   linear_dims(d, qw, qz, sc, &gi);
-  const char *names[4] = {"qweight", "qzeros", "scales", "g_idx"};
   hid_t types[4] = {H5T_STD_I32LE, H5T_STD_I32LE, h->f16, H5T_STD_I32LE};
   const hsize_t *dims[4] = {qw, qz, sc, &gi};
   int nds[4] = {2, 2, 2, 1};
   for (int i = 0; i < 4 && !rc; i++) {
     char p[1100];
-    snprintf(p, sizeof p, "%s/%s", g, names[i]);
+    snprintf(p, sizeof p, "%s/%s", g, lin_ds[i]);
     hid_t ds;
     rc = dset_ensure(h, p, types[i], nds[i], dims[i], &ds);
     if (!rc) H5Dclose(ds);
@@ -843,6 +1106,7 @@ int hq_h5_linear_create(struct hq_h5 *h, const char *name, const struct hq_h5_li
   if (!rc) rc = hq_h5_attr_set_i64(h, g, "rows", d->rows);
   if (!rc) rc = hq_h5_attr_set_i64(h, g, "cols", d->cols);
   if (!rc) rc = hq_h5_attr_set_str(h, g, "zero_convention", hq_pack_format_name(d->format));
+  if (!rc) rc = linear_sums_reset(h, g);
   return rc;
 }
 
@@ -875,10 +1139,9 @@ int hq_h5_linear_write(struct hq_h5 *h, const char *name, const struct hq_packed
   linear_dims(&d, qw, qz, sc, &gi);
   hsize_t r0 = have ? (hsize_t)s->row0 : 0, n = have ? (hsize_t)s->nrows : 0;
   hsize_t zb = (hsize_t)d.bits;
-  const char *names[4] = {"qweight", "qzeros", "scales", "g_idx"};
   for (int i = 0; i < 4 && !rc; i++) {
     char p[1100];
-    snprintf(p, sizeof p, "%s/%s", g, names[i]);
+    snprintf(p, sizeof p, "%s/%s", g, lin_ds[i]);
     hid_t ds = H5Dopen2(h->file, p, H5P_DEFAULT);
     if (ds < 0) {
       rc = h5fail(HQ_ERR_IO, "cannot open %s in %s", p, h->path);
@@ -896,9 +1159,10 @@ int hq_h5_linear_write(struct hq_h5 *h, const char *name, const struct hq_packed
                        w ? s->g_idx : NULL);
       h->last_coll = last; /* report the qweight/qzeros/scales hyperslab writes */
     }
-    if (ds >= 0) H5Dclose(ds);
+    rc = agree(h, rc); /* before the next dataset's collective write */
+    if (ds >= 0 && !h->broken) H5Dclose(ds);
   }
-  return agree(h, rc);
+  return rc ? rc : linear_sums_add(h, g, &d, s, h->c->rank == gidx_rank && have);
 }
 
 /* Not collective. */
@@ -945,24 +1209,33 @@ int hq_h5_progress_init(struct hq_h5 *h, int64_t n_blocks) {
   if (!rc) rc = dset_ensure(h, "/progress", H5T_STD_I8LE, 1, &dims, &d);
   rc = agree(h, rc);
   if (rc) return rc;
+  if (existed && h->nflags != n_blocks) /* hq_h5_open_rw read them when n_blocks was set */
+    rc = hq_fail(HQ_ERR_INPUT, "%s: /progress exists without n_blocks (damaged file?)", h->path);
   if (!existed) {
-    int8_t *z = hq_xcalloc((size_t)n_blocks, 1);
+    free(h->flags);
+    h->flags = hq_xcalloc((size_t)n_blocks, 1);
+    h->nflags = n_blocks;
     rc = write_block(h, d, H5T_NATIVE_INT8, 1, 0, 0, is_root(h) ? 1 : 0,
-                     is_root(h) ? dims : 0, dims, is_root(h) ? z : NULL);
-    free(z);
+                     is_root(h) ? dims : 0, dims, is_root(h) ? h->flags : NULL);
   }
-  H5Dclose(d);
   rc = agree(h, rc);
+  if (!h->broken) H5Dclose(d);
+  if (!rc && !existed) rc = set_sum(h, "/progress", hq_sum64(h->flags, 1, n_blocks));
   if (!rc && !existed) rc = hq_h5_attr_set_i64(h, "/", "n_blocks", n_blocks);
   return rc;
+}
+
+/* Collective. Flush the file to disk (H5Fflush, i.e. MPI_File_sync). */
+static int flush(struct hq_h5 *h) {
+  int rc = H5Fflush(h->file, H5F_SCOPE_GLOBAL) < 0 ? h5fail_io(h, "cannot flush %s", h->path) : HQ_OK;
+  return agree(h, rc);
 }
 
 /* Collective. */
 int hq_h5_block_done(struct hq_h5 *h, int64_t b) {
   HQ_TRY(need_writable(h, "block_done"));
-  int64_t n = 0;
-  int rc = hq_h5_attr_exists(h, "/", "n_blocks") ? hq_h5_attr_get_i64(h, "/", "n_blocks", &n)
-                                                  : hq_fail(HQ_ERR_INPUT, "block_done before progress_init");
+  int64_t n = h->nflags;
+  int rc = h->flags ? HQ_OK : hq_fail(HQ_ERR_INPUT, "block_done before progress_init");
   if (!rc && (b < 0 || b >= n))
     rc = hq_fail(HQ_ERR_INPUT, "block %lld out of range [0, %lld)", (long long)b, (long long)n);
   hid_t d = H5I_INVALID_HID;
@@ -978,24 +1251,28 @@ int hq_h5_block_done(struct hq_h5 *h, int64_t b) {
   int8_t one = 1;
   rc = write_block(h, d, H5T_NATIVE_INT8, 1, 0, (hsize_t)b, is_root(h) ? 1 : 0,
                    is_root(h) ? 1 : 0, 1, is_root(h) ? &one : NULL);
-  H5Dclose(d);
-  if (!rc && H5Fflush(h->file, H5F_SCOPE_GLOBAL) < 0) rc = h5fail(HQ_ERR_IO, "cannot flush %s", h->path);
-  return agree(h, rc);
+  rc = agree(h, rc);
+  if (!h->broken) H5Dclose(d);
+  if (rc) return rc;
+  h->flags[b] = 1;
+  rc = set_sum(h, "/progress", hq_sum64(h->flags, 1, n));
+  return rc ? rc : flush(h);
 }
 
 /* Collective. */
 int hq_h5_complete(struct hq_h5 *h) {
   HQ_TRY(need_writable(h, "complete"));
-  struct hq_h5_state s;
-  int rc = hq_h5_status(h, &s);
-  if (!rc && (s.n_blocks < 1 || s.flags_set != s.n_blocks))
+  int64_t done = 0;
+  for (int64_t b = 0; b < h->nflags; b++) done += h->flags[b] == 1;
+  int rc = HQ_OK;
+  if (h->nflags < 1 || done != h->nflags)
     rc = hq_fail(HQ_ERR_INPUT, "cannot mark %s complete: %lld of %lld blocks are done", h->path,
-                 (long long)s.flags_set, (long long)s.n_blocks);
-  hq_h5_state_free(&s); /* zeroed by hq_h5_status even when it fails */
+                 (long long)done, (long long)h->nflags);
   rc = agree(h, rc);
-  if (!rc) rc = hq_h5_attr_set_i64(h, "/", "complete", 1);
-  if (!rc && H5Fflush(h->file, H5F_SCOPE_GLOBAL) < 0) rc = h5fail(HQ_ERR_IO, "cannot flush %s", h->path);
-  return agree(h, rc);
+  if (rc) return rc;
+  h->complete_set = 1; /* from here on a failure must not leave the attribute behind */
+  rc = hq_h5_attr_set_i64(h, "/", "complete", 1);
+  return rc ? rc : flush(h);
 }
 
 /* ---------------- readers ---------------- */
@@ -1059,6 +1336,17 @@ void hq_h5_names_free(char **names, int64_t n) {
   free(names);
 }
 
+/* Not collective. A dataset of `bytes` must fit in the file a reader opened (damaged
+ * dimensions would else ask for absurd buffers). */
+static int fits_file(struct hq_h5 *h, const char *path, double bytes) {
+  hsize_t size = 0;
+  if (h->writable) return HQ_OK; /* being written: the file is not that long yet */
+  if (H5Fget_filesize(h->file, &size) < 0 || bytes > (double)size)
+    return h5fail(HQ_ERR_INPUT, "%s: %s claims %.0f bytes, more than the file holds (damaged "
+                  "file?)", h->path, path, bytes);
+  return HQ_OK;
+}
+
 /* Not collective. */
 int hq_h5_tensor_info(struct hq_h5 *h, const char *name, enum hq_dtype *dtype, int *ndim,
                       int64_t shape[HQ_ST_MAXDIM]) {
@@ -1081,6 +1369,9 @@ int hq_h5_tensor_info(struct hq_h5 *h, const char *name, enum hq_dtype *dtype, i
   H5Sclose(s);
   H5Tclose(t);
   H5Dclose(d);
+  double bytes = (double)sz;
+  for (int i = 0; !rc && i < nd; i++) bytes *= (double)dims[i];
+  if (!rc) rc = fits_file(h, path, bytes);
   if (rc) return rc;
   if (cl == H5T_FLOAT && sz == 4) *dtype = HQ_DTYPE_F32;
   else if (cl == H5T_FLOAT && sz == 2) *dtype = HQ_DTYPE_F16;
@@ -1112,24 +1403,69 @@ int hq_h5_read_tensor_f32(struct hq_h5 *h, const char *name, float **out, int64_
   snprintf(path, sizeof path, "/tensors/%s", name);
   hid_t d = H5Dopen2(h->file, path, H5P_DEFAULT);
   float *f = hq_xmalloc(sizeof(float) * (size_t)(n ? n : 1));
-  herr_t e;
+  int rc = HQ_OK;
   if (dt == HQ_DTYPE_F32) {
-    e = H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, f);
+    if (H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, f) < 0)
+      rc = h5fail(HQ_ERR_IO, "cannot read %s from %s", path, h->path);
+    if (!rc) rc = verify_sum(h, path, f, 4, n); /* float32 LE: the file's bytes */
   } else {
     uint16_t *raw = hq_xmalloc(sizeof(uint16_t) * (size_t)(n ? n : 1));
-    e = H5Dread(d, dt == HQ_DTYPE_F16 ? h->f16 : H5T_NATIVE_UINT16, H5S_ALL, H5S_ALL, H5P_DEFAULT, raw);
-    for (int64_t i = 0; e >= 0 && i < n; i++)
+    if (H5Dread(d, dt == HQ_DTYPE_F16 ? h->f16 : H5T_NATIVE_UINT16, H5S_ALL, H5S_ALL, H5P_DEFAULT, raw) < 0)
+      rc = h5fail(HQ_ERR_IO, "cannot read %s from %s", path, h->path);
+    if (!rc) rc = verify_sum(h, path, raw, 2, n);
+    for (int64_t i = 0; !rc && i < n; i++)
       f[i] = dt == HQ_DTYPE_F16 ? hq_f16_to_f32(raw[i]) : hq_bf16_to_f32(raw[i]);
     free(raw);
   }
   H5Dclose(d);
-  if (e < 0) {
+  if (rc) {
     free(f);
-    return h5fail(HQ_ERR_IO, "cannot read %s from %s", path, h->path);
+    return rc;
   }
   *out = f;
   *numel = n;
   return HQ_OK;
+}
+
+/* Not collective. */
+int hq_h5_read_tensor_rows(struct hq_h5 *h, const char *name, int64_t r0, int64_t nr, void *buf,
+                           uint64_t *sum) {
+  enum hq_dtype dt;
+  int nd;
+  int64_t shape[HQ_ST_MAXDIM];
+  HQ_TRY(hq_h5_tensor_info(h, name, &dt, &nd, shape));
+  int64_t rows = nd ? shape[0] : 1, rowel = 1;
+  for (int k = 1; k < nd; k++) rowel *= shape[k];
+  if (r0 < 0 || nr < 0 || r0 + nr > rows)
+    return hq_fail(HQ_ERR_INPUT, "rows [%lld, %lld) of %s: it has %lld", (long long)r0,
+                   (long long)(r0 + nr), name, (long long)rows);
+  char path[1024];
+  snprintf(path, sizeof path, "/tensors/%s", name);
+  hid_t ds = H5Dopen2(h->file, path, H5P_DEFAULT);
+  hid_t ft = ds >= 0 ? H5Dget_type(ds) : H5I_INVALID_HID;
+  hid_t fs = ds >= 0 ? H5Dget_space(ds) : H5I_INVALID_HID;
+  hsize_t start[HQ_ST_MAXDIM] = {0}, count[HQ_ST_MAXDIM] = {1};
+  for (int k = 0; k < nd; k++) count[k] = (hsize_t)shape[k];
+  start[0] = (hsize_t)r0;
+  count[0] = (hsize_t)nr;
+  hid_t ms = H5Screate_simple(nd ? nd : 1, count, NULL);
+  herr_t e = ds < 0 ? -1 : nd ? H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) : 0;
+  if (e >= 0 && nr > 0) e = H5Dread(ds, ft, ms, nd ? fs : H5S_ALL, H5P_DEFAULT, buf);
+  H5Sclose(ms);
+  if (fs >= 0) H5Sclose(fs);
+  if (ft >= 0) H5Tclose(ft);
+  if (ds >= 0) H5Dclose(ds);
+  if (e < 0) return h5fail(HQ_ERR_IO, "cannot read rows %lld..%lld of %s from %s", (long long)r0,
+                           (long long)(r0 + nr), path, h->path);
+  *sum += hq_sum64_block(buf, hq_dtype_size(dt), 1, nr * rowel, 0, 0, (uint64_t)(r0 * rowel));
+  return HQ_OK;
+}
+
+/* Not collective. */
+int hq_h5_tensor_check_sum(struct hq_h5 *h, const char *name, uint64_t sum) {
+  char path[1024];
+  snprintf(path, sizeof path, "/tensors/%s", name);
+  return check_sum(h, path, sum);
 }
 
 static int dims_of(struct hq_h5 *h, const char *path, int want_nd, hsize_t *dims) {
@@ -1182,7 +1518,7 @@ int hq_h5_linear_info(struct hq_h5 *h, const char *name, struct hq_h5_linear_des
       sc[1] != wsc[1] || gi != wgi)
     return hq_fail(HQ_ERR_INPUT, "%s: the datasets of linear %s do not have the shapes its "
                    "attributes imply (damaged file?)", h->path, name);
-  return HQ_OK;
+  return fits_file(h, g, 4.0 * (double)(qw[0] * qw[1] + qz[0] * qz[1] + gi) + 2.0 * (double)(sc[0] * sc[1]));
 }
 
 /* Not collective. */
@@ -1191,19 +1527,27 @@ int hq_h5_linear_read(struct hq_h5 *h, const char *name, struct hq_packed *p) {
   struct hq_h5_linear_desc d;
   HQ_TRY(hq_h5_linear_info(h, name, &d));
   HQ_TRY(hq_pack_init(p, d.bits, d.format, d.cols, d.rows, d.ngroups, 0, d.rows));
-  const char *names[4] = {"qweight", "qzeros", "scales", "g_idx"};
   hid_t mt[4] = {H5T_NATIVE_INT32, H5T_NATIVE_INT32, h->f16, H5T_NATIVE_INT32};
   void *bufs[4] = {p->qweight, p->qzeros, p->scales, p->g_idx};
-  for (int i = 0; i < 4; i++) {
-    char path[1100];
-    snprintf(path, sizeof path, "/linears/%s/%s", name, names[i]);
+  const size_t es[4] = {4, 4, 2, 4};
+  const int64_t ne[4] = {d.cols * d.bits / 32 * d.rows, d.ngroups * (d.rows * d.bits / 32),
+                         d.ngroups * d.rows, d.cols};
+  char g[1100];
+  snprintf(g, sizeof g, "/linears/%s", name);
+  int64_t rows = -1;
+  int rc = hq_h5_attr_get_i64(h, g, "rows_written", &rows);
+  if (!rc && rows != d.rows)
+    rc = hq_fail(HQ_ERR_INPUT, "%s: linear %s has %lld of its %lld rows written (damaged file?)",
+                 h->path, name, (long long)rows, (long long)d.rows);
+  for (int i = 0; i < 4 && !rc; i++) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/%s", g, lin_ds[i]);
     hid_t ds = H5Dopen2(h->file, path, H5P_DEFAULT);
     herr_t e = ds >= 0 ? H5Dread(ds, mt[i], H5S_ALL, H5S_ALL, H5P_DEFAULT, bufs[i]) : -1;
     if (ds >= 0) H5Dclose(ds);
-    if (e < 0) {
-      hq_pack_free(p);
-      return h5fail(HQ_ERR_IO, "cannot read %s from %s", path, h->path);
-    }
+    rc = e < 0 ? h5fail(HQ_ERR_IO, "cannot read %s from %s", path, h->path)
+               : verify_sum(h, path, bufs[i], es[i], ne[i]);
   }
-  return HQ_OK;
+  if (rc) hq_pack_free(p);
+  return rc;
 }

@@ -1,4 +1,4 @@
-/* hpcq's output: ONE HDF5 file per run (format version 1, docs/readme/output-format.md).
+/* hpcq's output: ONE HDF5 file per run (format version 2, docs/readme/output-format.md).
  *
  * Writer (collective, MPI-IO): every rank calls every writer function with identical
  * names/shapes in the same order; datasets are written with H5FD_MPIO_COLLECTIVE transfers,
@@ -28,9 +28,13 @@
 #include "model.h" /* enum hq_dtype */
 #include "pack.h"  /* struct hq_packed, enum hq_pack_format */
 
-#define HQ_H5_FORMAT_VERSION 1
+#define HQ_H5_FORMAT_VERSION 2
 
 struct hq_h5; /* opaque handle */
+
+/* Not collective. Call first in main(), before MPI_Init: see h5io.c (HDF5 shutdown after a
+ * failed close, SIGXFSZ). */
+void hq_h5_process_init(void);
 
 /* ---------------- writer (collective) ---------------- */
 
@@ -159,13 +163,24 @@ void hq_h5_names_free(char **names, int64_t n);
 /* Not collective. dtype/ndim/shape of /tensors/<name>. */
 int hq_h5_tensor_info(struct hq_h5 *h, const char *name, enum hq_dtype *dtype, int *ndim,
                       int64_t shape[HQ_ST_MAXDIM]);
-/* Not collective. /tensors/<name> as fp32 (malloc'ed, *numel elements; exact for all dtypes). */
+/* Not collective. /tensors/<name> as fp32 (malloc'ed, *numel elements; exact for all dtypes),
+ * its checksum verified. */
 int hq_h5_read_tensor_f32(struct hq_h5 *h, const char *name, float **out, int64_t *numel);
+
+/* Not collective. Rows [r0, r0+nr) of the first dimension of /tensors/<name> as raw bytes of
+ * its stored type (what hq_h5_tensor_info says; bfloat16 as its uint16 bits) into buf;
+ * *sum += their hq64 terms. After all rows, hq_h5_tensor_check_sum compares the sum with the
+ * tensor's checksum: a reader streaming a tensor in pieces must call it before trusting the
+ * data. */
+int hq_h5_read_tensor_rows(struct hq_h5 *h, const char *name, int64_t r0, int64_t nr, void *buf,
+                           uint64_t *sum);
+int hq_h5_tensor_check_sum(struct hq_h5 *h, const char *name, uint64_t sum);
 
 /* Not collective. Description of /linears/<name> (from its attributes and dataset shapes). */
 int hq_h5_linear_info(struct hq_h5 *h, const char *name, struct hq_h5_linear_desc *d);
 /* Not collective. Read the whole linear as one slab: `p` is initialised with hq_pack_init
- * (row0 0, nrows = rows) and filled; free with hq_pack_free. */
+ * (row0 0, nrows = rows) and filled; free with hq_pack_free. Fails (nothing returned) when a
+ * dataset's content does not match its checksum or not all rows were written. */
 int hq_h5_linear_read(struct hq_h5 *h, const char *name, struct hq_packed *p);
 
 #endif

@@ -7,6 +7,7 @@
 
 #include "cli.h"
 #include "error.h"
+#include "h5io.h"
 
 struct hq_cmd {
   const char *name;
@@ -68,6 +69,7 @@ int main(int argc, char **argv) {
    * freed, so the peak RSS does not creep up block after block (glibc would otherwise raise
    * the threshold dynamically and keep them in the heap). */
   mallopt(M_MMAP_THRESHOLD, 1 << 20);
+  hq_h5_process_init(); /* before MPI_Init */
   if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;

@@ -471,7 +471,7 @@ int main(int argc, char **argv) {
               sv && !strcmp(sv, "gptq_v2"), "zero convention");
     free(sv);
     int64_t iv = 0;
-    CHECK(hq_h5_attr_get_i64(rd, "/", "hpcq_format_version", &iv) == HQ_OK && iv == 1, "format version");
+    CHECK(hq_h5_attr_get_i64(rd, "/", "hpcq_format_version", &iv) == HQ_OK && iv == HQ_H5_FORMAT_VERSION, "format version");
     CHECK(hq_h5_attr_get_i64(rd, "/", "nranks", &iv) == HQ_OK && iv == c.size, "nranks");
     CHECK(hq_h5_attr_get_i64(rd, "/", "complete", &iv) == HQ_OK && iv == 1, "complete");
     CHECK(hq_h5_attr_get_i64(rd, "/", "bits", &iv) == HQ_OK && iv == 4, "bits");

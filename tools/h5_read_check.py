@@ -2,8 +2,8 @@
 """Check an hpcq output file against docs/readme/output-format.md using h5py alone.
 
 Independent of hpcq's C reader: it opens the file with h5py/numpy and checks every documented
-rule (attribute names and types, dataset dtypes and shapes, progress flags), then prints a short
-summary. Not used by CI (h5py is optional); run it by hand on any result:
+rule (attribute names and types, dataset dtypes and shapes, progress flags, the hq64 checksum
+of every dataset), then prints a short summary. Not used by CI (h5py is optional); run it by hand on any result:
 
     python3 tools/h5_read_check.py out.h5 [--allow-incomplete]
 
@@ -29,6 +29,26 @@ def need(cond, msg):
 
 def as_str(v):
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+M64 = (1 << 64) - 1
+
+
+def hq64(a):
+    """hq64 checksum (docs/readme/output-format.md, "Checksums") of a dataset's content."""
+    flat = np.ascontiguousarray(a).reshape(-1)
+    v = flat.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[flat.dtype.itemsize])
+    x = v.astype(np.uint64) ^ (np.arange(v.size, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    for k in (0xff51afd7ed558ccd, 0xc4ceb9fe1a85ec53):
+        x ^= x >> np.uint64(33)
+        x *= np.uint64(k)
+    x ^= x >> np.uint64(33)
+    return int(x.sum(dtype=np.uint64)) & M64
+
+
+def check_sum(d, what):
+    need("checksum" in d.attrs and int(d.attrs["checksum"]) == hq64(d[...]),
+         f"{what}: missing checksum or it does not match the data")
 
 
 def unpack(words, bits, n, axis):
@@ -63,14 +83,14 @@ def main():
     a = ap.parse_args()
     f = h5py.File(a.path, "r")
     at = f.attrs
-    need(int(at.get("hpcq_format_version", -1)) == 1, "hpcq_format_version != 1")
-    for k in ("hpcq_version", "created"):
-        need(isinstance(at.get(k), str), f"root attribute {k} missing or not a str")
+    need(int(at.get("hpcq_format_version", -1)) == 2, "hpcq_format_version != 2")
+    for k in ("hpcq_version", "created"):  # fixed-length UTF-8: h5py gives bytes
+        need(isinstance(at.get(k), bytes), f"root attribute {k} missing or not a fixed-length string")
     need(np.issubdtype(np.asarray(at.get("nranks", "x")).dtype, np.integer), "nranks not an integer")
     for k in ("settings_json", "model_config_json", "calibration_json"):
         if k in at:
             try:
-                json.loads(at[k])
+                json.loads(as_str(at[k]))
             except ValueError:
                 problems.append(f"{k} is not JSON")
     nb = int(at.get("n_blocks", 0))
@@ -79,6 +99,7 @@ def main():
         p = f["progress"]
         need(p.dtype == np.int8 and p.shape == (nb,), f"/progress is {p.dtype} {p.shape}, want int8 ({nb},)")
         done = int((p[...] == 1).sum())
+        check_sum(p, "/progress")
     else:
         done = 0
     if not complete and not a.allow_incomplete:
@@ -90,6 +111,7 @@ def main():
         dt = as_str(d.attrs.get("dtype", ""))
         want = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}.get(dt)
         need(want is not None and d.dtype == want, f"/tensors/{name}: dtype {d.dtype} attr {dt!r}")
+        check_sum(d, f"/tensors/{name}")
 
     nlin = 0
     for name, g in f.get("linears", {}).items():
@@ -105,6 +127,8 @@ def main():
         for ds, (dt, shp) in exp.items():
             need(g[ds].dtype == dt and g[ds].shape == shp,
                  f"{name}/{ds}: {g[ds].dtype} {g[ds].shape}, want {np.dtype(dt)} {shp}")
+            check_sum(g[ds], f"{name}/{ds}")
+        need(int(g.attrs.get("rows_written", -1)) == rows, f"{name}: rows_written != rows")
         gi = g["g_idx"][...]
         need(gi.min() >= 0 and gi.max() < ng, f"{name}: g_idx outside [0, {ng})")
         if "owner_rows" in g.attrs:
