@@ -7,17 +7,18 @@
 #include <sys/stat.h>
 
 #include "error.h"
+#include "fileio.h"
 #include "model.h"
 #include "util.h"
 
 int hq_tokens_load(const char *path, int64_t vocab, struct hq_tokens *t) {
   memset(t, 0, sizeof *t);
-  FILE *fp = fopen(path, "rb");
-  if (!fp) return hq_fail(HQ_ERR_IO, "cannot open token file %s: %s", path, strerror(errno));
+  FILE *fp;
+  HQ_TRY(hq_fopen_regular(path, "token file", &fp));
   struct stat sb;
-  if (fstat(fileno(fp), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+  if (fstat(fileno(fp), &sb) != 0) {
     fclose(fp);
-    return hq_fail(HQ_ERR_IO, "%s is not a regular file", path);
+    return hq_fail(HQ_ERR_IO, "cannot stat token file %s: %s", path, strerror(errno));
   }
   size_t size = (size_t)sb.st_size;
   if (size == 0 || size % 4 != 0) {
