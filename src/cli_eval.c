@@ -161,10 +161,12 @@ int hq_cli_eval(int argc, char **argv) {
     fprintf(stderr, "hpcq eval: --seqlen %lld is longer than the model's "
             "max_position_embeddings (%lld); use --seqlen %lld or less\n", seqlen,
             (long long)c->max_pos, (long long)c->max_pos);
+    ret = 2; /* an option the model cannot take: usage */
     goto out;
   }
   if (hq_config_check_seqlen(c, seqlen, "--seqlen") != HQ_OK) {
     fail();
+    ret = 2;
     goto out;
   }
   if (hq_tokens_load(tokens, c->vocab, &tok) != HQ_OK) {

@@ -129,6 +129,7 @@ int hq_hqq_quantize(const struct hq_gptq_opts *o, const struct hq_hqq_opts *h, i
     if (!isfinite(W[k]))
       return hq_fail(HQ_ERR_INPUT, "W[%lld, %lld] is not finite; the layer's weights are corrupt "
                      "(check the checkpoint)", (long long)(k / cols), (long long)(k % cols));
+  HQ_TRY(hq_grid_check_fp16(o, W, rows, cols));
   const int64_t gs = o->group_size > 0 ? o->group_size : cols;
   const int64_t ng = (cols + gs - 1) / gs;
   const struct hq_grid g = hq_grid_make(o->bits, o->sym, 0);
@@ -191,5 +192,7 @@ int hq_hqq_quantize(const struct hq_gptq_opts *o, const struct hq_hqq_opts *h, i
     }
     free(row_e);
   }
-  return HQ_OK;
+  const int rc = hq_result_check_fp16(res, o->bits);
+  if (rc) hq_gptq_result_free(res);
+  return rc;
 }

@@ -143,7 +143,9 @@ struct hq_tokens {
 int hq_tokens_load(const char *path, int64_t vocab, struct hq_tokens *t);
 void hq_tokens_free(struct hq_tokens *t);
 /* Calibration: nsamples random windows of seqlen (start uniform in [0, n - seqlen]), seeded;
- * out is [nsamples x seqlen]. Error if n < seqlen. */
+ * out is [nsamples x seqlen]. Error if n < seqlen. When the text is too short for the request
+ * (nsamples x seqlen > n, or a window repeats another exactly) it warns once per process on
+ * stderr (rank 0 only, hq_error_rank() <= 0) with the token, window and overlap counts. */
 int hq_tokens_sample(const struct hq_tokens *t, int64_t nsamples, int64_t seqlen, uint64_t seed,
                      int32_t *out);
 /* Evaluation: contiguous non-overlapping windows; returns the window count (remainder dropped). */
