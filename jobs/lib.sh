@@ -64,6 +64,7 @@ hq_job_init() {
 hq_out_state() {
   local f=$1 v
   [ -e "$f" ] || { echo missing; return; }
+  [ -f "$f" ] || { echo foreign; return; } # a directory or FIFO: never read (it could block)
   if [ "$(head -c 5 "$f" 2>/dev/null)" = "hpcq " ]; then echo leftover; return; fi
   if ! command -v h5dump >/dev/null 2>&1; then
     # Without hdf5-tools, ask hpcq (inspect refuses leftovers and prints "(complete)").

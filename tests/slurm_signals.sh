@@ -43,9 +43,7 @@ stop_case() {
   log2=$HQ_T_WORK/hpcq-quantize-$j2.log
   hq_t_wait "$j2" 120
   hq_t_expect_job "$j2" COMPLETED 0:0
-  grep -q "partial (interrupted run) -> --resume" "$log2" || fail "$name: the resubmission did not choose --resume"
-  grep -qE "resuming .* after [1-5] of 6 blocks" "$log2" || fail "$name: the resubmission did not resume mid-way"
-  hq_t_h5same "$HQ_T_WORK/ref.h5" "$HQ_T_WORK/$name.h5" || fail "$name: resumed result differs from the uninterrupted run"
+  hq_t_check_resumed "$name" "$log2"
   tlog "$name: status 75, resumed result == uninterrupted result"
 }
 

@@ -146,11 +146,18 @@ static void test_dead(void) {
   free(W);
 }
 
+/* A rows x cols layer: H from 4*cols Gaussian tokens (seed), W ~ N(0, 0.1) (seed + 1). */
+static void small_layer(int64_t rows, int64_t cols, uint64_t seed, float **H, float **W) {
+  *H = malloc(sizeof(float) * cols * cols);
+  *W = malloc(sizeof(float) * rows * cols);
+  gram(cols, 4 * cols, seed, *H, 0, NULL);
+  hq_t_randn(*W, rows * cols, seed + 1, 0.1f);
+}
+
 static void test_nonfinite(void) {
   const int64_t rows = 8, cols = 40;
-  float *H = malloc(sizeof(float) * cols * cols), *W = malloc(sizeof(float) * rows * cols);
-  gram(cols, 4 * cols, 14, H, 0, NULL);
-  hq_t_randn(W, rows * cols, 15, 0.1f);
+  float *H, *W;
+  small_layer(rows, cols, 14, &H, &W);
   struct hq_gptq_opts o = hq_gptq_opts_default();
   struct hq_gptq_result r;
   W[3 * cols + 7] = NAN;
@@ -268,9 +275,8 @@ static void fp16_case(const struct hq_gptq_opts *o, const float *W, const float 
 
 static void test_fp16_range(void) {
   const int64_t rows = 8, cols = 64;
-  float *H = malloc(sizeof(float) * cols * cols), *W = malloc(sizeof(float) * rows * cols);
-  gram(cols, 4 * cols, 18, H, 0, NULL);
-  hq_t_randn(W, rows * cols, 19, 0.1f);
+  float *H, *W;
+  small_layer(rows, cols, 18, &H, &W);
   struct hq_gptq_opts o = hq_gptq_opts_default();
   o.group_size = 32;
   W[5 * cols + 35] = -1.0e6f; /* 4 bits: scale 66667 > 65504; 8 bits: 3922 */

@@ -7,15 +7,12 @@
 # and what is wrong, and no checkpoint (not even a half-written folder) from export. The
 # pristine file passes both.
 set -u
-BIN=${HQ_BIN:-build/hpcq}
-M=${HQ_TESTDATA:-tests/data}/llama-sotu-5m
 source "$(dirname "$0")/testlib.sh"
 if ! python3 -c 'import h5py' 2>/dev/null; then
   echo "FAIL: this test needs python3 with h5py (Debian: apt-get install python3-h5py; tools/install-deps.sh)" >&2
   exit 1
 fi
-T=$(mktemp -d /tmp/hq_h5check.XXXXXX)
-trap 'rm -rf "$T"' EXIT
+hq_tmpdir h5check
 
 "$BIN" quantize --model "$M" --calib "$M/calib.i32" --nsamples 8 --seqlen 128 --bits 4 --group-size 128 \
   --out "$T/ok.h5" --quiet 2>"$T/q.log" || { cat "$T/q.log"; bad "quantize"; finish test_h5check; exit 1; }

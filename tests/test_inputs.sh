@@ -14,12 +14,8 @@
 #     before its first flush is recognised by --resume and inspect; RTN never exports
 #     desc_act true
 set -u
-BIN=${HQ_BIN:-build/hpcq}
-M=${HQ_TESTDATA:-tests/data}/llama-sotu-5m
-MPIEXEC=${MPIEXEC:-mpiexec}
 source "$(dirname "$0")/testlib.sh"
-T=$(mktemp -d /tmp/hq_inputs.XXXXXX)
-trap 'rm -rf "$T"' EXIT
+hq_tmpdir inputs
 Q=(--nsamples 8 --seqlen 128 --bits 4 --group-size 128 --quiet)
 
 # expect NAME STATUS PATTERN CMD...: CMD exits STATUS within 20 s, stderr matches PATTERN

@@ -7,12 +7,8 @@
 #     1 after it was signalled, documented in README), the file is resumable
 # After each, --resume completes and the result equals an uninterrupted run.
 set -u
-BIN=${HQ_BIN:-build/hpcq}
-M=${HQ_TESTDATA:-tests/data}/llama-sotu-5m
-MPIEXEC=${MPIEXEC:-mpiexec}
 source "$(dirname "$0")/testlib.sh"
-T=$(mktemp -d /tmp/hq_signals.XXXXXX)
-trap 'rm -rf "$T"' EXIT
+hq_tmpdir signals
 A=(--model "$M" --calib "$M/calib.i32" --nsamples 16 --seqlen 128 --bits 4 --group-size 128)
 
 "$BIN" quantize "${A[@]}" --out "$T/ref.h5" --quiet 2>"$T/ref.log" || bad "reference run: $(cat "$T/ref.log")"
