@@ -1,12 +1,28 @@
 # Shared helpers of jobs/*.sbatch (bash; sourced, not run). Not site-specific: adapt
 # jobs/site.env instead.
 #
-#   hq_job_init NAME       source site.env, check HPCQ_BIN, log the header (HQ_JOBS_DIR is set
-#                          by the sbatch script, which also refuses to run outside Slurm)
-#   hq_out_state FILE      prints missing | partial | complete | foreign (not an hpcq file)
-#   hq_step CMD...         run one srun step in the background, forward the time-limit
-#                          warning to it as SIGTERM; sets HQ_STEP_RC and HQ_INTERRUPTED
+#   hq_job_init NAME       source site.env, check HPCQ_BIN, log the header, install the signal
+#                          traps (HQ_JOBS_DIR is set by the sbatch script, which also refuses to
+#                          run outside Slurm)
+#   hq_out_state FILE      prints missing | partial | complete | leftover (killed before its
+#                          first flush: nothing to resume) | foreign (not an hpcq file)
+#   hq_step CMD...         run one srun step in the background, forward SIGUSR1 (time-limit
+#                          warning) and SIGTERM to it as SIGTERM; sets HQ_STEP_RC, HQ_INTERRUPTED
+#   hq_stopped RC          true when the step was stopped by a signal (however it arrived)
 #   hq_requeue             put this job back in the queue (bounded by HPCQ_MAX_RESTARTS)
+#
+# Exit status of every jobs/*.sbatch (the job's ExitCode in sacct / scontrol show job):
+#   0   done (quantize: --out is complete), or requeued: Slurm runs the job again
+#   1   hpcq failed; its message (naming the rank) is in the log
+#   2   usage or set-up error: bad arguments, hpcq not found, not inside Slurm, --out foreign
+#   75  stopped by a signal and not requeued (cancel, preemption, a SIGTERM to the script, srun or
+#       the ranks, the restart limit): quantize's --out is resumable (or not started yet), so
+#       submitting the same command again continues it; eval / scaling have nothing to keep:
+#       submit again
+# The launcher's own status is never passed on for a stop: srun reports 75 when the ranks
+# stopped at a block boundary, 0 for a step signalled by scancel in some Slurm versions, and
+# 137 when srun itself got the SIGTERM (it then SIGKILLs the tasks; the file keeps its last
+# flushed block); plain mpirun exits 1 after a SIGTERM to it (the ranks exit 75).
 
 hq_log() { printf '[%s %s] %s\n' "$(date '+%F %T')" "${HQ_JOB_NAME:-hpcq}" "$*"; }
 
@@ -36,60 +52,97 @@ hq_job_init() {
   hq_log "hpcq: $(command -v "$HPCQ_BIN") ($("$HPCQ_BIN" --version 2>&1 | head -n1)); jobs dir $HQ_JOBS_DIR (git $rev)"
   hq_log "slurm: $(srun --version 2>&1 | head -n1); launch: srun --mpi=$HPCQ_SRUN_MPI $HPCQ_SRUN_ARGS"
   hq_log "env: $(env | grep -E '^(OMPI_MCA_|NCCL_|UCX_|OPENBLAS_NUM_THREADS|OMP_NUM_THREADS|HDF5_USE_FILE_LOCKING|CUDA_VISIBLE_DEVICES)' | sort | tr '\n' ' ')"
+  # from here on a signal never kills the script: it is forwarded and answered with status 75
+  trap hq_on_usr1 USR1
+  trap hq_on_term TERM INT
 }
 
-# What an output file is: missing, partial (an hpcq file without complete=1: resumable),
-# complete, or foreign (exists but is not a readable hpcq HDF5 file).
+# What an output file is: missing, partial (an hpcq file with a progress record but without
+# complete=1: resumable), complete, leftover (what a kill before the first flush leaves:
+# hpcq's placeholder, or an hpcq file without progress record; --overwrite loses nothing), or
+# foreign (exists but is not an hpcq file).
 hq_out_state() {
   local f=$1 v
   [ -e "$f" ] || { echo missing; return; }
+  [ -f "$f" ] || { echo foreign; return; } # a directory or FIFO: never read (it could block)
+  if [ "$(head -c 5 "$f" 2>/dev/null)" = "hpcq " ]; then echo leftover; return; fi
   if ! command -v h5dump >/dev/null 2>&1; then
-    # Without hdf5-tools, ask hpcq: inspect refuses incomplete files.
-    if "$HPCQ_BIN" inspect "$f" >/dev/null 2>&1; then echo complete; else echo partial; fi
+    # Without hdf5-tools, ask hpcq (inspect refuses leftovers and prints "(complete)").
+    v=$("$HPCQ_BIN" inspect "$f" 2>&1 | head -n1)
+    case $v in
+      *"(complete)"*) echo complete ;;
+      *leftover*) echo leftover ;;
+      *INCOMPLETE*) echo partial ;;
+      *) echo foreign ;;
+    esac
     return
   fi
   h5dump -a /hpcq_format_version "$f" >/dev/null 2>&1 || { echo foreign; return; }
+  h5dump -a /n_blocks "$f" >/dev/null 2>&1 || { echo leftover; return; }
   v=$(h5dump -a /complete "$f" 2>/dev/null | sed -n 's/^ *(0): *\([0-9-]*\).*/\1/p' | head -n1)
   if [ "$v" = 1 ]; then echo complete; else echo partial; fi
 }
 
 # Signals. Slurm delivers:
-#   - the early warning of `#SBATCH --signal=B:USR1@T` to THIS shell only (not to the ranks):
-#     we forward it to the running steps as SIGTERM (scancel --signal=TERM JOBID signals all
-#     steps, not the batch shell) and, once hpcq has written a resumable file, requeue;
-#   - SIGTERM to this shell AND the ranks on scancel, scontrol requeue, preemption and at the
-#     time limit itself: the ranks already have it; we just wait for them to finish the block.
+#   - the early warning of `#SBATCH --signal=B:USR1@T` to THIS shell only (not to the ranks);
+#   - SIGTERM to this shell, srun and the ranks on scancel, scontrol requeue, preemption and at
+#     the time limit itself; `scancel --batch --signal=TERM` (or a kill of the script) to this
+#     shell only; `scancel --signal=TERM` to the steps only.
+# Either trap forwards the signal to the running steps as SIGTERM (scancel --signal=TERM JOBID
+# signals every step, not the batch shell; a second SIGTERM to ranks that have one is harmless),
+# so hpcq stops after the block it is writing however the signal came; USR1 then requeues,
+# TERM ends the job with 75. A signal before the step starts keeps the step from starting.
 HQ_INTERRUPTED=""
 HQ_TRAPPED=0
+HQ_STEP_PID=""
+hq_forward_term() {
+  [ -n "$HQ_STEP_PID" ] || return 0
+  hq_log "asking hpcq to stop after the current block (SIGTERM to the step) and waiting for it"
+  scancel --signal=TERM "$SLURM_JOB_ID" 2>/dev/null || true
+}
 hq_on_usr1() {
   HQ_TRAPPED=1
   HQ_INTERRUPTED=limit
-  hq_log "time limit near (SIGUSR1): asking hpcq to stop after the current block (SIGTERM to the step)"
-  scancel --signal=TERM "$SLURM_JOB_ID" 2>/dev/null || true
+  hq_log "time limit near (SIGUSR1)"
+  hq_forward_term
 }
 hq_on_term() {
   HQ_TRAPPED=1
   [ "$HQ_INTERRUPTED" = limit ] || HQ_INTERRUPTED=term
-  hq_log "SIGTERM (cancel, requeue, preemption or time limit): waiting for hpcq to finish the current block"
+  hq_log "SIGTERM/SIGINT to the batch script (cancel, requeue, preemption, time limit or a kill)"
+  hq_forward_term
 }
 
 # hq_step CMD... : run CMD (an srun line) in the background and wait for it, staying responsive
-# to the traps above. HQ_STEP_RC gets its exit status.
+# to the traps above. HQ_STEP_RC gets its exit status (75 when a signal came before it started).
 hq_step() {
-  trap hq_on_usr1 USR1
-  trap hq_on_term TERM
+  if [ -n "$HQ_INTERRUPTED" ]; then
+    hq_log "not starting the step: stopped by a signal ($HQ_INTERRUPTED) before it began"
+    HQ_STEP_RC=75
+    return
+  fi
   hq_log "run: $*"
   "$@" &
-  local pid=$!
+  HQ_STEP_PID=$!
+  local r
   while :; do
     HQ_TRAPPED=0
-    wait "$pid"
+    wait "$HQ_STEP_PID"
     HQ_STEP_RC=$?
     [ "$HQ_TRAPPED" = 1 ] || break # wait ended because the step ended, not because of a trap
+    kill -0 "$HQ_STEP_PID" 2>/dev/null && continue # still running: wait for it again
+    wait "$HQ_STEP_PID" 2>/dev/null; r=$?  # it ended while the trap ran: its own status
+    [ "$r" -eq 127 ] || HQ_STEP_RC=$r      # (127: that wait had already collected it)
+    break
   done
-  trap - USR1 TERM
+  HQ_STEP_PID=""
   hq_log "step exited with status $HQ_STEP_RC${HQ_INTERRUPTED:+ (interrupted: $HQ_INTERRUPTED)}"
 }
+
+# hq_stopped RC: the step with status RC was stopped by a signal: one of the traps fired, the
+# ranks stopped at a block boundary (75), or a process of the step was killed by a signal
+# (status 128 + N: srun got the SIGTERM itself, a kill, the out-of-memory killer).
+hq_stopped() { [ -n "$HQ_INTERRUPTED" ] || [ "$1" -eq 75 ] || [ "$1" -gt 128 ]; }
 
 # Requeue this job so it resumes later; exits the script.
 hq_requeue() {

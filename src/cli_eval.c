@@ -8,6 +8,7 @@
  *
  * Quantized results (hpcq .h5 files) are evaluated through the same model API. */
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #include "cli.h"
 #include "error.h"
 #include "forward.h"
+#include "h5check.h"
 #include "h5io.h"
 #include "model.h"
 #include "util.h"
@@ -122,14 +124,21 @@ int hq_cli_eval(int argc, char **argv) {
 
   struct hq_model m;
   if (hq_model_open(model, &m) != HQ_OK) {
-    fprintf(stderr, "hpcq eval: cannot open model %s: %s\n  hint: --model takes a Hugging Face "
-            "model folder with config.json and model.safetensors (or an index)\n", model,
-            hq_last_error());
+    const size_t ml = strlen(model);
+    const int h5 = ml > 3 && !strcmp(model + ml - 3, ".h5");
+    fprintf(stderr, "hpcq eval: cannot open model %s: %s\n  hint: --model takes %s\n", model,
+            hq_last_error(), h5 ? "a complete result of hpcq quantize (FILE.h5)"
+            : "a Hugging Face model folder with config.json and model.safetensors (or an index)");
     return 1;
   }
   const struct hq_model_config *c = &m.cfg;
   int ret = 1;
   struct hq_tokens tok = {0};
+  /* a quantized result is validated whole before anything runs on it (src/h5check.h) */
+  if (m.h5 && hq_h5_check_model(m.h5, c) != HQ_OK) {
+    fprintf(stderr, "hpcq eval: %s: %s\n", model, hq_last_error());
+    goto out;
+  }
   /* A result quantized for W?A<n> (hpcq quantize --act-bits n) is evaluated that way unless
    * --act-bits says otherwise: the weights were compensated for quantized activations. */
   int64_t file_act_bits = 0;
@@ -152,6 +161,12 @@ int hq_cli_eval(int argc, char **argv) {
     fprintf(stderr, "hpcq eval: --seqlen %lld is longer than the model's "
             "max_position_embeddings (%lld); use --seqlen %lld or less\n", seqlen,
             (long long)c->max_pos, (long long)c->max_pos);
+    ret = 2; /* an option the model cannot take: usage */
+    goto out;
+  }
+  if (hq_config_check_seqlen(c, seqlen, "--seqlen") != HQ_OK) {
+    fail();
+    ret = 2;
     goto out;
   }
   if (hq_tokens_load(tokens, c->vocab, &tok) != HQ_OK) {
@@ -182,6 +197,15 @@ int hq_cli_eval(int argc, char **argv) {
   const double secs = hq_now() - pr.t0;
   const int64_t npred = nwin * (seqlen - 1);
   const double mean = nll / (double)npred, ppl = exp(mean);
+  if (!isfinite(ppl)) {
+    fprintf(stderr, "hpcq eval: the perplexity of %s is %s (mean NLL %g over %lld tokens): the "
+            "model's logits overflow or are NaN, so there is no perplexity to report\n  hint: "
+            "its weights are broken or out of range: for an .h5 result check `hpcq inspect` "
+            "(loss ratios, damping) and quantize again, e.g. with more bits, a smaller "
+            "--group-size or without --act-bits; for a model folder check the checkpoint\n",
+            model, isnan(ppl) ? "NaN" : "infinite", mean, (long long)npred);
+    goto out;
+  }
   if (json) {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "model", model);

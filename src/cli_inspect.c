@@ -8,6 +8,7 @@
 #include "cli.h"
 #include "error.h"
 #include "h5io.h"
+#include "quantize_check.h"
 
 /* An optional attribute: NaN when absent; *rc records a read failure (a damaged file). */
 static double attr_f64(struct hq_h5 *h, const char *obj, const char *name, int *rc) {
@@ -71,7 +72,8 @@ int hq_cli_inspect(int argc, char **argv) {
     return 2;
   }
   struct hq_h5 *h = NULL;
-  int rc = hq_h5_open_read(path, 1, &h);
+  int rc = hq_result_check_resumable(path); /* the leftover of a kill before the first flush */
+  if (!rc) rc = hq_h5_open_read(path, 1, &h);
   if (rc) {
     fprintf(stderr, "hpcq inspect: %s\n", hq_last_error());
     return 1;

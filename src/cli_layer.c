@@ -142,7 +142,11 @@ static int parse(int argc, char **argv, struct layer_opts *o) {
   }
   if (!o->model || !o->calib || !o->linear)
     return hq_fail(HQ_ERR_INPUT, "--model, --calib and --linear are required (see hpcq layer --help)");
-  if (o->group == 0) o->group = -1;
+  if (o->group == 0)
+    return hq_fail(HQ_ERR_INPUT, "--group-size 0: give the columns per group (>= 1, e.g. 128), or "
+                   "-1 for one group per output channel");
+  if (o->bits != 2 && o->bits != 3 && o->bits != 4 && o->bits != 8)
+    return hq_fail(HQ_ERR_INPUT, "--bits must be 2, 3, 4 or 8, got %lld", o->bits);
   return HQ_OK;
 }
 
@@ -273,6 +277,7 @@ int hq_cli_layer(int argc, char **argv) {
                  (long long)m.cfg.max_pos);
     goto done;
   }
+  if ((rc = hq_config_check_seqlen(&m.cfg, o.seqlen, "--seqlen")) != HQ_OK) goto done;
   hq_linear_shape(&m.cfg, lin, &rows, &cols);
   W = malloc(sizeof(float) * (size_t)(rows * cols));
   if (!W) {

@@ -8,6 +8,7 @@
 #include "equalize.h"
 #include "error.h"
 #include "pipeline.h"
+#include "quantize_check.h"
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -19,12 +20,12 @@ static void usage(FILE *f) {
           "  --method M          gptq (default), rtn (round-to-nearest, no calibration) or hqq\n"
           "                      (half-quadratic zero/scale optimisation, no calibration)\n"
           "  --bits N            2, 3, 4 (default) or 8\n"
-          "  --group-size G      columns per quantization group; -1 = per channel (default 128,\n"
-          "                      64 for hqq)\n"
+          "  --group-size G      columns per quantization group (>= 1); -1 = one group per\n"
+          "                      output channel (default 128, 64 for hqq)\n"
           "  --sym               symmetric grid (default asymmetric)\n"
           "  --mse               MSE clip search for the grid\n"
-          "  --act-order         quantize columns by descending Hessian diagonal (desc_act)\n"
-          "  --static-groups     group parameters from the unpermuted weights\n"
+          "  --act-order         gptq: quantize columns by descending Hessian diagonal (desc_act)\n"
+          "  --static-groups     gptq: group parameters from the unpermuted weights\n"
           "  --damp F            percdamp: damping = F * mean(diag H) (default 0.01; raised\n"
           "                      automatically when the Cholesky factorisation fails)\n"
           "  --nsamples N        calibration windows (default 128)\n"
@@ -46,11 +47,22 @@ static void usage(FILE *f) {
           "  --scale-from-hessian  EXPERIMENTAL: group scales minimising the H-diagonal-weighted\n"
           "                      error (gptq, rtn; needs --calib)\n"
           "  --resume            continue an interrupted run from its last complete block\n"
-          "  --overwrite         replace an existing output file\n"
+          "                      (a missing --out starts a new run)\n"
+          "  --overwrite         replace an existing output file (not with --resume)\n"
           "  --json-summary FILE write phase times (rank 0's, and the maximum over ranks) and\n"
           "                      peak memory as JSON (rank 0)\n"
           "  --quiet             no progress lines\n\n"
           "Exit status: 0 done, 1 error, 2 usage, 75 stopped by SIGTERM/SIGINT (resumable).\n");
+}
+
+/* Collective: rank 0 checks the paths, the model's config and the sizes before anything is
+ * created (src/quantize_check.h); every rank gets its verdict and whether it is a usage error. */
+static int preflight(const struct hq_comm *comm, const struct hq_quant_opts *o, int *usage) {
+  int rc = comm->rank == 0 ? hq_quant_preflight(o, comm->size, usage) : HQ_OK;
+  hq_comm_bcast(comm, usage, sizeof *usage, 0);
+  rc = hq_comm_agree(comm, rc);
+  if (!rc) *usage = 0;
+  return rc;
 }
 
 int hq_cli_quantize(int argc, char **argv) {
@@ -119,7 +131,7 @@ int hq_cli_quantize(int argc, char **argv) {
   if (!rc && (!o.model_dir || !o.out_path))
     rc = hq_fail(HQ_ERR_INPUT, "--model and --out are required (see hpcq quantize --help)");
   if (!rc && !gs_given && o.method == HQ_METHOD_HQQ) o.g.group_size = 64;
-  if (!rc && o.g.group_size == 0) o.g.group_size = -1;
+  if (!rc) rc = hq_quant_opts_validate(&o);
   if (rc) {
     fprintf(stderr, "hpcq quantize: %s\n", hq_last_error());
     return 2;
@@ -130,8 +142,9 @@ int hq_cli_quantize(int argc, char **argv) {
     fprintf(stderr, "hpcq quantize: %s\n", hq_last_error());
     return 1;
   }
-  hq_pipeline_install_signals();
-  rc = hq_quantize_run(&comm, &o);
+  int usage = 0;
+  rc = preflight(&comm, &o, &usage);
+  if (!rc) rc = hq_quantize_run(&comm, &o);
   /* every rank says why it stops (the message is agreed, rank 0's line is the usual one) */
   if (rc && comm.rank == 0)
     fprintf(stderr, "hpcq quantize: %s: %s\n", rc == HQ_ERR_INTERRUPTED ? "interrupted" : "error", hq_last_error());
@@ -139,5 +152,5 @@ int hq_cli_quantize(int argc, char **argv) {
     fprintf(stderr, "hpcq quantize (rank %d): %s: %s\n", comm.rank,
             rc == HQ_ERR_INTERRUPTED ? "interrupted" : "error", hq_last_error());
   hq_comm_finalize(&comm);
-  return rc == HQ_OK ? 0 : rc == HQ_ERR_INTERRUPTED ? 75 : 1;
+  return rc == HQ_OK ? 0 : usage ? 2 : rc == HQ_ERR_INTERRUPTED ? 75 : 1;
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "fileio.h"
 #include "model.h"
 
 #define SUPPORTED_ARCHS "LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM"
@@ -101,6 +102,31 @@ static int parse_rope_scaling(const cJSON *rs, const char *what, struct hq_model
   return HQ_OK;
 }
 
+/* Qwen2 switches sliding-window attention on with use_sliding_window (refused: hpcq has none);
+ * Mistral uses "sliding_window" whenever it is not null. Only a window shorter than the
+ * sequence changes the model, so a Mistral window is kept in c->sliding_window and checked
+ * against the sequence length in use (hq_config_check_seqlen). */
+static int parse_sliding_window(const cJSON *root, const char *what, struct hq_model_config *c) {
+  int sliding = 0;
+  HQ_TRY(get_bool(root, "use_sliding_window", &sliding, what));
+  if (sliding)
+    return hq_fail(HQ_ERR_UNSUPPORTED, "%s: use_sliding_window true is not supported; hpcq "
+                   "supports full causal attention", what);
+  c->sliding_window = 0;
+  if (c->arch == HQ_ARCH_MISTRAL) HQ_TRY(get_int(root, "sliding_window", 0, &c->sliding_window, what));
+  return HQ_OK;
+}
+
+int hq_config_check_seqlen(const struct hq_model_config *c, int64_t seqlen, const char *opt) {
+  if (c->sliding_window > 0 && seqlen > c->sliding_window)
+    return hq_fail(HQ_ERR_UNSUPPORTED, "%s %lld is longer than the model's sliding_window %lld: "
+                   "the model attends only to the last %lld tokens, and hpcq's attention is "
+                   "full causal (no sliding window), so it would compute a different model; use "
+                   "%s %lld or less", opt, (long long)seqlen, (long long)c->sliding_window,
+                   (long long)c->sliding_window, opt, (long long)c->sliding_window);
+  return HQ_OK;
+}
+
 static int parse(const cJSON *root, const char *what, struct hq_model_config *c) {
   if (!cJSON_IsObject(root))
     return hq_fail(HQ_ERR_INPUT, "%s: not a JSON object; expected a Hugging Face config.json",
@@ -131,11 +157,7 @@ static int parse(const cJSON *root, const char *what, struct hq_model_config *c)
   if (mlp_bias)
     return hq_fail(HQ_ERR_UNSUPPORTED, "%s: mlp_bias true is not supported; hpcq supports MLPs "
                    "without bias", what);
-  int sliding = 0;
-  HQ_TRY(get_bool(root, "use_sliding_window", &sliding, what));
-  if (sliding)
-    return hq_fail(HQ_ERR_UNSUPPORTED, "%s: use_sliding_window true is not supported; hpcq "
-                   "supports full causal attention", what);
+  HQ_TRY(parse_sliding_window(root, what, c));
 
   HQ_TRY(get_int(root, "hidden_size", 1, &c->hidden, what));
   HQ_TRY(get_int(root, "intermediate_size", 1, &c->intermediate, what));
@@ -191,9 +213,12 @@ static int parse(const cJSON *root, const char *what, struct hq_model_config *c)
 int hq_config_parse(const char *text, size_t len, const char *what, struct hq_model_config *c) {
   memset(c, 0, sizeof *c);
   if (!what) what = "config.json";
-  cJSON *root = cJSON_ParseWithLength(text, len);
+  long long at = -1;
+  cJSON *root = hq_json_parse_whole(text, len, &at);
   if (!root)
-    return hq_fail(HQ_ERR_INPUT, "%s: not valid JSON; expected a Hugging Face config.json", what);
+    return hq_fail(HQ_ERR_INPUT, "%s: not valid JSON (at byte %lld: a syntax error, or something "
+                   "after the closing brace); expected a Hugging Face config.json holding one "
+                   "JSON object", what, at);
   int rc = parse(root, what, c);
   cJSON_Delete(root);
   if (rc != HQ_OK) {
@@ -211,10 +236,14 @@ int hq_config_load(const char *dir, struct hq_model_config *c) {
   memset(c, 0, sizeof *c);
   char path[4096];
   snprintf(path, sizeof path, "%s/config.json", dir);
-  FILE *fp = fopen(path, "rb");
-  if (!fp)
-    return hq_fail(HQ_ERR_IO, "cannot open %s: %s; point hpcq at a Hugging Face model folder",
-                   path, strerror(errno));
+  FILE *fp;
+  int rc0 = hq_fopen_regular(path, "model config", &fp);
+  if (rc0 == HQ_ERR_IO) {
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", hq_last_error());
+    return hq_fail(rc0, "%s; point hpcq at a Hugging Face model folder", msg);
+  }
+  if (rc0) return rc0;
   char *buf = NULL;
   size_t len = 0, cap = 0;
   for (;;) {

@@ -25,6 +25,8 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "fileio.h"
+#include "h5check.h"
 #include "h5io.h"
 #include "util.h"
 
@@ -220,8 +222,8 @@ static int ends_with(const char *s, const char *suf) {
 }
 
 static int copy_file(const char *src, const char *dst) {
-  FILE *in = fopen(src, "rb");
-  if (!in) return hq_fail(HQ_ERR_IO, "cannot read %s: %s", src, strerror(errno));
+  FILE *in;
+  HQ_TRY(hq_fopen_regular(src, "tokenizer file", &in));
   FILE *out = fopen(dst, "wb");
   if (!out) {
     fclose(in);
@@ -401,7 +403,8 @@ static cJSON *quant_config(struct hq_h5 *h, int bits, int64_t group_size,
   cJSON_AddStringToObject(q, "quant_method", "gptq");
   cJSON_AddNumberToObject(q, "bits", bits);
   cJSON_AddNumberToObject(q, "group_size", (double)(group_size > 0 ? group_size : -1));
-  cJSON_AddBoolToObject(q, "desc_act", ao != 0);
+  /* act-order is a GPTQ ordering; older RTN/HQQ files may record it without effect */
+  cJSON_AddBoolToObject(q, "desc_act", ao != 0 && (!method || !strcmp(method, "gptq")));
   cJSON_AddBoolToObject(q, "sym", sym != 0);
   char dbuf[32]; /* percdamp is stored from a float: 0.00999999977 -> 0.01 */
   snprintf(dbuf, sizeof dbuf, "%.6g", damp);
@@ -418,6 +421,15 @@ static cJSON *quant_config(struct hq_h5 *h, int bits, int64_t group_size,
   cJSON_AddStringToObject(meta, "hpcq_method", method ? method : "gptq");
   free(method);
   return q;
+}
+
+/* The whole result against its own config (src/h5check.h) before anything is written. */
+static int check_result(struct hq_h5 *h, const char *h5_path, const char *cfg_text) {
+  struct hq_model_config c;
+  int rc = hq_config_parse(cfg_text, strlen(cfg_text), "model_config_json", &c);
+  if (!rc) rc = hq_h5_check_model(h, &c);
+  hq_config_free(&c);
+  return rc ? hq_fail_ctx(rc, "%s: ", h5_path) : HQ_OK;
 }
 
 int hq_export_gptq(const char *h5_path, const char *out_dir, const struct hq_export_opts *o,
@@ -456,7 +468,8 @@ int hq_export_gptq(const char *h5_path, const char *out_dir, const struct hq_exp
   int64_t bits = 0, group_size = 0;
 
   if ((rc = hq_h5_attr_get_str(h, "/", "model_config_json", &cfg_text))) goto out;
-  cfg = cJSON_Parse(cfg_text);
+  if ((rc = check_result(h, h5_path, cfg_text))) goto out;
+  cfg = hq_json_parse_whole(cfg_text, strlen(cfg_text), NULL);
   if (!cfg || !cJSON_IsObject(cfg)) {
     rc = hq_fail(HQ_ERR_INPUT, "%s: the model_config_json attribute is not a JSON object "
                  "(damaged file?)", h5_path);

@@ -8,11 +8,14 @@
 #include <string.h>
 
 /* exp(x) in float, relative error ~2 ulp for x in [-87, 88] (Cody-Waite range reduction +
- * Cephes degree-6 polynomial); inputs below -87.3 give ~1e-38 (not 0), above 88.7 clamp.
- * Unlike expf() from libm this inlines into a loop that the compiler vectorizes. */
-static inline float hq_expf(float x) {
-  x = x < -87.3f ? -87.3f : x;
-  x = x > 88.7f ? 88.7f : x;
+ * Cephes degree-6 polynomial); inputs below -87.3 give ~1e-38 (not 0), above 88.7 clamp;
+ * NaN gives NaN. Unlike expf() from libm this inlines into a loop that the compiler
+ * vectorizes. */
+static inline float hq_expf(float x0) {
+  /* the clamps send a NaN to the lower bound, so the exponent below stays in [1, 255] (no
+   * undefined conversion or shift); the NaN itself is returned at the end */
+  float x = x0 > -87.3f ? x0 : -87.3f;
+  x = x < 88.7f ? x : 88.7f;
   /* n = round(x / ln 2) by the 1.5 * 2^23 shifter (exact in round-to-nearest; floorf would
    * be a libm call here, which stops vectorization) */
   const float shifter = 12582912.0f;
@@ -29,7 +32,7 @@ static inline float hq_expf(float x) {
   int32_t e = ((int32_t)n + 127) << 23;
   float s;
   memcpy(&s, &e, sizeof s);
-  return p * s;
+  return x0 == x0 ? p * s : x0;
 }
 
 /* The sums below keep HQ_LANES partial sums in a fixed array and combine them in a fixed

@@ -259,6 +259,7 @@ int hq_rtn_quantize(const struct hq_backend *be, const struct hq_gptq_opts *o, i
                     int64_t cols, float *W, const float *H, struct hq_gptq_result *res) {
   HQ_TRY(hq_gptq_opts_check(o, cols));
   HQ_TRY(hq_check_finite("W", W, rows, cols, "the layer's weights are corrupt (check the checkpoint)"));
+  HQ_TRY(hq_grid_check_fp16(o, W, rows, cols));
   if (o->hscale && !H) return hq_fail(HQ_ERR_INPUT, "--scale-from-hessian needs the Hessian (calibration data)");
   const int64_t gs = o->group_size > 0 ? o->group_size : cols;
   const int64_t ngroups = ngroups_of(cols, o->group_size);
@@ -547,6 +548,7 @@ int hq_gptq_solve(const struct hq_backend *be, const struct hq_gptq_opts *o,
   if (o->hscale && !p->colw) return hq_fail(HQ_ERR_INPUT, "--scale-from-hessian: prepare without hscale");
   HQ_TRY(hq_check_finite("W", W, rows, cols,
                       "the layer's weights are corrupt (check the checkpoint or the previous block)"));
+  HQ_TRY(hq_grid_check_fp16(o, W, rows, cols));
   const int64_t ngroups = ngroups_of(cols, o->group_size > 0 ? o->group_size : 0);
   HQ_TRY(hq_gptq_result_alloc(res, rows, cols, ngroups));
   res->row_loss_ref = malloc((size_t)(rows ? rows : 1) * sizeof(double));
@@ -569,6 +571,7 @@ int hq_gptq_solve(const struct hq_backend *be, const struct hq_gptq_opts *o,
   for (int64_t i1 = 0; !rc && rows > 0 && i1 < cols; i1 += B)
     solve_block(be, o, p, g, row0, rows, &w, i1, i1 + B < cols ? i1 + B : cols);
   if (!rc) rc = solve_collect(be, o, p, rows, W, &w, res);
+  if (!rc) rc = hq_result_check_fp16(res, o->bits);
   solve_ws_free(be, &w, W);
   res->t_quant = hq_now() - t0;
   res->damp_used = p->damp_used;

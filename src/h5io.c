@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "fileio.h"
 #include "h5sum.h"
 #include "quant.h"
 
@@ -760,6 +761,8 @@ int hq_h5_open_rw(const struct hq_comm *c, const char *path, struct hq_h5 **out,
 int hq_h5_open_read(const char *path, int allow_incomplete, struct hq_h5 **out) {
   h5_quiet();
   *out = NULL;
+  int exists = 0; /* a FIFO would block the HDF5 open below */
+  HQ_TRY(hq_path_regular(path, "hpcq result", &exists));
   if (access(path, R_OK) != 0)
     return hq_fail(HQ_ERR_IO, "cannot read %s: %s", path, strerror(errno));
   if (H5Fis_hdf5(path) <= 0) {

@@ -122,6 +122,7 @@ int hq_hqq_quantize(const struct hq_gptq_opts *o, const struct hq_hqq_opts *h, i
   HQ_TRY(hq_hqq_opts_check(h));
   if (rows < 0) return hq_fail(HQ_ERR_INPUT, "negative row count %lld", (long long)rows);
   HQ_TRY(hq_check_finite("W", W, rows, cols, "the layer's weights are corrupt (check the checkpoint)"));
+  HQ_TRY(hq_grid_check_fp16(o, W, rows, cols));
   const int64_t gs = o->group_size > 0 ? o->group_size : cols;
   const int64_t ng = (cols + gs - 1) / gs;
   const struct hq_grid g = hq_grid_make(o->bits, o->sym, 0);
@@ -172,5 +173,7 @@ int hq_hqq_quantize(const struct hq_gptq_opts *o, const struct hq_hqq_opts *h, i
     }
     free(row_e);
   }
-  return HQ_OK;
+  const int rc = hq_result_check_fp16(res, o->bits);
+  if (rc) hq_gptq_result_free(res);
+  return rc;
 }

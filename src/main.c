@@ -8,6 +8,7 @@
 #include "cli.h"
 #include "error.h"
 #include "h5io.h"
+#include "pipeline.h"
 
 struct hq_cmd {
   const char *name;
@@ -65,6 +66,9 @@ int hq_cli_float(const char *opt, const char *val, double lo, double hi, double 
 }
 
 int main(int argc, char **argv) {
+  /* First thing: a SIGTERM/SIGINT that arrives while MPI starts or the model opens must stop the
+   * run at the next block boundary (exit 75), not kill it (status 143) */
+  if (argc >= 2 && !strcmp(argv[1], "quantize")) hq_pipeline_install_signals();
   /* A fixed mmap threshold: buffers >= 1 MiB (block weights, Hessians) go back to the OS when
    * freed, so the peak RSS does not creep up block after block (glibc would otherwise raise
    * the threshold dynamically and keep them in the heap). */

@@ -44,7 +44,7 @@ void hq_linear_shape(const struct hq_model_config *c, enum hq_linear l, int64_t 
   }
 }
 
-static void shape_str(const int64_t *s, int nd, char *buf, size_t n) {
+void hq_shape_str(const int64_t *s, int nd, char *buf, size_t n) {
   size_t o = 0;
   o += (size_t)snprintf(buf + o, n - o, "[");
   for (int i = 0; i < nd && o < n; i++)
@@ -71,13 +71,13 @@ static int expect(const struct hq_model *m, const char *name, int nd, int64_t d0
   const char *cfg = m->h5 ? "its model_config_json" : "config.json";
   int64_t want[2] = {d0, d1};
   char ws[96], hs[192];
-  shape_str(want, nd, ws, sizeof ws);
+  hq_shape_str(want, nd, ws, sizeof ws);
   if (!found)
     return hq_fail(HQ_ERR_INPUT, "model %s: tensor '%s' %s is missing from %s; the "
                    "checkpoint is incomplete or not a %s", m->dir, name, ws, src, m->cfg.arch_name);
   int ok = tnd == nd && tshape[0] == d0 && (nd < 2 || tshape[1] == d1);
   if (!ok) {
-    shape_str(tshape, tnd, hs, sizeof hs);
+    hq_shape_str(tshape, tnd, hs, sizeof hs);
     return hq_fail(HQ_ERR_INPUT, "model %s: tensor '%s' has shape %s but %s implies %s "
                    "(%s); the config and the weights do not belong together", m->dir, name, hs,
                    cfg, ws, why);

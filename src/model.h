@@ -75,11 +75,16 @@ struct hq_model_config {
   int64_t rope_original_max_pos;
   int tie_embeddings;        /* tie_word_embeddings */
   int qkv_bias;              /* attention_bias, or Qwen2 (always) */
+  int64_t sliding_window;    /* Mistral's sliding_window (0: none / null); see below */
   char *json;                /* the config.json text as read (for the HDF5 metadata) */
 };
 
 int hq_config_parse(const char *text, size_t len, const char *what, struct hq_model_config *c);
 int hq_config_load(const char *dir, struct hq_model_config *c);
+/* A sequence of `seqlen` tokens runs exactly like the checkpoint's model: HQ_ERR_UNSUPPORTED
+ * (naming `opt`, e.g. "--seqlen") when it is longer than a Mistral sliding_window, which
+ * hpcq's full causal attention does not implement. */
+int hq_config_check_seqlen(const struct hq_model_config *c, int64_t seqlen, const char *opt);
 void hq_config_free(struct hq_model_config *c);
 
 /* ---------------- model ---------------- */
@@ -90,6 +95,8 @@ enum hq_linear { HQ_LIN_Q = 0, HQ_LIN_K, HQ_LIN_V, HQ_LIN_O, HQ_LIN_GATE, HQ_LIN
 enum hq_group { HQ_GROUP_QKV = 0, HQ_GROUP_O, HQ_GROUP_GATEUP, HQ_GROUP_DOWN, HQ_GROUP_COUNT };
 const char *hq_linear_name(enum hq_linear l);        /* "self_attn.q_proj", ..., "mlp.down_proj" */
 enum hq_group hq_linear_group(enum hq_linear l);
+/* "[4096, 11008]": a shape of nd dimensions for messages */
+void hq_shape_str(const int64_t *s, int nd, char *buf, size_t n);
 /* rows (out) and cols (in) of a linear for this config */
 void hq_linear_shape(const struct hq_model_config *c, enum hq_linear l, int64_t *rows, int64_t *cols);
 
@@ -141,7 +148,9 @@ struct hq_tokens {
 int hq_tokens_load(const char *path, int64_t vocab, struct hq_tokens *t);
 void hq_tokens_free(struct hq_tokens *t);
 /* Calibration: nsamples random windows of seqlen (start uniform in [0, n - seqlen]), seeded;
- * out is [nsamples x seqlen]. Error if n < seqlen. */
+ * out is [nsamples x seqlen]. Error if n < seqlen. When the text is too short for the request
+ * (nsamples x seqlen > n, or a window repeats another exactly) it warns once per process on
+ * stderr (rank 0 only, hq_error_rank() <= 0) with the token, window and overlap counts. */
 int hq_tokens_sample(const struct hq_tokens *t, int64_t nsamples, int64_t seqlen, uint64_t seed,
                      int32_t *out);
 /* Evaluation: contiguous non-overlapping windows; returns the window count (remainder dropped). */

@@ -49,26 +49,24 @@ int hq_pack_check(int bits, enum hq_pack_format format, int64_t in, int64_t out,
   if (ngroups < 1 || ngroups > in)
     return hq_fail(HQ_ERR_INPUT, "%lld groups for %lld input columns; need 1..%lld",
                    (long long)ngroups, (long long)in, (long long)in);
-  if (in % u != 0) {
+  if (in % u != 0 || out % u != 0) {
+    /* hpcq quantizes every linear (there is no option to skip one): name the widths that fit */
     char alt[64] = "";
     int len = 0;
     for (int b = 2; b <= 8; b++)
-      if (hq_pack_unit(b) && in % hq_pack_unit(b) == 0)
+      if (hq_pack_unit(b) && in % hq_pack_unit(b) == 0 && out % hq_pack_unit(b) == 0)
         len += snprintf(alt + len, sizeof alt - (size_t)len, "%s%d", len ? ", " : "", b);
+    const int bad_in = in % u != 0;
     return hq_fail(HQ_ERR_UNSUPPORTED,
-                   "input dimension %lld is not a multiple of %lld: %d-bit qweight packs %lld "
-                   "input columns into %d word%s and GPTQ loaders size it as in*bits/32 rows; "
-                   "hpcq does not pad. Leave this layer unquantized%s%s",
-                   (long long)in, (long long)u, bits, (long long)u, bits == 3 ? 3 : 1,
-                   bits == 3 ? "s" : "", len ? " or use bits " : "", alt);
+                   "%s dimension %lld is not a multiple of %lld: %d-bit %s pack %lld values per "
+                   "%s along it and GPTQ loaders require %s %% %lld == 0; hpcq does not pad and "
+                   "quantizes every linear of the model (it cannot leave one unquantized), so "
+                   "this model cannot be quantized at %d bits%s%s",
+                   bad_in ? "input" : "output", (long long)(bad_in ? in : out), (long long)u,
+                   bits, bad_in ? "qweight" : "qzeros", (long long)u,
+                   bits == 3 ? "3 words" : "word", bad_in ? "in" : "out", (long long)u, bits,
+                   len ? ": use --bits " : "", alt);
   }
-  if (out % u != 0)
-    return hq_fail(HQ_ERR_UNSUPPORTED,
-                   "output dimension %lld is not a multiple of %lld: %d-bit qzeros pack %lld "
-                   "output features per %s along the output dimension (GPTQ loaders require "
-                   "out %% %lld == 0); hpcq does not pad. Leave this layer unquantized",
-                   (long long)out, (long long)u, bits, (long long)u,
-                   bits == 3 ? "3 words" : "word", (long long)u);
   if (row0 < 0 || nrows < 1 || row0 + nrows > out)
     return hq_fail(HQ_ERR_INPUT, "row range [%lld, %lld) is not inside the %lld output rows",
                    (long long)row0, (long long)(row0 + nrows), (long long)out);

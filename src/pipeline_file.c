@@ -10,6 +10,7 @@
 
 #include "equalize.h"
 #include "error.h"
+#include "h5check.h"
 #include "pack.h"
 #include "outpath.h"
 #include "pipeline_internal.h"
@@ -174,7 +175,10 @@ static int check_stored_linear(struct run *R, const char *name, enum hq_linear l
 }
 
 int hq_pipeline_load_done_block(struct run *R, int64_t b, struct hq_block_weights *bw) {
-  /* replace the linears of block b by the dequantized weights stored in the file */
+  /* the block as stored must be whole and valid (the check eval and export apply) before
+   * anything of it is decoded; then replace the linears of block b by its dequantized weights */
+  int rc0 = hq_h5_check_block(R->h5, &R->model.cfg, b);
+  if (rc0) return hq_fail_ctx(rc0, "resume: block %lld: ", (long long)b);
   for (int l = 0; l < HQ_LIN_COUNT; l++) {
     char name[256];
     hq_pipeline_lin_name(name, sizeof name, b, (enum hq_linear)l);

@@ -9,7 +9,9 @@
  *   q = clamp(round(w / scale) + zero, 0, maxq); dequant = scale * (q - zero)
  * round() is round-half-to-even (rintf in the default rounding mode), as torch.round.
  * A scale that rounds to 0 in fp16 (range below ~1e-7) is raised to the smallest positive
- * fp16 subnormal; one above 65504 is clamped to 65504 (documented in README). */
+ * fp16 subnormal. One above 65504 cannot be stored: every method refuses such a layer before
+ * (hq_grid_check_fp16) and after (hq_result_check_fp16) quantizing it, with the numbers
+ * (docs/readme/gptq.md); the clamp to 65504 below only keeps inf out of the arithmetic. */
 #ifndef HQ_QUANT_H
 #define HQ_QUANT_H
 

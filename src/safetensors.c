@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "fileio.h"
 #include "model.h"
 #include "quant.h"
 
@@ -254,18 +255,13 @@ int hq_st_parse_header(const char *json, size_t len, const void *data, size_t da
 
 static int map_file(const char *path, struct hq_st_file *f) {
   memset(f, 0, sizeof *f);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return hq_fail(HQ_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+  int fd;
+  HQ_TRY(hq_open_regular(path, "safetensors file", &fd));
   struct stat sb;
   if (fstat(fd, &sb) != 0) {
     int e = errno;
     close(fd);
     return hq_fail(HQ_ERR_IO, "cannot stat %s: %s", path, strerror(e));
-  }
-  if (!S_ISREG(sb.st_mode)) {
-    close(fd);
-    return hq_fail(HQ_ERR_IO, "%s is not a regular file", path);
   }
   size_t size = (size_t)sb.st_size;
   if (size < 10) {
@@ -311,8 +307,8 @@ static int add_file(struct hq_safetensors *st, const char *path) {
 }
 
 static int read_text(const char *path, char **out, size_t *len) {
-  FILE *fp = fopen(path, "rb");
-  if (!fp) return hq_fail(HQ_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+  FILE *fp;
+  HQ_TRY(hq_fopen_regular(path, "safetensors index", &fp));
   if (fseek(fp, 0, SEEK_END) != 0) {
     fclose(fp);
     return hq_fail(HQ_ERR_IO, "cannot seek in %s", path);
@@ -341,9 +337,10 @@ static int read_text(const char *path, char **out, size_t *len) {
   return HQ_OK;
 }
 
+/* Any kind of file: the open that follows refuses what is not a regular file, by name. */
 static int file_exists(const char *p) {
   struct stat sb;
-  return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
+  return stat(p, &sb) == 0;
 }
 
 /* index.json: {"metadata": ..., "weight_map": {"tensor": "shard file", ...}} */
@@ -351,11 +348,13 @@ static int open_index(const char *index_path, struct hq_safetensors *st) {
   char *text = NULL;
   size_t len = 0;
   HQ_TRY(read_text(index_path, &text, &len));
-  cJSON *root = cJSON_ParseWithLength(text, len);
+  long long at = -1;
+  cJSON *root = hq_json_parse_whole(text, len, &at);
   free(text);
   if (!root)
-    return hq_fail(HQ_ERR_INPUT, "%s: not valid JSON; the sharded checkpoint index is corrupt",
-                   index_path);
+    return hq_fail(HQ_ERR_INPUT, "%s: not valid JSON (at byte %lld: a syntax error, or something "
+                   "after the closing brace); the sharded checkpoint index is corrupt: download "
+                   "it again", index_path, at);
   const cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
   if (!cJSON_IsObject(wm) || !wm->child) {
     cJSON_Delete(root);

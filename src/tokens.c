@@ -7,17 +7,18 @@
 #include <sys/stat.h>
 
 #include "error.h"
+#include "fileio.h"
 #include "model.h"
 #include "util.h"
 
 int hq_tokens_load(const char *path, int64_t vocab, struct hq_tokens *t) {
   memset(t, 0, sizeof *t);
-  FILE *fp = fopen(path, "rb");
-  if (!fp) return hq_fail(HQ_ERR_IO, "cannot open token file %s: %s", path, strerror(errno));
+  FILE *fp;
+  HQ_TRY(hq_fopen_regular(path, "token file", &fp));
   struct stat sb;
-  if (fstat(fileno(fp), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+  if (fstat(fileno(fp), &sb) != 0) {
     fclose(fp);
-    return hq_fail(HQ_ERR_IO, "%s is not a regular file", path);
+    return hq_fail(HQ_ERR_IO, "cannot stat token file %s: %s", path, strerror(errno));
   }
   size_t size = (size_t)sb.st_size;
   if (size == 0 || size % 4 != 0) {
@@ -68,6 +69,37 @@ void hq_tokens_free(struct hq_tokens *t) {
   t->n = 0;
 }
 
+static int cmp_i64(const void *a, const void *b) {
+  const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* Too little calibration text: the windows repeat or overlap. Says so once per process, on
+ * rank 0 only (every rank samples the same windows), with the numbers. */
+static void warn_overlap(const struct hq_tokens *t, int64_t *starts, int64_t n, int64_t seqlen) {
+  static int warned = 0;
+  if (warned || hq_error_rank() > 0 || n < 2) return;
+  qsort(starts, (size_t)n, sizeof *starts, cmp_i64);
+  int64_t repeats = 0, overlapping = 0, covered = seqlen;
+  for (int64_t i = 0; i < n; i++) {
+    const int64_t prev = i > 0 ? starts[i] - starts[i - 1] : seqlen;
+    const int64_t next = i + 1 < n ? starts[i + 1] - starts[i] : seqlen;
+    repeats += prev == 0;
+    overlapping += prev < seqlen || next < seqlen;
+    if (i > 0) covered += prev < seqlen ? prev : seqlen;
+  }
+  const int64_t want = n * seqlen;
+  if (repeats == 0 && want <= t->n) return;
+  warned = 1;
+  fprintf(stderr, "hpcq: warning: too little calibration text: %lld tokens for %lld windows x %lld "
+          "tokens = %lld requested; %lld of the windows overlap another (%lld repeat one "
+          "exactly) and together they cover %lld distinct tokens (%.0f%% of the requested), so "
+          "the Hessians weigh the repeated text several times. Use more calibration text, or "
+          "fewer --nsamples or a smaller --seqlen\n", (long long)t->n, (long long)n,
+          (long long)seqlen, (long long)want, (long long)overlapping, (long long)repeats,
+          (long long)covered, 100.0 * (double)covered / (double)want);
+}
+
 int hq_tokens_sample(const struct hq_tokens *t, int64_t nsamples, int64_t seqlen, uint64_t seed,
                      int32_t *out) {
   if (seqlen <= 0 || nsamples < 0)
@@ -80,10 +112,14 @@ int hq_tokens_sample(const struct hq_tokens *t, int64_t nsamples, int64_t seqlen
   struct hq_rng r;
   hq_rng_seed(&r, seed);
   uint64_t nstarts = (uint64_t)(t->n - seqlen) + 1;
+  int64_t *starts = malloc((size_t)(nsamples ? nsamples : 1) * sizeof *starts);
   for (int64_t s = 0; s < nsamples; s++) {
     int64_t start = (int64_t)hq_rng_below(&r, nstarts);
     memcpy(out + s * seqlen, t->ids + start, (size_t)seqlen * sizeof(int32_t));
+    if (starts) starts[s] = start;
   }
+  if (starts) warn_overlap(t, starts, nsamples, seqlen);
+  free(starts);
   return HQ_OK;
 }
 

@@ -98,6 +98,14 @@ hq_t_expect_job() {
   tlog "job $1: $st, ExitCode $ec, Restarts $(hq_t_field "$1" Restarts)"
 }
 
+# hq_t_check_resumed NAME LOG: the run logged in LOG chose --resume and resumed mid-way, and
+# $HQ_T_WORK/NAME.h5 now equals the uninterrupted $HQ_T_WORK/ref.h5.
+hq_t_check_resumed() {
+  grep -q "partial (interrupted run) -> --resume" "$2" || fail "$1: the resumed run did not choose --resume"
+  grep -qE "resuming .* after [1-5] of 6 blocks" "$2" || fail "$1: hpcq did not resume mid-way"
+  hq_t_h5same "$HQ_T_WORK/ref.h5" "$HQ_T_WORK/$1.h5" || fail "$1: resumed result differs from the uninterrupted run"
+}
+
 # hq_t_mpirun_ref OUT [hpcq quantize args]: the same run under mpirun -np 2, outside Slurm.
 hq_t_mpirun_ref() {
   local out=$1

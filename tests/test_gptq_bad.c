@@ -1,7 +1,8 @@
 /* GPTQ on bad or awkward input: a Hessian with negative eigenvalues (damping raised
  * automatically, the percdamp used recorded; with no retries a clear HQ_ERR_NUMERIC), dead
  * (all-zero) columns and an all-zero Hessian, NaN/Inf in W or H (HQ_ERR_INPUT naming the
- * first bad index), bad options, and a 4097-wide layer with g128. */
+ * first bad index), bad options, a 4097-wide layer with g128, and weights whose grid needs a
+ * scale beyond fp16 (every method refuses them, naming row, columns and numbers). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 #include "backend.h"
 #include "error.h"
 #include "gptq.h"
+#include "hqq.h"
 #include "testutil.h"
 
 static const struct hq_backend *be;
@@ -144,11 +146,18 @@ static void test_dead(void) {
   free(W);
 }
 
+/* A rows x cols layer: H from 4*cols Gaussian tokens (seed), W ~ N(0, 0.1) (seed + 1). */
+static void small_layer(int64_t rows, int64_t cols, uint64_t seed, float **H, float **W) {
+  *H = malloc(sizeof(float) * cols * cols);
+  *W = malloc(sizeof(float) * rows * cols);
+  gram(cols, 4 * cols, seed, *H, 0, NULL);
+  hq_t_randn(*W, rows * cols, seed + 1, 0.1f);
+}
+
 static void test_nonfinite(void) {
   const int64_t rows = 8, cols = 40;
-  float *H = malloc(sizeof(float) * cols * cols), *W = malloc(sizeof(float) * rows * cols);
-  gram(cols, 4 * cols, 14, H, 0, NULL);
-  hq_t_randn(W, rows * cols, 15, 0.1f);
+  float *H, *W;
+  small_layer(rows, cols, 14, &H, &W);
   struct hq_gptq_opts o = hq_gptq_opts_default();
   struct hq_gptq_result r;
   W[3 * cols + 7] = NAN;
@@ -239,8 +248,55 @@ static void test_wide(void) {
   free(W);
 }
 
+/* Status of RTN, GPTQ and HQQ (in that order) on a copy of W; message checked against `want`. */
+static void fp16_case(const struct hq_gptq_opts *o, const float *W, const float *H, int64_t rows,
+                      int64_t cols, int expect_ok, const char *want) {
+  const char *names[3] = {"rtn", "gptq", "hqq"};
+  float *W2 = malloc(sizeof(float) * rows * cols);
+  for (int m = 0; m < 3; m++) {
+    memcpy(W2, W, sizeof(float) * rows * cols);
+    struct hq_gptq_result r;
+    struct hq_hqq_opts ho = hq_hqq_opts_default();
+    hq_error_clear();
+    int rc = m == 0 ? hq_rtn_quantize(be, o, rows, cols, W2, H, &r)
+             : m == 1 ? hq_gptq_quantize(be, o, rows, cols, W2, H, 1, &r)
+                      : hq_hqq_quantize(o, &ho, rows, cols, W2, &r, NULL);
+    if (expect_ok) {
+      CHECK(rc == HQ_OK, "%s, %d bits: %s", names[m], o->bits, hq_last_error());
+    } else {
+      CHECK(rc == HQ_ERR_NUMERIC && strstr(hq_last_error(), want) &&
+                strstr(hq_last_error(), "65504"), "%s: rc %d: %s", names[m], rc, hq_last_error());
+      if (m == 0) printf("scale beyond fp16: %s\n", hq_last_error());
+    }
+    if (rc == HQ_OK) hq_gptq_result_free(&r);
+  }
+  free(W2);
+}
+
+static void test_fp16_range(void) {
+  const int64_t rows = 8, cols = 64;
+  float *H, *W;
+  small_layer(rows, cols, 18, &H, &W);
+  struct hq_gptq_opts o = hq_gptq_opts_default();
+  o.group_size = 32;
+  W[5 * cols + 35] = -1.0e6f; /* 4 bits: scale 66667 > 65504; 8 bits: 3922 */
+  fp16_case(&o, W, H, rows, cols, 0, "row 5, columns 32..63: the weights span [-1e+06");
+  o.sym = 1; /* symmetric: the span is twice the largest magnitude */
+  W[5 * cols + 35] = -5.0e5f;
+  fp16_case(&o, W, H, rows, cols, 0, "4-bit symmetric grid needs a scale of 66666");
+  o.bits = 8;
+  fp16_case(&o, W, H, rows, cols, 1, NULL);
+  o.bits = 4;
+  o.sym = 0;
+  W[5 * cols + 35] = -9.0e5f; /* asymmetric 4 bits: scale 60000 fits */
+  fp16_case(&o, W, H, rows, cols, 1, NULL);
+  free(H);
+  free(W);
+}
+
 int main(void) {
   be = hq_backend_cpu();
+  test_fp16_range();
   test_not_pd();
   test_dead();
   test_nonfinite();

@@ -413,16 +413,19 @@ static void test_errors(void) {
   struct hq_packed p;
   /* in = 172 at 3 bits: 172 % 32 != 0; of the other widths only 8 (unit 4) divides 172 */
   CHECK(hq_pack_init(&p, 3, HQ_PACK_GPTQ, 172, 64, 2, 0, 64) == HQ_ERR_UNSUPPORTED, "in=172 3-bit");
-  CHECK(msg_has("input dimension 172") && msg_has("multiple of 32") && msg_has("or use bits 8"),
+  CHECK(msg_has("input dimension 172") && msg_has("multiple of 32") && msg_has("use --bits 8"),
         "message: %s", hq_last_error());
+  /* no option leaves a layer unquantized: the message must not suggest it */
+  CHECK(!msg_has("Leave this layer") && msg_has("cannot leave one unquantized"), "message: %s",
+        hq_last_error());
   CHECK(p.qweight == NULL, "nothing allocated on error");
   /* in = 172 at 4 bits: 172 % 8 = 4 */
   CHECK(hq_pack_check(4, HQ_PACK_GPTQ, 172, 64, 2, 0, 64) == HQ_ERR_UNSUPPORTED, "in=172 4-bit");
   CHECK(hq_pack_check(8, HQ_PACK_GPTQ, 172, 64, 2, 0, 64) == HQ_OK, "in=172 8-bit is fine");
   /* out not a multiple of the unit (qzeros) */
   CHECK(hq_pack_check(4, HQ_PACK_GPTQ, 64, 12, 1, 0, 12) == HQ_ERR_UNSUPPORTED, "out=12 4-bit");
-  CHECK(msg_has("output dimension 12") && msg_has("multiple of 8"), "message: %s",
-        hq_last_error());
+  CHECK(msg_has("output dimension 12") && msg_has("multiple of 8") && msg_has("use --bits 8"),
+        "message: %s", hq_last_error());
   CHECK(hq_pack_check(3, HQ_PACK_GPTQ, 64, 48, 1, 0, 48) == HQ_ERR_UNSUPPORTED, "out=48 3-bit");
   /* misaligned row ranges */
   CHECK(hq_pack_check(4, HQ_PACK_GPTQ, 64, 64, 1, 4, 32) == HQ_ERR_UNSUPPORTED, "row0=4");

@@ -3,7 +3,10 @@
 #   finish NAME             print the summary; exit status 0 only without failures
 #   ppl MODEL [eval args]   perplexity of MODEL on the first windows of WikiText-2 (5M model)
 #   attr FILE LINEAR NAME   one attribute of /linears/LINEAR
-# Needs BIN (hpcq) and M (the bundled model folder).
+#   hq_tmpdir NAME          a fresh work dir in $T, removed on exit
+# BIN (hpcq), M (the bundled model folder) and MPIEXEC default to what ctest passes.
+: "${BIN:=${HQ_BIN:-build/hpcq}}" "${M:=${HQ_TESTDATA:-tests/data}/llama-sotu-5m}" "${MPIEXEC:=mpiexec}"
+hq_tmpdir() { T=$(mktemp -d "/tmp/hq_$1.XXXXXX"); trap 'rm -rf "$T"' EXIT; }
 pass=0; fail=0
 ok() { echo "ok: $*"; pass=$((pass + 1)); }
 bad() { echo "FAIL: $*"; fail=$((fail + 1)); }

@@ -5,7 +5,8 @@ PKGS=(build-essential pkgconf cmake openmpi-bin libopenmpi-dev libhdf5-openmpi-d
       libopenblas-dev liblapacke-dev libcjson-dev
       clang libclang-rt-14-dev      # clang + libFuzzer: the safetensors header fuzz test
       slurm-wlm munge gnuplot-nox   # the real single-node Slurm tests; gnuplot for bench/scaling_report.sh
-      python3-numpy)                # numpy-only reference loader of the export test
+      python3-numpy python3-h5py)   # numpy-only reference loader of the export test; h5py
+                                    # doctors result files in tests/test_h5check.sh
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,9 +25,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     { [ "$made_policy" = 0 ] || $SUDO rm -f /usr/sbin/policy-rc.d; exit 1; }
   [ "$made_policy" = 0 ] || $SUDO rm -f /usr/sbin/policy-rc.d
 fi
-# Python used by tests must have numpy (the system python3-numpy serves /usr/bin/python3; a
-# python3 first on PATH from elsewhere gets it from PyPI).
-if ! python3 -c 'import numpy' 2>/dev/null; then
-  python3 -m pip install -q numpy || { echo "cannot install numpy for $(command -v python3)"; exit 1; }
-fi
+# Python used by tests must have numpy and h5py (the system packages serve /usr/bin/python3; a
+# python3 first on PATH from elsewhere gets them from PyPI).
+for mod in numpy h5py; do
+  if ! python3 -c "import $mod" 2>/dev/null; then
+    python3 -m pip install -q "$mod" || { echo "cannot install $mod for $(command -v python3)"; exit 1; }
+  fi
+done
 echo "dependencies: all installed"

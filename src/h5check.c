@@ -1,0 +1,244 @@
+/* Validation of an hpcq result against its model config (src/h5check.h). Not collective. */
+#include "h5check.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "pack.h"
+
+#define DAMAGED "the file is damaged or was changed after hpcq wrote it: quantize the model again"
+
+struct root_q {
+  int64_t bits, group_size; /* group_size -1: per channel */
+};
+
+/* The root attributes every linear must agree with. */
+static int root_settings(struct hq_h5 *h, struct root_q *r) {
+  HQ_TRY(hq_h5_attr_get_i64(h, "/", "bits", &r->bits));
+  HQ_TRY(hq_h5_attr_get_i64(h, "/", "group_size", &r->group_size));
+  if (!hq_pack_unit((int)r->bits) || r->bits != (int)r->bits)
+    return hq_fail(HQ_ERR_INPUT, "root attribute bits = %lld is not 2, 3, 4 or 8; " DAMAGED,
+                   (long long)r->bits);
+  if (r->group_size == 0 || r->group_size < -1)
+    return hq_fail(HQ_ERR_INPUT, "root attribute group_size = %lld is neither -1 (per channel) "
+                   "nor a positive group size; " DAMAGED, (long long)r->group_size);
+  return HQ_OK;
+}
+
+/* Every column in range, and group g holding exactly its columns: min(gs, cols - g*gs). */
+static int check_gidx(const struct hq_packed *p, int64_t gs, const char *name) {
+  int64_t *count = hq_xcalloc((size_t)p->ngroups, sizeof *count);
+  int rc = HQ_OK;
+  for (int64_t i = 0; i < p->in && !rc; i++) {
+    if (p->g_idx[i] < 0 || p->g_idx[i] >= p->ngroups)
+      rc = hq_fail(HQ_ERR_INPUT, "%s: g_idx[%lld] = %d is outside the %lld groups [0, %lld); "
+                   DAMAGED, name, (long long)i, (int)p->g_idx[i], (long long)p->ngroups,
+                   (long long)p->ngroups);
+    else count[p->g_idx[i]]++;
+  }
+  for (int64_t g = 0; g < p->ngroups && !rc; g++) {
+    const int64_t want = gs > 0 ? (p->in - g * gs < gs ? p->in - g * gs : gs) : p->in;
+    if (count[g] != want)
+      rc = hq_fail(HQ_ERR_INPUT, "%s: g_idx puts %lld columns in group %lld, which holds %lld "
+                   "(group size %lld, %lld columns); " DAMAGED, name, (long long)count[g],
+                   (long long)g, (long long)want, (long long)gs, (long long)p->in);
+  }
+  free(count);
+  return rc;
+}
+
+static int check_scales(const struct hq_packed *p, const char *name) {
+  for (int64_t k = 0; k < p->ngroups * p->nrows; k++) {
+    const uint16_t s = p->scales[k];
+    const char *why = (s & 0x7c00u) == 0x7c00u ? ((s & 0x3ffu) ? "NaN" : "infinite")
+                      : (s & 0x8000u)          ? "negative"
+                      : s == 0                 ? "zero"
+                                               : NULL;
+    if (why)
+      return hq_fail(HQ_ERR_INPUT, "%s: the scale of group %lld, output row %lld is %s (fp16 "
+                     "0x%04x); scales must be finite and positive; " DAMAGED, name,
+                     (long long)(k / p->nrows), (long long)(k % p->nrows), why, (unsigned)s);
+  }
+  return HQ_OK;
+}
+
+/* The actual zero point (stored + 1 for v1) of every group and row in [0, maxq]. */
+static int check_zeros(const struct hq_packed *p, const char *name) {
+  const int64_t zw = p->nrows * p->bits / 32, maxq = (1 << p->bits) - 1;
+  const int add = p->format == HQ_PACK_GPTQ ? 1 : 0;
+  uint8_t *v = hq_xmalloc((size_t)p->nrows);
+  int rc = HQ_OK;
+  for (int64_t g = 0; g < p->ngroups && !rc; g++) {
+    hq_pack_stream_decode(p->bits, p->nrows, (const uint32_t *)p->qzeros + g * zw, 1, v, 1);
+    for (int64_t r = 0; r < p->nrows && !rc; r++)
+      if (v[r] + add > maxq)
+        rc = hq_fail(HQ_ERR_INPUT, "%s: the zero point of group %lld, output row %lld is %d "
+                     "(stored %d, convention %s), outside [0, %lld]; " DAMAGED, name,
+                     (long long)g, (long long)r, v[r] + add, v[r],
+                     hq_pack_format_name(p->format), (long long)maxq);
+  }
+  free(v);
+  return rc;
+}
+
+/* Shape and settings of linear l of block b against the config and the root attributes. */
+static int check_linear_desc(struct hq_h5 *h, const struct hq_model_config *c,
+                             const struct root_q *r, const char *name, enum hq_linear l) {
+  struct hq_h5_linear_desc d;
+  int rc = hq_h5_linear_info(h, name, &d);
+  if (rc) return hq_fail_ctx(rc, "linear %s is missing or unreadable: ", name);
+  int64_t rows, cols;
+  hq_linear_shape(c, l, &rows, &cols);
+  if (d.rows != rows || d.cols != cols)
+    return hq_fail(HQ_ERR_INPUT, "linear %s is %lld x %lld (out x in) but the file's "
+                   "model_config_json implies %lld x %lld (hidden_size %lld, intermediate_size "
+                   "%lld, %lld heads, %lld kv heads, head_dim %lld); " DAMAGED, name,
+                   (long long)d.rows, (long long)d.cols, (long long)rows, (long long)cols,
+                   (long long)c->hidden, (long long)c->intermediate, (long long)c->n_heads,
+                   (long long)c->n_kv_heads, (long long)c->head_dim);
+  const int64_t gs = d.group_size > 0 ? d.group_size : -1;
+  if (d.bits != r->bits || gs != r->group_size)
+    return hq_fail(HQ_ERR_INPUT, "linear %s has %d bits, group size %lld, but the file's root "
+                   "attributes say %lld bits, group size %lld; " DAMAGED, name, d.bits,
+                   (long long)gs, (long long)r->bits, (long long)r->group_size);
+  return HQ_OK;
+}
+
+static int check_linear(struct hq_h5 *h, const struct hq_model_config *c,
+                        const struct root_q *r, int64_t b, enum hq_linear l) {
+  char name[256];
+  snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)b, hq_linear_name(l));
+  HQ_TRY(check_linear_desc(h, c, r, name, l));
+  struct hq_packed p;
+  int rc = hq_h5_linear_read(h, name, &p);
+  if (rc) return hq_fail_ctx(rc, "linear %s: ", name);
+  rc = check_gidx(&p, r->group_size, name);
+  if (!rc) rc = check_scales(&p, name);
+  if (!rc) rc = check_zeros(&p, name);
+  hq_pack_free(&p);
+  return rc;
+}
+
+/* /tensors/<name> present, [d0] (nd 1) or [d0, d1] (nd 2), every value finite. */
+static int check_tensor(struct hq_h5 *h, const char *name, int nd, int64_t d0, int64_t d1,
+                        const char *why) {
+  enum hq_dtype dt;
+  int tnd = 0;
+  int64_t s[HQ_ST_MAXDIM] = {0};
+  int rc = hq_h5_tensor_info(h, name, &dt, &tnd, s);
+  if (rc) return hq_fail_ctx(rc, "tensor %s is missing or unreadable: ", name);
+  if (tnd != nd || s[0] != d0 || (nd == 2 && s[1] != d1)) {
+    const int64_t want[2] = {d0, d1};
+    char hs[192], ws[64];
+    hq_shape_str(s, tnd, hs, sizeof hs);
+    hq_shape_str(want, nd, ws, sizeof ws);
+    return hq_fail(HQ_ERR_INPUT, "tensor %s has shape %s but the file's model_config_json "
+                   "implies %s (%s); " DAMAGED, name, hs, ws, why);
+  }
+  float *v = NULL;
+  int64_t n = 0;
+  HQ_TRY(hq_h5_read_tensor_f32(h, name, &v, &n));
+  for (int64_t i = 0; i < n && !rc; i++)
+    if (!isfinite(v[i]))
+      rc = hq_fail(HQ_ERR_INPUT, "tensor %s: element %lld is %s; " DAMAGED, name,
+                   (long long)i, isnan(v[i]) ? "NaN" : "infinite");
+  free(v);
+  return rc;
+}
+
+static int check_block_tensors(struct hq_h5 *h, const struct hq_model_config *c, int64_t b) {
+  static const char *norms[2] = {"input_layernorm.weight", "post_attention_layernorm.weight"};
+  char name[256], why[64];
+  snprintf(why, sizeof why, "hidden_size %lld", (long long)c->hidden);
+  for (int k = 0; k < 2; k++) {
+    snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)b, norms[k]);
+    HQ_TRY(check_tensor(h, name, 1, c->hidden, 0, why));
+  }
+  for (int l = HQ_LIN_Q; c->qkv_bias && l <= HQ_LIN_V; l++) {
+    int64_t rows, cols;
+    hq_linear_shape(c, (enum hq_linear)l, &rows, &cols);
+    snprintf(name, sizeof name, "model.layers.%lld.%s.bias", (long long)b,
+             hq_linear_name((enum hq_linear)l));
+    HQ_TRY(check_tensor(h, name, 1, rows, 0, "q/k/v bias of the attention"));
+  }
+  return HQ_OK;
+}
+
+int hq_h5_check_block(struct hq_h5 *h, const struct hq_model_config *c, int64_t b) {
+  struct root_q r;
+  HQ_TRY(root_settings(h, &r));
+  if (b < 0 || b >= c->n_layers)
+    return hq_fail(HQ_ERR_INPUT, "block %lld does not exist: the config has %lld layers",
+                   (long long)b, (long long)c->n_layers);
+  for (int l = 0; l < HQ_LIN_COUNT; l++) HQ_TRY(check_linear(h, c, &r, b, (enum hq_linear)l));
+  return check_block_tensors(h, c, b);
+}
+
+/* "model.layers.<b>.<suffix>" with b < n_layers: the suffix, else NULL. */
+static const char *block_suffix(const struct hq_model_config *c, const char *name) {
+  long long b = -1;
+  int end = 0;
+  if (sscanf(name, "model.layers.%lld.%n", &b, &end) != 1 || end == 0) return NULL;
+  return b >= 0 && b < c->n_layers ? name + end : NULL;
+}
+
+static int expected_linear(const struct hq_model_config *c, const char *name) {
+  const char *s = block_suffix(c, name);
+  for (int l = 0; s && l < HQ_LIN_COUNT; l++)
+    if (!strcmp(s, hq_linear_name((enum hq_linear)l))) return 1;
+  return 0;
+}
+
+static int expected_tensor(const struct hq_model_config *c, const char *name) {
+  if (!strcmp(name, "model.embed_tokens.weight") || !strcmp(name, "model.norm.weight"))
+    return 1;
+  if (!strcmp(name, "lm_head.weight")) return !c->tie_embeddings;
+  const char *s = block_suffix(c, name);
+  if (!s) return 0;
+  if (!strcmp(s, "input_layernorm.weight") || !strcmp(s, "post_attention_layernorm.weight"))
+    return 1;
+  return c->qkv_bias && (!strcmp(s, "self_attn.q_proj.bias") ||
+                         !strcmp(s, "self_attn.k_proj.bias") || !strcmp(s, "self_attn.v_proj.bias"));
+}
+
+/* No linear or tensor that the config does not describe. */
+static int check_no_strays(struct hq_h5 *h, const struct hq_model_config *c) {
+  char **names = NULL;
+  int64_t n = 0;
+  int rc = hq_h5_list_linears(h, &names, &n);
+  for (int64_t i = 0; i < n && !rc; i++)
+    if (!expected_linear(c, names[i]))
+      rc = hq_fail(HQ_ERR_INPUT, "quantized linear %s is not part of the model its "
+                   "model_config_json describes (%lld layers); " DAMAGED, names[i],
+                   (long long)c->n_layers);
+  hq_h5_names_free(names, n);
+  if (rc) return rc;
+  rc = hq_h5_list_tensors(h, &names, &n);
+  for (int64_t i = 0; i < n && !rc; i++)
+    if (!expected_tensor(c, names[i]))
+      rc = hq_fail(HQ_ERR_INPUT, "tensor %s is not part of the model its model_config_json "
+                   "describes (%lld layers%s); " DAMAGED, names[i], (long long)c->n_layers,
+                   c->tie_embeddings ? ", lm_head tied to the embedding" : "");
+  hq_h5_names_free(names, n);
+  return rc;
+}
+
+int hq_h5_check_model(struct hq_h5 *h, const struct hq_model_config *c) {
+  int64_t nb = 0;
+  HQ_TRY(hq_h5_attr_get_i64(h, "/", "n_blocks", &nb));
+  if (nb != c->n_layers)
+    return hq_fail(HQ_ERR_INPUT, "the file records %lld blocks but its model_config_json has "
+                   "num_hidden_layers %lld; " DAMAGED, (long long)nb, (long long)c->n_layers);
+  HQ_TRY(check_no_strays(h, c));
+  for (int64_t b = 0; b < c->n_layers; b++) HQ_TRY(hq_h5_check_block(h, c, b));
+  char why[96];
+  snprintf(why, sizeof why, "vocab_size %lld, hidden_size %lld", (long long)c->vocab,
+           (long long)c->hidden);
+  HQ_TRY(check_tensor(h, "model.embed_tokens.weight", 2, c->vocab, c->hidden, why));
+  if (!c->tie_embeddings) HQ_TRY(check_tensor(h, "lm_head.weight", 2, c->vocab, c->hidden, why));
+  snprintf(why, sizeof why, "hidden_size %lld", (long long)c->hidden);
+  return check_tensor(h, "model.norm.weight", 1, c->hidden, 0, why);
+}
