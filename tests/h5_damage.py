@@ -2,6 +2,8 @@
 """Byte-flip loop over hpcq's .h5 readers (run by tests/test_h5_damage.sh).
 
 usage: h5_damage.py HPCQ GOOD.h5 TOKENS WORKDIR [--variants N] [--seed S]
+       h5_damage.py HPCQ PARTIAL.h5 TOKENS WORKDIR [--variants N] [--seed S] \
+                    --resume FULL.h5 QUANTIZE-ARGS...
 
 Most variants are GOOD.h5 with one byte XORed with a non-zero value at a position drawn with
 a fixed seed from one of four regions, found with `h5dump -p -H` (offsets of contiguous data):
@@ -16,6 +18,11 @@ run under a timeout. A run passes when it
 and fails on a signal (crash), a timeout, or silent different output. A flip in the data of a
 dataset a command reads must make it fail (its checksum): eval, export and compare for the
 quantized datasets, eval and export for the tensors, every command for /progress.
+With --resume, GOOD is a partial result (a run stopped mid-way) and the only reader is
+`hpcq quantize [quantize args] --out COPY --resume` on a copy of the variant; its output is
+whether the resumed file equals FULL.h5 (`hpcq compare`, exact), the uninterrupted run. A flip
+in a block already done must be refused (exit 0 would leave it in the result, which then
+differs from FULL.h5); a flip in a block still to do is overwritten.
 Exit status 0 when every run passed.
 """
 import hashlib
@@ -67,11 +74,13 @@ def digest_dir(d):
 
 
 class Runner:
-    def __init__(self, hpcq, tokens, work):
-        self.hpcq, self.tokens, self.work = hpcq, tokens, work
+    def __init__(self, hpcq, tokens, work, resume=None):
+        self.hpcq, self.tokens, self.work, self.resume = hpcq, tokens, work, resume
 
     def cmds(self, f, good):
         exp = os.path.join(self.work, "exp")
+        if self.resume:
+            return {"resume": (["resume", f], None)}
         return {
             "inspect": ([self.hpcq, "inspect", f], None),
             "eval": ([self.hpcq, "eval", "--model", f, "--tokens", self.tokens, "--seqlen", "64",
@@ -80,10 +89,27 @@ class Runner:
             "compare": ([self.hpcq, "compare", f, good], None),
         }
 
+    def run_resume(self, f, env):
+        """quantize --resume on a copy of f: (rc, b"same"/b"differs", stderr)"""
+        full, qargs = self.resume
+        r = os.path.join(self.work, "r.h5")
+        shutil.copy(f, r)
+        try:
+            p = subprocess.run([self.hpcq, "quantize"] + qargs + ["--out", r, "--resume"],
+                               capture_output=True, timeout=3 * TIMEOUT, env=env)
+            if p.returncode != 0:
+                return (p.returncode, None, p.stderr.decode(errors="replace"))
+            c = subprocess.run([self.hpcq, "compare", r, full], capture_output=True, timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            return ("timeout", None, "")
+        return (0, b"same" if c.returncode == 0 else b"differs", p.stderr.decode(errors="replace"))
+
     def run(self, name, argv, outdir, path):
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+        if name == "resume":
+            return self.run_resume(path, env)
         if outdir:
             shutil.rmtree(outdir, ignore_errors=True)
-        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
         try:
             p = subprocess.run(argv, capture_output=True, timeout=TIMEOUT, env=env)
         except subprocess.TimeoutExpired:
@@ -102,6 +128,10 @@ def main():
         print(__doc__)
         return 2
     hpcq, good, tokens, work = args[:4]
+    resume = None
+    if "--resume" in args:  # after --variants/--seed: the rest are quantize's arguments
+        i = args.index("--resume")
+        resume, args = (args[i + 1], args[i + 2:]), args[:i]
     nvar, seed = 300, 13
     if "--variants" in args:
         nvar = int(args[args.index("--variants") + 1])
@@ -110,7 +140,7 @@ def main():
     os.makedirs(work, exist_ok=True)
     data = open(good, "rb").read()
     regs = regions(good)
-    R = Runner(hpcq, tokens, work)
+    R = Runner(hpcq, tokens, work, resume)
     ref = {}
     for name, (argv, outdir) in R.cmds(good, good).items():
         rc, out, err = R.run(name, argv, outdir, good)
@@ -118,6 +148,9 @@ def main():
             print(f"FAIL: {name} on the undamaged file: exit {rc}\n{err}")
             return 1
         ref[name] = out
+    if resume and ref["resume"] != b"same":
+        print("FAIL: the undamaged partial file does not resume to the uninterrupted result")
+        return 1
     rng = random.Random(seed)
     # a quarter of the variants in the quantized data, a tenth in the tensors, a few in
     # /progress, the rest anywhere else (mostly metadata)
@@ -172,7 +205,7 @@ def main():
                 print(f"FAIL: {what}: {verdict}")
                 shutil.copy(f, os.path.join(work, f"failed-{v}.h5"))
     runs = sum(counts.values()) + bad
-    print(f"{len(plan)} variants x 4 readers = {runs} runs in {time.time() - t0:.1f} s; "
+    print(f"{len(plan)} variants x {len(ref)} readers = {runs} runs in {time.time() - t0:.1f} s; "
           f"{bad} failed")
     for (want, res), n in sorted(counts.items()):
         print(f"  {want:8s} {res:5s} {n}")

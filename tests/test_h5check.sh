@@ -3,7 +3,8 @@
 # a complete result is doctored one way at a time with h5py (a linear or a norm deleted, the
 # config contradicting the shapes, g_idx out of range or grouping the wrong columns, Inf / NaN /
 # negative / zero scales, a zero point above maxq, a NaN norm, a stray tensor of another model,
-# a wrong block count) and both commands must refuse it: exit 1, a message naming the tensor
+# a wrong block count) and both commands must refuse it (and `quantize --resume` a doctored
+# block already done): exit 1, a message naming the tensor
 # and what is wrong, and no checkpoint (not even a half-written folder) from export. The
 # pristine file passes both.
 set -u
@@ -19,10 +20,18 @@ hq_tmpdir h5check
 
 # doctor CASE FILE: change FILE in place (one defect per case)
 doctor() {
-  python3 - "$1" "$2" <<'PY'
-import json, sys
+  python3 - "$1" "$2" "$(dirname "$0")/.." <<'PY'
+import json, os, sys
 import h5py, numpy as np
+sys.path.insert(0, os.path.join(sys.argv[3], "tools"))
+from h5_read_check import hq64  # the doctored data gets valid checksums: only h5check can object
 case, path = sys.argv[1], sys.argv[2]
+def fixstr(obj, name, text):  # hpcq format 2 strings are fixed-length UTF-8
+    b = text.encode()
+    obj.attrs.create(name, np.array(b, dtype=f"S{len(b)}"), dtype=h5py.string_dtype("utf-8", len(b)))
+def restamp(f):
+    f.visititems(lambda n, o: o.attrs.create("checksum", np.uint64(hq64(o[...])))
+                 if isinstance(o, h5py.Dataset) else None)
 L = "linears/model.layers.2.mlp.up_proj"
 with h5py.File(path, "r+") as f:
     if case == "no_linear":
@@ -34,7 +43,7 @@ with h5py.File(path, "r+") as f:
     elif case == "config":
         c = json.loads(f.attrs["model_config_json"])
         c["intermediate_size"] = 512
-        f.attrs["model_config_json"] = json.dumps(c)
+        fixstr(f, "model_config_json", json.dumps(c))
     elif case in ("gidx_range", "gidx_groups"):
         g = f[L + "/g_idx"][...]
         g[5] = 99 if case == "gidx_range" else 1 - g[5]
@@ -47,7 +56,12 @@ with h5py.File(path, "r+") as f:
         z = f[L + "/qzeros"][...]
         z[0, 0] = -1
         f[L + "/qzeros"][...] = z
-        f[L].attrs["zero_convention"] = "gptq"
+        fixstr(f[L], "zero_convention", "gptq")
+    elif case == "scale_nan0":  # block 0, for the partial result that --resume reads
+        d = f["linears/model.layers.0.self_attn.q_proj/scales"]
+        v = d[...]
+        v[0, 3] = np.nan
+        d[...] = v
     elif case == "norm_nan":
         d = f["tensors/model.layers.4.post_attention_layernorm.weight"]
         v = d[...]
@@ -61,6 +75,7 @@ with h5py.File(path, "r+") as f:
         f.attrs["n_blocks"] = np.int64(5)
     elif case == "bits":
         f.attrs["bits"] = np.int64(3)
+    restamp(f)
 PY
 }
 
@@ -94,6 +109,18 @@ check norm_nan 'layers\.4\.post_attention_layernorm\.weight: element 7 is NaN'
 check stray 'model\.layers\.9\.mlp\.up_proj is not part of the model'
 check nblocks 'records 5 blocks'
 check bits 'model\.layers\.0\.self_attn\.q_proj has 4 bits.*say 3 bits'
+
+# --resume applies the same check to the blocks already done (a partial result: a run stopped
+# by the file size limit after some blocks)
+Q=(--model "$M" --calib "$M/calib.i32" --nsamples 8 --seqlen 128 --bits 4 --group-size 128 --quiet)
+(ulimit -f $(( $(stat -c %s "$T/ok.h5") * 2 / 3 / 1024 )); exec "$BIN" quantize "${Q[@]}" --out "$T/part.h5") 2>/dev/null
+cp "$T/part.h5" "$T/part_ok.h5"
+doctor scale_nan0 "$T/part.h5" || bad "doctoring the partial result failed"
+"$BIN" quantize "${Q[@]}" --out "$T/part.h5" --resume 2>"$T/r.log"; rc=$?
+if [ $rc -eq 1 ] && grep -qE "resume: block 0: .*q_proj: the scale of group 0, output row 3 is NaN" "$T/r.log"
+then ok "--resume refuses a doctored done block: $(head -c 170 "$T/r.log")"; else bad "--resume of a doctored block: exit $rc, $(head -c 300 "$T/r.log")"; fi
+"$BIN" quantize "${Q[@]}" --out "$T/part_ok.h5" --resume 2>"$T/r.log" && "$BIN" compare "$T/part_ok.h5" "$T/ok.h5" >/dev/null 2>&1 &&
+  ok "--resume of the undamaged partial result gives the uninterrupted one" || bad "--resume of the undamaged partial result: $(tail -c 300 "$T/r.log")"
 
 # the pristine file passes both
 if "$BIN" eval --model "$T/ok.h5" --tokens "$M/wikitext2-test.i32" --seqlen 128 --max-windows 1 --quiet >/dev/null 2>"$T/e.log"

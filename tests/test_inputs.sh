@@ -151,7 +151,7 @@ expect "--out DIR" 2 "--out $T/outdir is a directory; give the name of the file"
 expect "--out DIR --resume" 2 "--out $T/outdir is a directory" "$BIN" quantize --model "$M" --calib "$M/calib.i32" "${Q[@]}" --out "$T/outdir" --resume
 # leftovers of a kill before the first flush: hpcq's placeholder, an HDF5 file without progress
 printf 'hpcq 1767000000.000000000 4242\0\0' >"$T/left1.h5"
-python3 -c "import h5py, numpy as np, sys; f = h5py.File(sys.argv[1], 'w'); f.attrs['hpcq_format_version'] = np.int64(1); f.create_group('tensors')" "$T/left2.h5" 2>/dev/null ||
+python3 -c "import h5py, numpy as np, sys; f = h5py.File(sys.argv[1], 'w'); f.attrs['hpcq_format_version'] = np.int64(2); f.create_group('tensors')" "$T/left2.h5" 2>/dev/null ||
   cp "$T/left1.h5" "$T/left2.h5"
 for f in left1 left2; do
   expect "--resume on leftover $f" 1 "(leftover of a run killed before its first block was flushed|no progress record).*--overwrite" "$BIN" quantize --model "$M" --calib "$M/calib.i32" "${Q[@]}" --out "$T/$f.h5" --resume
