@@ -160,6 +160,17 @@ static int agree(struct hq_h5 *h, int rc) {
   return rc;
 }
 
+/* Collective. Room for the metadata that a flush writes, agreed BEFORE H5Fflush: a write
+ * that fails inside it (collective metadata writes) can fail on one rank and succeed on the
+ * others, which then wait in its MPI_File_sync for ever. Every rank probes its file size
+ * limit and reserves HQ_H5_PROBE_BYTES beyond the end of the file (io_cause). */
+static int room_to_flush(struct hq_h5 *h) {
+  char cause[600];
+  io_cause(h->path, cause, sizeof cause);
+  int rc = cause[0] ? hq_fail(HQ_ERR_IO, "cannot flush %s: %s", h->path, cause) : HQ_OK;
+  return agree(h, rc);
+}
+
 static hid_t make_f16(void) {
   hid_t t = H5Tcopy(H5T_IEEE_F32LE);
   H5Tset_fields(t, 15, 10, 5, 0, 10);
@@ -818,6 +829,7 @@ int hq_h5_close(struct hq_h5 *h) {
   if (!h) return HQ_OK;
   int rc = HQ_OK;
   if (h->writable && h->file >= 0) {
+    if (!h->broken) rc = room_to_flush(h);
     if (!h->broken && H5Fflush(h->file, H5F_SCOPE_GLOBAL) < 0)
       rc = h5fail_io(h, "cannot flush %s", h->path);
     if (!h->broken) rc = agree(h, rc); /* nobody enters the collective H5Fclose alone */
@@ -1230,6 +1242,7 @@ int hq_h5_progress_init(struct hq_h5 *h, int64_t n_blocks) {
 
 /* Collective. Flush the file to disk (H5Fflush, i.e. MPI_File_sync). */
 static int flush(struct hq_h5 *h) {
+  HQ_TRY(room_to_flush(h));
   int rc = H5Fflush(h->file, H5F_SCOPE_GLOBAL) < 0 ? h5fail_io(h, "cannot flush %s", h->path) : HQ_OK;
   return agree(h, rc);
 }

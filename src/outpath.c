@@ -20,6 +20,9 @@
 static int lock_open(const char *path, int *fd_out) {
   for (int attempt = 0; attempt < 10; attempt++) {
     int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644);
+    if (fd < 0 && errno == ENOENT)
+      return hq_fail(HQ_ERR_IO, "cannot create the lock file %s: the output's folder does not "
+                     "exist; create it (mkdir -p) or choose another --out", path);
     if (fd < 0)
       return hq_fail(HQ_ERR_IO, "cannot create the lock file %s: %s; the output's folder must be "
                      "writable", path, strerror(errno));

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A full disk, a file size limit or a non-file --out never hang, crash or leave a file that
-# says complete. quantize (5M model, 4.6 MB result) runs at 1 and 2 ranks with --out on a
-# tmpfs of 0.5, 1, 3 and 4.2 MB (the write fails in the first tensor, in an early block, in
-# the last block), and with `ulimit -f` on the hpcq processes; each run must: exit non-zero
+# says complete. quantize (5M model, 4.6 MB result) runs at 1 and 2 ranks (and 3 for two
+# sizes) with --out on a tmpfs of 0.5, 1, 3 and 4.2 MB (the write fails in the first tensor,
+# in an early block, in the last block), and with `ulimit -f` on the hpcq processes; each run must: exit non-zero
 # within the timeout (no hang), without a signal (no segfault), with the errno's words on
 # every rank ("no space left on device" / "file size limit exceeded"), and leave no file that
 # `hpcq inspect` calls complete or `hpcq eval` accepts. A run stopped by a full disk resumes
@@ -78,6 +78,9 @@ for np in 1 2; do
   for size in 512k 1m 3m 4200k; do run_full "$np" "$size"; done
   [ "$HAVE_MOUNT" = 0 ] || limited "$np" 2000 "$T/u-$np.h5" "$T/u-$np.log"
 done
+# 3 ranks: the collective writes then have aggregators and other ranks (a write can fail on
+# one rank only); 3 MB ran out inside a flush and hung before room_to_flush (src/h5io.c)
+for size in 1m 3m; do run_full 3 "$size"; done
 
 # stopped by a full disk (3 MB: some blocks done), resumed with room: the same model
 "$BIN" "${Q[@]}" --out "$T/ref.h5" > "$T/ref.log" 2>&1 || { cat "$T/ref.log"; bad "reference run failed"; }

@@ -84,7 +84,7 @@ expect_fail "missing model" "config.json|no such|not found|cannot" --model "$T/n
 expect_fail "mismatched weights" "shape|expected" --model "$T/mism" --calib "$M/calib.i32" --out "$T/bad.h5"
 expect_fail "token id out of range" "vocab|token" --model "$M" --calib "$T/badtok.i32" --out "$T/bad.h5"
 expect_fail "too few tokens" "fewer|tokens" "${COMMON[@]}" --calib "$T/short.i32" --out "$T/bad.h5"
-expect_fail "unwritable output" "directory|permission|cannot|No such" "${COMMON[@]}" --out "$T/no/such/dir/x.h5"
+expect_fail "output folder missing" "folder does not exist.*mkdir -p" "${COMMON[@]}" --out "$T/no/such/dir/x.h5"
 cp "$T/np2.h5" "$T/exists.h5"
 expect_fail "existing output" "overwrite" "${COMMON[@]}" --out "$T/exists.h5"
 cp "$T/np2.h5" "$T/exists.h5"
