@@ -89,10 +89,11 @@ static void say_free(const char *path, char *buf, size_t n, const char *what) {
     snprintf(buf, n, "%s; free space or choose another --out", what);
 }
 
-/* Why writing `path` fails, from the operating system (HDF5's errors carry no errno): the
- * process's file size limit, or no room left (asked for with fallocate at the end of the
- * file; statvfs where the file system cannot preallocate). "" when nothing shows. */
-static void io_cause(const char *path, char *buf, size_t n) {
+/* Whether `path` can grow, from the operating system: the process's file size limit allows
+ * `limit_end` bytes, and the file system has room up to `end` (fallocate of the missing range,
+ * keeping the size; statvfs where the file system cannot preallocate). "" when nothing is in
+ * the way; else what is, in words (errno's). */
+static void room_cause(const char *path, uint64_t limit_end, uint64_t end, char *buf, size_t n) {
   buf[0] = 0;
   struct stat st;
   struct rlimit rl;
@@ -100,23 +101,31 @@ static void io_cause(const char *path, char *buf, size_t n) {
     snprintf(buf, n, "%s", strerror(errno));
     return;
   }
-  if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-      (uint64_t)st.st_size + (uint64_t)HQ_H5_PROBE_BYTES > (uint64_t)rl.rlim_cur) {
+  if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && limit_end > (uint64_t)rl.rlim_cur) {
     snprintf(buf, n, "file size limit exceeded (EFBIG: this process may write files of at most "
              "%llu bytes, ulimit -f); raise the limit", (unsigned long long)rl.rlim_cur);
     return;
   }
+  if (end <= (uint64_t)st.st_size) return;
+  const off_t need = (off_t)(end - (uint64_t)st.st_size);
   int fd = open(path, O_WRONLY);
-  int e = fd < 0 ? errno : fallocate(fd, FALLOC_FL_KEEP_SIZE, st.st_size, HQ_H5_PROBE_BYTES) ? errno : 0;
+  int e = fd < 0 ? errno : fallocate(fd, FALLOC_FL_KEEP_SIZE, st.st_size, need) ? errno : 0;
   if (fd >= 0) close(fd);
   struct statvfs vf;
   if ((e == EOPNOTSUPP || e == ENOSYS) && statvfs(path, &vf) == 0 &&
-      (double)vf.f_bavail * (double)vf.f_frsize < (double)HQ_H5_PROBE_BYTES)
+      (double)vf.f_bavail * (double)vf.f_frsize < (double)need)
     e = ENOSPC;
   if (e == ENOSPC) say_free(path, buf, n, "no space left on device (ENOSPC)");
   else if (e == EDQUOT) say_free(path, buf, n, "disk quota exceeded (EDQUOT)");
   else if (e == EFBIG) snprintf(buf, n, "file too large (EFBIG)");
   else if (e && e != EOPNOTSUPP && e != ENOSYS) snprintf(buf, n, "%s", strerror(e));
+}
+
+/* Why writing `path` failed: room_cause for HQ_H5_PROBE_BYTES more than its size. */
+static void io_cause(const char *path, char *buf, size_t n) {
+  struct stat st;
+  uint64_t size = stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
+  room_cause(path, size + (uint64_t)HQ_H5_PROBE_BYTES, size + (uint64_t)HQ_H5_PROBE_BYTES, buf, n);
 }
 
 /* Fail after a write/flush/close of h's file: the message says why when the OS can tell. */
@@ -160,13 +169,21 @@ static int agree(struct hq_h5 *h, int rc) {
   return rc;
 }
 
-/* Collective. Room for the metadata that a flush writes, agreed BEFORE H5Fflush: a write
- * that fails inside it (collective metadata writes) can fail on one rank and succeed on the
- * others, which then wait in its MPI_File_sync for ever. Every rank probes its file size
- * limit and reserves HQ_H5_PROBE_BYTES beyond the end of the file (io_cause). */
+/* Collective. Room for what a flush writes, agreed BEFORE H5Fflush: a write that fails
+ * inside it (collective metadata writes) can fail on one rank and succeed on the others,
+ * which then wait in its MPI_File_sync for ever. Every rank checks that its file size limit
+ * allows HQ_H5_FLUSH_SLACK bytes beyond the end of the file (more than the metadata of a
+ * block) and reserves HQ_H5_PROBE_BYTES there (room_cause). The end of the file is the
+ * larger of its size and HDF5's end of allocation (H5Fget_eoa; 0 with the MPI-IO driver of
+ * HDF5 1.10). */
+#define HQ_H5_FLUSH_SLACK ((uint64_t)64 << 10)
 static int room_to_flush(struct hq_h5 *h) {
-  char cause[600];
-  io_cause(h->path, cause, sizeof cause);
+  char cause[600] = "";
+  haddr_t eoa = 0;
+  struct stat st;
+  uint64_t end = stat(h->path, &st) == 0 ? (uint64_t)st.st_size : 0;
+  if (H5Fget_eoa(h->file, &eoa) >= 0 && (uint64_t)eoa > end && eoa != HADDR_UNDEF) end = (uint64_t)eoa;
+  room_cause(h->path, end + HQ_H5_FLUSH_SLACK, end + (uint64_t)HQ_H5_PROBE_BYTES, cause, sizeof cause);
   int rc = cause[0] ? hq_fail(HQ_ERR_IO, "cannot flush %s: %s", h->path, cause) : HQ_OK;
   return agree(h, rc);
 }
@@ -1240,9 +1257,9 @@ int hq_h5_progress_init(struct hq_h5 *h, int64_t n_blocks) {
   return rc;
 }
 
-/* Collective. Flush the file to disk (H5Fflush, i.e. MPI_File_sync). */
+/* Collective. Flush the file to disk (H5Fflush, i.e. MPI_File_sync); the caller has checked
+ * room_to_flush before it changed anything that the flush must write. */
 static int flush(struct hq_h5 *h) {
-  HQ_TRY(room_to_flush(h));
   int rc = H5Fflush(h->file, H5F_SCOPE_GLOBAL) < 0 ? h5fail_io(h, "cannot flush %s", h->path) : HQ_OK;
   return agree(h, rc);
 }
@@ -1260,8 +1277,9 @@ int hq_h5_block_done(struct hq_h5 *h, int64_t b) {
     if (d < 0) rc = h5fail(HQ_ERR_IO, "%s has no /progress", h->path);
   }
   rc = agree(h, rc);
+  if (!rc) rc = room_to_flush(h); /* before the flag: a failure leaves the file as it was */
   if (rc) {
-    if (d >= 0) H5Dclose(d);
+    if (d >= 0 && !h->broken) H5Dclose(d);
     return rc;
   }
   int8_t one = 1;
@@ -1285,6 +1303,7 @@ int hq_h5_complete(struct hq_h5 *h) {
     rc = hq_fail(HQ_ERR_INPUT, "cannot mark %s complete: %lld of %lld blocks are done", h->path,
                  (long long)done, (long long)h->nflags);
   rc = agree(h, rc);
+  if (!rc) rc = room_to_flush(h);
   if (rc) return rc;
   h->complete_set = 1; /* from here on a failure must not leave the attribute behind */
   rc = hq_h5_attr_set_i64(h, "/", "complete", 1);

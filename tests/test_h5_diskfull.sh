@@ -82,12 +82,12 @@ done
 # one rank only); 3 MB ran out inside a flush and hung before room_to_flush (src/h5io.c)
 for size in 1m 3m; do run_full 3 "$size"; done
 
-# stopped by a full disk (3 MB: some blocks done), resumed with room: the same model
+# stopped by a full disk (4 MB: some blocks done), resumed with room: the same model
 "$BIN" "${Q[@]}" --out "$T/ref.h5" > "$T/ref.log" 2>&1 || { cat "$T/ref.log"; bad "reference run failed"; }
-part=$MNT/x.h5; [ "$HAVE_MOUNT" = 1 ] || part=$T/x-2-3m.h5
+part=$MNT/x.h5; [ "$HAVE_MOUNT" = 1 ] || part=$T/x-2-4200k.h5
 mountpoint -q "$MNT" && umount "$MNT"
 if [ "$HAVE_MOUNT" = 1 ]; then
-  mount -t tmpfs -o size=3m tmpfs "$MNT"
+  mount -t tmpfs -o size=4m tmpfs "$MNT"
   timeout 120 "$MPIEXEC" -np 2 "$BIN" "${Q[@]}" --out "$part" --overwrite > "$T/part.log" 2>&1
 fi
 cp "$part" "$T/resume.h5"
