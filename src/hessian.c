@@ -121,6 +121,21 @@ int hq_hessian_check(const struct hq_hessian *h, int *F_retry) {
   return 1;
 }
 
+/* H[i][j] = H[j][i] for j > i, in tiles (a column walk of a 28672-wide H misses the cache on
+ * every element) */
+static void mirror_lower(float *H, int64_t n) {
+  enum { TB = 64 };
+#pragma omp parallel for schedule(dynamic, 1) if (n > 256)
+  for (int64_t i0 = 0; i0 < n; i0 += TB) {
+    const int64_t i1 = i0 + TB < n ? i0 + TB : n;
+    for (int64_t j0 = i0; j0 < n; j0 += TB) {
+      const int64_t j1 = j0 + TB < n ? j0 + TB : n;
+      for (int64_t i = i0; i < i1; i++)
+        for (int64_t j = (j0 > i + 1 ? j0 : i + 1); j < j1; j++) H[i * n + j] = H[j * n + i];
+    }
+  }
+}
+
 int hq_hessian_finalize(struct hq_hessian *h, float **Hout) {
   const int64_t n = h->n;
   float *H = malloc((size_t)(n * n) * sizeof(float) + 1);
@@ -131,14 +146,14 @@ int hq_hessian_finalize(struct hq_hessian *h, float **Hout) {
   }
   const int64_t *acc = hq_hessian_sums(h);
   const double f = h->count ? ldexp(2.0 / (double)h->count, -h->F) : 0.0;
-  /* row i: entries (0..i, i) are contiguous (column i), entries (i, j > i) one per column */
+  /* row i, entries 0..i: column i of the packed triangle, contiguous */
 #pragma omp parallel for schedule(dynamic, 16) if (n > 256)
   for (int64_t i = 0; i < n; i++) {
     float *row = H + i * n;
     const int64_t *col = acc + i * (i + 1) / 2;
     for (int64_t j = 0; j <= i; j++) row[j] = (float)((double)col[j] * f);
-    for (int64_t j = i + 1; j < n; j++) row[j] = (float)((double)acc[j * (j + 1) / 2 + i] * f);
   }
+  mirror_lower(H, n);
   hq_hessian_free(h);
   *Hout = H;
   return HQ_OK;
