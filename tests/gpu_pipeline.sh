@@ -18,11 +18,8 @@ probe=$BUILD/tests/gpu_backend
 if [ ! -x "$probe" ] || ! "$probe" --probe; then
   echo "SKIP: CUDA backend unavailable (no CUDA build or no visible GPU)"; exit 77
 fi
-T=$(mktemp -d /tmp/hq_gpu_pipeline.XXXXXX)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok() { echo "ok: $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
+source "$(dirname "$0")/testlib.sh"
+hq_tmpdir gpu_pipeline
 COMMON=(--model "$M" --calib "$M/calib.i32" --nsamples 24 --seqlen 128 --bits 4 --group-size 128 --quiet)
 ppl() { "$BIN" eval --model "$1" --tokens "$M/wikitext2-test.i32" --seqlen 256 --max-windows 24 \
           --backend "${2:-cpu}" --json 2>/dev/null | sed -n 's/.*"perplexity":\([0-9.eE+-]*\).*/\1/p'; }
@@ -43,5 +40,4 @@ done
 fc=$(ppl "$M" cpu); fg=$(ppl "$M" cuda)
 if [ -n "$fc" ] && [ -n "$fg" ] && within "$fc" "$fg" 0.0001; then ok "FP forward: eval --backend cuda $fg vs cpu $fc"
 else bad "FP forward: eval --backend cuda '$fg' vs cpu '$fc' not within 1e-4"; fi
-echo "gpu_pipeline: $pass passed, $fail failed"
-[ $fail -eq 0 ] && [ $pass -gt 0 ]
+finish gpu_pipeline && [ $pass -gt 0 ]

@@ -13,10 +13,7 @@ TOK=$M/wikitext2-test.i32
 FIX=$DATA/fixtures/llama-sotu-5m-ppl.json
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-fails=0
-pass=0
-ok() { pass=$((pass + 1)); }
-bad() { echo "FAIL: $*" >&2; fails=$((fails + 1)); }
+source "$(dirname "$0")/testlib.sh"
 
 # json_num KEY FILE: the number after "KEY": (first occurrence)
 json_num() { grep -o "\"$1\": *[-0-9.eE+]*" "$2" | head -1 | sed 's/.*: *//'; }
@@ -84,5 +81,4 @@ expect_fail "seqlen 1" "--seqlen must be in" --model "$M" --tokens "$TOK" --seql
 expect_fail "unknown option" "unknown option" --model "$M" --tokens "$TOK" --seqlen 16 --bogus
 expect_fail "unknown backend" "unknown backend" --model "$M" --tokens "$TOK" --seqlen 16 --backend tpu
 
-echo "test_eval: $pass passed, $fails failed"
-[ "$fails" = 0 ]
+finish test_eval

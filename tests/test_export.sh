@@ -27,12 +27,8 @@ if ! python3 -c 'import numpy' 2>/dev/null; then
   exit 1
 fi
 [ -x "$VIEW" ] || { echo "FAIL: $VIEW not built (tests/export.cmake)" >&2; exit 1; }
-T=$(mktemp -d /tmp/hq_export.XXXXXX)
-trap 'rm -rf "$T"' EXIT
-pass=0
-fail=0
-ok() { echo "ok: $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
+source "$(dirname "$0")/testlib.sh"
+hq_tmpdir export
 t_start=$(date +%s)
 
 # The source model folder: a copy, so it can disappear later (tokenizer warning case).
@@ -243,5 +239,4 @@ else
   bad "missing source folder: $(cat "$T/e.txt")"
 fi
 
-echo "test_export: $pass passed, $fail failed, $(($(date +%s) - t_start)) s"
-[ "$fail" -eq 0 ]
+finish "test_export ($(($(date +%s) - t_start)) s)"

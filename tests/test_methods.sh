@@ -12,19 +12,9 @@
 #     --scale-from-hessian runs and is recorded.
 #  5. bad combinations fail with a clear message.
 set -u
-BIN=${HQ_BIN:-build/hpcq}
-M=${HQ_TESTDATA:-tests/data}/llama-sotu-5m
-MPIEXEC=${MPIEXEC:-mpiexec}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-T=$(mktemp -d /tmp/hq_methods.XXXXXX)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok() { echo "ok: $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
+source "$(dirname "$0")/testlib.sh"
+hq_tmpdir methods
 run() { timeout 300 "$MPIEXEC" -np "$1" "$BIN" quantize --model "$M" --quiet "${@:2}"; }
-ppl() { "$BIN" eval --model "$1" --tokens "$M/wikitext2-test.i32" --seqlen 256 --max-windows 16 --json "${@:2}" 2>/dev/null |
-        sed -n 's/.*"perplexity":\([0-9.eE+-]*\).*/\1/p'; }
-attr() { h5dump -a "/linears/$2/$3" "$1" 2>/dev/null | sed -n 's/.*(0): *\([0-9.eE+-]*\).*/\1/p'; }
 CAL=(--calib "$M/calib.i32" --nsamples 16 --seqlen 128)
 fp=$(ppl "$M")
 
@@ -83,5 +73,4 @@ expect_fail "smooth without calibration" "needs calibration" --method rtn --equa
 expect_fail "act-bits with rtn" "hpcq eval --act-bits" --method rtn --act-bits 8
 expect_fail "scale-from-hessian with hqq" "not hqq" --method hqq --scale-from-hessian
 expect_fail "unknown equalize" "must be none, smooth, cle" --equalize foo
-echo "test_methods: $pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish test_methods

@@ -6,16 +6,10 @@
 #  3. SIGKILL of one rank mid-run -> --resume gives the uninterrupted result
 #  4. bad inputs fail on every rank with a clear message, no hang, no complete-looking file
 set -u
-BIN=${HQ_BIN:-build/hpcq}
 DATA=${HQ_TESTDATA:-tests/data}
-M=$DATA/llama-sotu-5m
-MPIEXEC=${MPIEXEC:-mpiexec}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-T=$(mktemp -d /tmp/hq_pipeline.XXXXXX)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok() { echo "ok: $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
+PPL_WINDOWS=24
+source "$(dirname "$0")/testlib.sh"
+hq_tmpdir pipeline
 COMMON=(--model "$M" --calib "$M/calib.i32" --nsamples 24 --seqlen 128 --bits 4 --group-size 128 --quiet)
 run() { timeout 300 "$MPIEXEC" -np "$1" "$BIN" quantize "${@:2}"; }
 
@@ -28,8 +22,6 @@ for np in 2 3; do
     ok "np $np vs np 1: $(tail -1 "$T/cmp$np.txt")"
   else bad "np $np vs np 1 differ: $(grep differs "$T/cmp$np.txt" | head -3; tail -1 "$T/cmp$np.txt")"; fi
 done
-ppl() { "$BIN" eval --model "$1" --tokens "$M/wikitext2-test.i32" --seqlen 256 --max-windows 24 --json 2>/dev/null |
-        sed -n 's/.*"perplexity":\([0-9.eE+-]*\).*/\1/p'; }
 p1=$(ppl "$T/np1.h5"); p2=$(ppl "$T/np2.h5"); p3=$(ppl "$T/np3.h5"); pf=$(ppl "$M")
 echo "perplexity (24 windows x 256): FP $pf, np1 $p1, np2 $p2, np3 $p3"
 for p in "$p2" "$p3"; do
@@ -95,5 +87,4 @@ for _ in $(seq 1 1200); do h5dump -d /progress "$T/part.h5" 2>/dev/null | grep -
 pkill -KILL -f "^$BIN quantize.*part.h5"; wait $mp 2>/dev/null
 expect_fail "resume with other settings" "other settings|settings" --model "$M" --calib "$M/calib.i32" --nsamples 24 --seqlen 128 --bits 3 --group-size 128 --out "$T/part.h5" --resume
 
-echo "test_pipeline: $pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish test_pipeline
