@@ -15,6 +15,18 @@
 
 #define HQ_LOCK_TEXT 384
 
+/* The refusal when another process holds the lock on fd (closed here): its text names it. */
+static int held_by(const char *path, int fd) {
+  char held[HQ_LOCK_TEXT] = "";
+  ssize_t n = pread(fd, held, sizeof held - 1, 0);
+  held[n > 0 ? n : 0] = 0;
+  held[strcspn(held, "\n")] = 0;
+  close(fd);
+  return hq_fail(HQ_ERR_INPUT, "another hpcq run is writing this output (%s: pid, host, "
+                 "nonce, start: %s); wait for it to finish or stop it, or choose another "
+                 "--out", path, held[0] ? held : "unknown");
+}
+
 /* Rank 0: open and lock OUT.lock; the path must still name the locked file afterwards (a
  * holder that just finished may unlink it between our open and flock). */
 static int lock_open(const char *path, int *fd_out) {
@@ -31,16 +43,7 @@ static int lock_open(const char *path, int *fd_out) {
       close(fd);
       return hq_fail(HQ_ERR_IO, "%s exists and is not a regular file; remove it", path);
     }
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-      char held[HQ_LOCK_TEXT] = "";
-      ssize_t n = pread(fd, held, sizeof held - 1, 0);
-      held[n > 0 ? n : 0] = 0;
-      held[strcspn(held, "\n")] = 0;
-      close(fd);
-      return hq_fail(HQ_ERR_INPUT, "another hpcq run is writing this output (%s: pid, host, "
-                     "nonce, start: %s); wait for it to finish or stop it, or choose another "
-                     "--out", path, held[0] ? held : "unknown");
-    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) return held_by(path, fd);
     if (stat(path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino) {
       *fd_out = fd;
       return HQ_OK;
@@ -111,5 +114,19 @@ int hq_out_check_inputs(const char *out, int n, const char *const *inputs, const
     if (inputs[i] && stat(inputs[i], &s) == 0 && s.st_dev == o.st_dev && s.st_ino == o.st_ino)
       return hq_fail(HQ_ERR_INPUT, "--out %s is %s (%s): writing it would destroy an input of "
                      "this run; choose another output path", out, what[i], inputs[i]);
+  return HQ_OK;
+}
+
+/* Not collective. */
+int hq_out_lock_busy(const char *out) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s.lock", out);
+  int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return HQ_OK;
+  struct stat a;
+  if (fstat(fd, &a) == 0 && S_ISREG(a.st_mode) && flock(fd, LOCK_SH | LOCK_NB) != 0 &&
+      errno == EWOULDBLOCK)
+    return held_by(path, fd);
+  close(fd); /* closing drops a shared lock we took */
   return HQ_OK;
 }

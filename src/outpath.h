@@ -16,6 +16,9 @@ struct hq_out_lock {
  * that is not the same file on every rank (node-local scratch) is refused before any MPI-IO
  * open. The kernel drops the lock when the holder dies (kill -9), so no stale lock remains. */
 int hq_out_lock_take(const struct hq_comm *c, const char *out, struct hq_out_lock *l);
+/* Not collective. HQ_ERR_INPUT (the holder named) when a running hpcq holds OUT.lock: asked
+ * before anything looks at OUT, whose content a running writer may be changing. */
+int hq_out_lock_busy(const char *out);
 /* Collective. Remove OUT.lock and release the lock (rank 0). */
 void hq_out_lock_release(const struct hq_comm *c, struct hq_out_lock *l);
 

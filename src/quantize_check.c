@@ -11,6 +11,7 @@
 #include "fileio.h"
 #include "h5io.h"
 #include "model.h"
+#include "outpath.h"
 
 static int needs_calib(const struct hq_quant_opts *o) {
   return o->method == HQ_METHOD_GPTQ || o->scale_from_hessian || (o->equalize & HQ_EQ_SMOOTH);
@@ -119,6 +120,7 @@ int hq_quant_preflight(const struct hq_quant_opts *o, int nranks, int *usage) {
   HQ_TRY(check_out_path(o->json_summary, "--json-summary"));
   if (needs_calib(o)) HQ_TRY(check_windows(o, nranks));
   *usage = 0;
+  HQ_TRY(hq_out_lock_busy(o->out_path));
   struct stat sb;
   if (o->resume && stat(o->out_path, &sb) == 0) return hq_result_check_resumable(o->out_path);
   return HQ_OK;

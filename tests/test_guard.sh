@@ -62,8 +62,13 @@ q 2 --out "$T/p.h5" --resume 2> "$T/r4.log" && ok "resume with the same inputs (
 "$MPIEXEC" -np 1 "$BIN" quantize --model "$M" "${C[@]}" --nsamples 24 --out "$T/two.h5" 2> "$T/a.log" &
 pa=$!
 for _ in $(seq 1 600); do [ -s "$T/two.h5.lock" ] && break; sleep 0.05; done
+# the holder (pid first in the lock file) is paused while the others try: however fast the
+# machine, it is still running when they start
+holder=$(cut -d' ' -f1 "$T/two.h5.lock" 2>/dev/null)
+kill -STOP "$holder" 2>/dev/null || bad "cannot pause the first run (lock file: $(cat "$T/two.h5.lock"))"
 q 1 --nsamples 24 --out "$T/two.h5" --overwrite > "$T/b.log" 2>&1; refused "second run with --overwrite" "another hpcq run is writing" "$T/b.log" $?
 q 1 --nsamples 24 --out "$T/two.h5" --resume > "$T/b2.log" 2>&1; refused "second run with --resume" "another hpcq run is writing" "$T/b2.log" $?
+kill -CONT "$holder" 2>/dev/null
 wait $pa && ok "the first run finished" || bad "first run failed: $(tail -2 "$T/a.log")"
 q 1 --nsamples 24 --out "$T/lone.h5" 2> /dev/null
 "$BIN" compare "$T/lone.h5" "$T/two.h5" > "$T/c2.txt" 2>&1 && ok "its result is complete and equals a lone run's" || bad "result differs: $(tail -2 "$T/c2.txt")"
