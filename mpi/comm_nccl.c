@@ -16,6 +16,7 @@
 #include "backend_cuda.h"
 #include "comm.h"
 #include "error.h"
+#include "util.h"
 
 struct hq_nccl {
   ncclComm_t comm;
@@ -34,12 +35,6 @@ struct hq_nccl {
     if (hq_e_ != cudaSuccess) HQ_DIE("CUDA error in %s: %s", #expr, cudaGetErrorString(hq_e_)); \
   } while (0)
 
-static uint64_t host_hash(const char *s) {
-  uint64_t h = 1469598103934665603ull; /* FNV-1a */
-  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
-  return h;
-}
-
 /* Collective. */
 int hq_nccl_init(const struct hq_comm *c, struct hq_nccl **out) {
   *out = NULL;
@@ -48,7 +43,7 @@ int hq_nccl_init(const struct hq_comm *c, struct hq_nccl **out) {
     return hq_fail_ctx(rc, "NCCL needs the CUDA backend on every rank: ");
   /* two ranks on one GPU: NCCL refuses that; say so before it does */
   const int dev = hq_cuda_device();
-  uint64_t mine[2] = {host_hash(c->host), (uint64_t)dev};
+  uint64_t mine[2] = {hq_fnv1a64(HQ_FNV_INIT, c->host, strlen(c->host)), (uint64_t)dev};
   uint64_t *all = hq_xmalloc((size_t)c->size * sizeof mine);
   MPI_Allgather(mine, 2, MPI_UINT64_T, all, 2, MPI_UINT64_T, c->comm);
   int dup = -1;
