@@ -1,4 +1,4 @@
-/* Memory and time of the exact Hessian accumulator (src/hessian.c) at one width: windows of
+/* Memory and time of the exact Hessian accumulator (src/quant/hessian.c) at one width: windows of
  * `tokens` tokens accumulated, then finalized into the fp32 H. Prints the resident set after
  * each phase and the peak (VmHWM), against the 8 bytes x cols^2 aim of issue 12 and the
  * 13.2 GB (n = 28672) of the former fp64 sum + fp32 per-window product + fp32 H.

@@ -1,5 +1,5 @@
 /* CUDA backend: forward ops (RMSNorm, RoPE, causal GQA attention, SwiGLU, residual add), fp32,
- * row-major, same semantics as src/backend_cpu_fwd.c. Attention is two batched cuBLAS GEMMs per
+ * row-major, same semantics as src/backend/backend_cpu_fwd.c. Attention is two batched cuBLAS GEMMs per
  * chunk of (sequence, head) pairs around a causal softmax kernel; the score chunk is bounded
  * (HQ_ATT_SCORE_BYTES, 256 MiB) so memory does not grow with nseq * nh. */
 #include <stdlib.h>

@@ -1,7 +1,7 @@
 /* CUDA backend: quantization kernels (grid parameters, the fused GPTQ inner block, RTN).
  *
  * All rounding goes through the scalar math of quant.h (HQ_HD = __host__ __device__), so codes
- * match the CPU backend (src/backend_cpu_quant.c) bit for bit given the same inputs. Two things
+ * match the CPU backend (src/backend/backend_cpu_quant.c) bit for bit given the same inputs. Two things
  * make that true: the CUDA sources are compiled with --fmad=false (CMakeLists.txt; the CPU
  * side is ISO C, which does not contract a*b+c either), and every per-row walk below performs
  * the same float operations in the same order as the CPU code (the downdate w -= err * h uses

@@ -21,9 +21,12 @@ endif()
 if(HQ_CLANG AND HQ_HAVE_LIBFUZZER)
   message(STATUS "hpcq: fuzz_safetensors built with ${HQ_CLANG}")
   set(_fz ${CMAKE_CURRENT_BINARY_DIR}/fuzz_safetensors)
-  set(_srcs ${CMAKE_CURRENT_SOURCE_DIR}/fuzz_safetensors.c ${PROJECT_SOURCE_DIR}/src/safetensors.c
-            ${PROJECT_SOURCE_DIR}/src/error.c ${PROJECT_SOURCE_DIR}/src/fileio.c)
-  set(_incs -I${PROJECT_SOURCE_DIR}/src)
+  set(_srcs ${CMAKE_CURRENT_SOURCE_DIR}/fuzz_safetensors.c ${PROJECT_SOURCE_DIR}/src/io/safetensors.c
+            ${PROJECT_SOURCE_DIR}/src/base/error.c ${PROJECT_SOURCE_DIR}/src/io/fileio.c)
+  set(_incs)
+  foreach(d ${HQ_INC})
+    list(APPEND _incs -I${d})
+  endforeach()
   foreach(d ${MPI_C_INCLUDE_DIRS} ${CJSON_INCLUDE_DIRS})
     list(APPEND _incs -I${d})
   endforeach()
@@ -31,8 +34,8 @@ if(HQ_CLANG AND HQ_HAVE_LIBFUZZER)
     COMMAND ${HQ_CLANG} -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined
             -fno-sanitize-recover=all ${_incs} ${_srcs} -o ${_fz}
             ${CJSON_LINK_LIBRARIES} ${MPI_C_LIBRARIES}
-    DEPENDS ${_srcs} ${PROJECT_SOURCE_DIR}/src/model.h ${PROJECT_SOURCE_DIR}/src/error.h ${PROJECT_SOURCE_DIR}/src/fileio.h
-            ${PROJECT_SOURCE_DIR}/src/quant.h
+    DEPENDS ${_srcs} ${PROJECT_SOURCE_DIR}/src/model/model.h ${PROJECT_SOURCE_DIR}/src/base/error.h ${PROJECT_SOURCE_DIR}/src/io/fileio.h
+            ${PROJECT_SOURCE_DIR}/src/quant/quant.h
     COMMENT "Building libFuzzer target fuzz_safetensors (clang, ASan+UBSan)"
     COMMAND_EXPAND_LISTS VERBATIM)
   add_custom_target(fuzz_safetensors_bin ALL DEPENDS ${_fz})

@@ -1,4 +1,4 @@
-/* The collective HDF5 writer and the serial reader (src/h5io.h) at 1, 2 and 3 ranks.
+/* The collective HDF5 writer and the serial reader (src/io/h5io.h) at 1, 2 and 3 ranks.
  *
  * Every rank generates the same full packed arrays from a shared seed; each rank writes only
  * the rows a partition-like split gives it (ranges aligned to 32, some ranks empty), then rank
@@ -133,7 +133,7 @@ static void expect_agreed_fail(const struct hq_comm *c, int rc, int want, const 
   hq_error_clear();
 }
 
-/* Real packed data (src/pack.h) from every rank's rows, for each width: the file read back and
+/* Real packed data (src/io/pack.h) from every rank's rows, for each width: the file read back and
  * dequantized equals W computed directly from the unpacked inputs, scale * (code - zero). */
 static void test_pack_roundtrip(const struct hq_comm *c, const char *dir) {
   char path[600];

@@ -1,4 +1,4 @@
-/* Activation quantization (src/actquant.c, the forward's act_bits):
+/* Activation quantization (src/quant/actquant.c, the forward's act_bits):
  *  1. hq_act_quant_rows against a plain per-token reference written here (absmax / (2^(b-1)-1),
  *     round half to even, clamp to [-2^(b-1), 2^(b-1)-1]) on rows with outliers, an all-zero
  *     row and a single-element row, at 8, 4 and 3 bits: bit-identical; every value on its

@@ -1,4 +1,4 @@
-/* Equalization (src/equalize.c) preserves the full-precision model: on both bundled models
+/* Equalization (src/quant/equalize.c) preserves the full-precision model: on both bundled models
  * (stories260K fp32, llama-sotu-5m bf16), 2 windows x 64 tokens of their WikiText-2 token
  * files, the logits of the transformed model equal the original's within 1e-5 relative
  * (|a - b| / max_j |b_j| of the row), for CLE, for SmoothQuant smoothing (alpha 0.5 and 0.8,

@@ -1,4 +1,4 @@
-/* The vectorizable exp of the CPU forward (src/fastmath.h) against libm, and at its edges: NaN
+/* The vectorizable exp of the CPU forward (src/base/fastmath.h) against libm, and at its edges: NaN
  * propagates (a NaN logit must reach the NLL check, not become a number), infinities clamp.
  * Under -fsanitize=undefined a NaN once reached an undefined conversion and shift. */
 #include <math.h>

@@ -1,4 +1,4 @@
-/* The Llama forward (src/forward.c + the CPU backend's forward ops) against independent
+/* The Llama forward (src/model/forward.c + the CPU backend's forward ops) against independent
  * references:
  *  1. Hugging Face transformers logits of both bundled models (fixtures written by
  *     tools/make_hf_fixtures.py: LlamaForCausalLM, fp32, eager attention), 2 windows x 64

@@ -1,4 +1,4 @@
-/* Blocked GPTQ (src/gptq.c + the CPU backend's fused inner block) against a PLAINLY written
+/* Blocked GPTQ (src/quant/gptq.c + the CPU backend's fused inner block) against a PLAINLY written
  * unblocked reference: the textbook GPTQ/OBQ column loop in doubles, with the inverse
  * Hessian inv(H + damp I) computed by Gauss-Jordan and downdated by the Schur complement
  * after every column — no Cholesky, no blocking, no lazy updates, no LAPACK.

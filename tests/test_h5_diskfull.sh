@@ -79,7 +79,7 @@ for np in 1 2; do
   [ "$HAVE_MOUNT" = 0 ] || limited "$np" 2000 "$T/u-$np.h5" "$T/u-$np.log"
 done
 # 3 ranks: the collective writes then have aggregators and other ranks (a write can fail on
-# one rank only); 3 MB ran out inside a flush and hung before room_to_flush (src/h5io.c)
+# one rank only); 3 MB ran out inside a flush and hung before room_to_flush (src/io/h5io.c)
 for size in 1m 3m; do run_full 3 "$size"; done
 
 # stopped by a full disk (4 MB: some blocks done), resumed with room: the same model

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One validation of an hpcq result (src/h5check.c) guards `hpcq eval FILE.h5` and `hpcq export`:
+# One validation of an hpcq result (src/io/h5check.c) guards `hpcq eval FILE.h5` and `hpcq export`:
 # a complete result is doctored one way at a time with h5py (a linear or a norm deleted, the
 # config contradicting the shapes, g_idx out of range or grouping the wrong columns, Inf / NaN /
 # negative / zero scales, a zero point above maxq, a NaN norm, a stray tensor of another model,

@@ -1,4 +1,4 @@
-/* The exact fixed-point Hessian (src/hessian.c) against a plain double Σ x xᵀ and against its
+/* The exact fixed-point Hessian (src/quant/hessian.c) against a plain double Σ x xᵀ and against its
  * own claims:
  *  - H = 2/N Σ x xᵀ to fp32 accuracy (double reference), exactly symmetric, a zero feature gives
  *    a zero row, count == 0 gives zeros; feature counts below, at and above a panel (256);

@@ -1,4 +1,4 @@
-/* HQQ (src/hqq.c) against a plain reference of the same update rule written here, on real
+/* HQQ (src/quant/hqq.c) against a plain reference of the same update rule written here, on real
  * layers of the bundled llama-sotu-5m (block 0 q_proj 256x256 and down_proj 256x768) and on a
  * heavy-tailed synthetic matrix, at W4 g64, W3 g128, W2 g64, zero-only and zero+scale:
  *  - identical zero points and scales for every group, codes = clamp(round(w/s) + z), and the

@@ -1,4 +1,4 @@
-/* --scale-from-hessian (src/hscale.c, experimental) against a plain reference written here:
+/* --scale-from-hessian (src/quant/hscale.c, experimental) against a plain reference written here:
  * for every row and group, the shrink p in {1, 0.99, ..., 0.21} of the min/max range that
  * minimises Σ_j H_jj (w_j - q_j)² (first minimum wins). Synthetic 48 x 160 layer, H = XᵀX of
  * 400 tokens whose channel scales span 100x (so the weighting matters):

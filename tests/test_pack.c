@@ -1,4 +1,4 @@
-/* GPTQ checkpoint packing (src/pack.h) against the published layout
+/* GPTQ checkpoint packing (src/io/pack.h) against the published layout
  * (docs/readme/pack.md, the published GPTQ checkpoint layout):
  *  1. hand-computed 4-bit and 3-bit examples, expected int32 words written as literals;
  *  2. an independent, plainly written packer that follows the published recipe step by step

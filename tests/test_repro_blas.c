@@ -1,4 +1,4 @@
-/* The CPU backend's reproducible linear algebra (src/backend_cpu_blas.c), checked against its
+/* The CPU backend's reproducible linear algebra (src/backend/backend_cpu_blas.c), checked against its
  * contract rather than against itself:
  *  - gemm_rows: every row of C equals the same row computed ALONE (m = 1, same row index), for
  *    other m, row offsets, segment lengths, transposes, beta != 0 and 1 vs 2 OpenMP threads;

@@ -2,7 +2,7 @@
  * so that a bad option never leaves a file behind, and the recognition of a result file that
  * cannot be resumed. Not collective (the CLI runs the preflight on rank 0 and agrees).
  *
- * Exit-status classes (src/cli_quantize.c): a failure of hq_quant_opts_validate, or one of
+ * Exit-status classes (src/cli/cli_quantize.c): a failure of hq_quant_opts_validate, or one of
  * hq_quant_preflight with *usage set, is a usage error (exit 2); anything else exits 1. */
 #ifndef HQ_QUANTIZE_CHECK_H
 #define HQ_QUANTIZE_CHECK_H

@@ -1,4 +1,4 @@
-/* hpcq quantize: checks before anything is created (src/quantize_check.h). Not collective. */
+/* hpcq quantize: checks before anything is created (src/cli/quantize_check.h). Not collective. */
 #include "quantize_check.h"
 
 #include <stdio.h>
@@ -75,7 +75,7 @@ static double phys_bytes(void) {
   return pages > 0 && psz > 0 ? (double)pages * (double)psz : 0.0;
 }
 
-/* The pipeline's largest per-rank allocations for the calibration windows (src/pipeline.c):
+/* The pipeline's largest per-rank allocations for the calibration windows (src/pipeline/pipeline.c):
  * the sampled windows (every rank), its share of them, their activations and one forward
  * workspace of batch x seqlen tokens. Activations and workspace live on the device with cuda. */
 static int check_memory(const struct hq_quant_opts *o, const struct hq_model_config *c,

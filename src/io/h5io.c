@@ -1,4 +1,4 @@
-/* hpcq's HDF5 output file: collective writer over MPI-IO and serial reader (src/h5io.h,
+/* hpcq's HDF5 output file: collective writer over MPI-IO and serial reader (src/io/h5io.h,
  * docs/readme/output-format.md). */
 #include "h5io.h"
 
@@ -481,7 +481,7 @@ int hq_h5_attr_get_i64_array(struct hq_h5 *h, const char *obj, const char *name,
   return HQ_OK;
 }
 
-/* ---------------- checksums (src/h5sum.h) ---------------- */
+/* ---------------- checksums (src/io/h5sum.h) ---------------- */
 
 /* Collective. Set the attribute "checksum" (uint64 hq64) of dataset `path` to rank 0's `v`. */
 static int set_sum(struct hq_h5 *h, const char *path, uint64_t v) {

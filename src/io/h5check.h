@@ -1,7 +1,7 @@
 /* Validation of an hpcq result against its model config: the one check shared by `hpcq eval`
  * (.h5 models), `hpcq export` and `hpcq quantize --resume` (the blocks already done), so that
  * nothing converts, evaluates or builds on a damaged or doctored file. Not collective: each
- * caller reads the file serially through the reader API of src/h5io.h (also on a handle from
+ * caller reads the file serially through the reader API of src/io/h5io.h (also on a handle from
  * hq_h5_open_rw); an MPI caller agrees on the status afterwards.
  *
  * Every failure is HQ_ERR_INPUT with a message naming the tensor and what is wrong, and what to

@@ -1,4 +1,4 @@
-/* Input files that never block (src/fileio.h). */
+/* Input files that never block (src/io/fileio.h). */
 #include "fileio.h"
 
 #include <cjson/cJSON.h>

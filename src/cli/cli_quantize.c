@@ -1,4 +1,4 @@
-/* hpcq quantize: parse options, start MPI, run the pipeline (src/pipeline.c). */
+/* hpcq quantize: parse options, start MPI, run the pipeline (src/pipeline/pipeline.c). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,7 +56,7 @@ static void usage(FILE *f) {
 }
 
 /* Collective: rank 0 checks the paths, the model's config and the sizes before anything is
- * created (src/quantize_check.h); every rank gets its verdict and whether it is a usage error. */
+ * created (src/cli/quantize_check.h); every rank gets its verdict and whether it is a usage error. */
 static int preflight(const struct hq_comm *comm, const struct hq_quant_opts *o, int *usage) {
   int rc = comm->rank == 0 ? hq_quant_preflight(o, comm->size, usage) : HQ_OK;
   hq_comm_bcast(comm, usage, sizeof *usage, 0);

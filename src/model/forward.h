@@ -37,7 +37,7 @@ struct hq_fwd_ws;
 struct hq_fwd_ws *hq_fwd_ws_new(const struct hq_backend *be, const struct hq_model_config *c,
                                 int64_t ntok);
 void hq_fwd_ws_free(struct hq_fwd_ws *ws);
-/* Activation quantization (src/actquant.h): with bits > 0, hq_forward_block fake-quantizes the
+/* Activation quantization (src/quant/actquant.h): with bits > 0, hq_forward_block fake-quantizes the
  * input of every linear input group per token (dynamic, symmetric, `bits` bits) BEFORE the
  * capture hook and the linears, so captured inputs (Hessians) and the block output both see
  * the quantized activations. 0 (the default) turns it off. bits must be 0 or in [2, 16].

@@ -134,7 +134,7 @@ int hq_cli_eval(int argc, char **argv) {
   const struct hq_model_config *c = &m.cfg;
   int ret = 1;
   struct hq_tokens tok = {0};
-  /* a quantized result is validated whole before anything runs on it (src/h5check.h) */
+  /* a quantized result is validated whole before anything runs on it (src/io/h5check.h) */
   if (m.h5 && hq_h5_check_model(m.h5, c) != HQ_OK) {
     fprintf(stderr, "hpcq eval: %s: %s\n", model, hq_last_error());
     goto out;

@@ -1,4 +1,4 @@
-/* hq64 checksum of dataset contents (src/h5sum.h). */
+/* hq64 checksum of dataset contents (src/io/h5sum.h). */
 #include "h5sum.h"
 
 #include <string.h>

@@ -15,7 +15,7 @@
  *   /                      root attributes (hpcq_format_version, settings_json, n_blocks, ...)
  *   /tensors/<HF name>     unquantized tensors in their original dtype
  *   /linears/<HF prefix>/  qweight int32 [in*bits/32, out], qzeros int32 [ngroups, out*bits/32],
- *                          scales float16 [ngroups, out], g_idx int32 [in] (src/pack.h layout)
+ *                          scales float16 [ngroups, out], g_idx int32 [in] (src/io/pack.h layout)
  *   /progress              int8 [n_blocks] block-done flags; root attribute complete = 1 at end
  */
 #ifndef HQ_H5IO_H

@@ -1,5 +1,5 @@
 /* Scales are stored as fp16 (largest finite value 65504): a group whose grid needs a larger
- * scale cannot be represented. Every method refuses such a layer (src/gptq.h) instead of
+ * scale cannot be represented. Every method refuses such a layer (src/quant/gptq.h) instead of
  * clamping the scale, which would silently clip the group's weights. Not collective. */
 #include <math.h>
 

@@ -1,4 +1,4 @@
-/* hpcq export: an .h5 result as a GPTQ safetensors checkpoint (src/export.h). Not collective.
+/* hpcq export: an .h5 result as a GPTQ safetensors checkpoint (src/io/export.h). Not collective.
  *
  * Flow: open the result (h5io: refuses incomplete/foreign files), plan every tensor of the
  * checkpoint (4 per quantized linear in plan order, then the unquantized tensors), split the
@@ -423,7 +423,7 @@ static cJSON *quant_config(struct hq_h5 *h, int bits, int64_t group_size,
   return q;
 }
 
-/* The whole result against its own config (src/h5check.h) before anything is written. */
+/* The whole result against its own config (src/io/h5check.h) before anything is written. */
 static int check_result(struct hq_h5 *h, const char *h5_path, const char *cfg_text) {
   struct hq_model_config c;
   int rc = hq_config_parse(cfg_text, strlen(cfg_text), "model_config_json", &c);

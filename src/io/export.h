@@ -5,7 +5,7 @@
  *   model.safetensors, or model-0000K-of-0000N.safetensors + model.safetensors.index.json
  *     when the tensors exceed the shard size;
  *     <prefix>.qweight int32 [in*b/32, out], .qzeros int32 [ngroups, out*b/32],
- *     .scales F16 [ngroups, out], .g_idx int32 [in]  (layout of src/pack.h) per quantized
+ *     .scales F16 [ngroups, out], .g_idx int32 [in]  (layout of src/io/pack.h) per quantized
  *     linear; every other tensor in its original dtype (BF16 stays BF16);
  *   config.json = the source config.json + "quantization_config"; quantize_config.json;
  *   tokenizer / generation files copied from the source model folder when present.

@@ -1,5 +1,5 @@
 /* hpcq export FILE.h5 --format gptq --out DIR: a GPTQ safetensors checkpoint that
- * transformers / vLLM load (src/export.h, docs/readme/export.md). Not collective. */
+ * transformers / vLLM load (src/io/export.h, docs/readme/export.md). Not collective. */
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>

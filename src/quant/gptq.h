@@ -97,7 +97,7 @@ void hq_gptq_result_free(struct hq_gptq_result *res);
 /* HQ_ERR_INPUT naming the first non-finite element of A [rows x cols] ("W[3, 7] is NaN ...; advice"). */
 int hq_check_finite(const char *what, const float *A, int64_t rows, int64_t cols, const char *advice);
 
-/* fp16 scales (src/fp16range.c). hq_grid_check_fp16: every group of W [rows x cols] (static
+/* fp16 scales (src/quant/fp16range.c). hq_grid_check_fp16: every group of W [rows x cols] (static
  * groups of o->group_size columns) has a grid whose scale fits fp16 (below 65520, which rounds
  * to infinity); hq_result_check_fp16: no scale of a result reached 65504, the largest fp16
  * value (the methods that move weights or scales: GPTQ, HQQ). HQ_ERR_NUMERIC naming the row,

@@ -60,7 +60,7 @@ struct hq_backend {
    * (H⁻¹ = Uᵀ U) in the upper triangle, zeros below. Returns 0, or the LAPACK/cuSOLVER info
    * (> 0: not positive definite) — then H is garbage and the caller retries from a copy. */
   int (*chol_inverse_upper)(int64_t n, float *H, int64_t ldh);
-  /* Exact fixed-point accumulation of a Hessian panel (src/hessian.c). C holds np rows
+  /* Exact fixed-point accumulation of a Hessian panel (src/quant/hessian.c). C holds np rows
    * (ldc) of one window's XᵀX: row p is feature j = j0 + p, its entries i = 0..j are added,
    * each as V = round(v * 2^F) (round half to even; an integer when |v| 2^F < 2^lim_bits,
    * lim_bits <= 62), into acc[j (j + 1) / 2 + i] (int64, column-packed upper triangle; backend

@@ -1,4 +1,4 @@
-/* Validation of an hpcq result against its model config (src/h5check.h). Not collective. */
+/* Validation of an hpcq result against its model config (src/io/h5check.h). Not collective. */
 #include "h5check.h"
 
 #include <math.h>
