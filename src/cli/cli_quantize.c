@@ -65,68 +65,68 @@ static int preflight(const struct hq_comm *comm, const struct hq_quant_opts *o, 
   return rc;
 }
 
+static int parse_method(const char *opt, const char *v, void *dst) {
+  enum hq_method *m = dst;
+  if (!strcmp(v, "gptq")) *m = HQ_METHOD_GPTQ;
+  else if (!strcmp(v, "rtn")) *m = HQ_METHOD_RTN;
+  else if (!strcmp(v, "hqq")) *m = HQ_METHOD_HQQ;
+  else return hq_fail(HQ_ERR_INPUT, "%s must be gptq, rtn or hqq (got '%s')", opt, v);
+  return HQ_OK;
+}
+
+static int parse_equalize(const char *opt, const char *v, void *dst) {
+  if ((*(int *)dst = hq_equalize_parse(v)) < 0)
+    return hq_fail(HQ_ERR_INPUT, "%s must be none, smooth, cle or smooth,cle (got '%s')", opt, v);
+  return HQ_OK;
+}
+
+/* The options into o; *gs_given: --group-size was given. */
+static int parse(int argc, char **argv, struct hq_quant_opts *o, int *gs_given) {
+  const struct hq_opt t[] = {
+      HQ_ARG_STR("--model", &o->model_dir),
+      HQ_ARG_STR("--calib", &o->calib_path),
+      HQ_ARG_STR("--out", &o->out_path),
+      HQ_ARG_STR("--backend", &o->backend),
+      HQ_ARG_STR("--json-summary", &o->json_summary),
+      HQ_ARG_FN("--method", &o->method, parse_method),
+      HQ_ARG_FN("--equalize", &o->equalize, parse_equalize),
+      HQ_ARG_INT("--bits", &o->g.bits, 2, 8),
+      {.name = "--group-size", .kind = HQ_OPT_I64, .dst = &o->g.group_size, .lo = -1,
+       .hi = 1 << 30, .given = gs_given},
+      HQ_ARG_INT("--act-bits", &o->act_bits, 2, 16),
+      HQ_ARG_INT("--hqq-iters", &o->hqq.iters, 0, 10000),
+      HQ_ARG_F32("--hqq-p", &o->hqq.lp, 1e-3, 0.999),
+      HQ_ARG_F32("--hqq-beta", &o->hqq.beta, 1e-6, 1e12),
+      HQ_ARG_F32("--hqq-kappa", &o->hqq.kappa, 1.0, 100.0),
+      HQ_ARG_F32("--smooth-alpha", &o->smooth_alpha, 0.0, 1.0),
+      HQ_ARG_FLAG("--hqq-scale", &o->hqq.opt_scale),
+      HQ_ARG_FLAG("--scale-from-hessian", &o->scale_from_hessian),
+      HQ_ARG_F32("--damp", &o->g.percdamp, 1e-8, 10.0),
+      HQ_ARG_I64("--nsamples", &o->nsamples, 1, 1 << 24),
+      HQ_ARG_I64("--seqlen", &o->seqlen, 2, 1 << 24),
+      HQ_ARG_U64("--seed", &o->seed, 0, 1LL << 62),
+      HQ_ARG_INT("--block-size", &o->g.block_size, 1, 1 << 16),
+      HQ_ARG_I64("--batch", &o->batch, 1, 1 << 20),
+      HQ_ARG_FLAG("--sym", &o->g.sym),
+      HQ_ARG_FLAG("--mse", &o->g.mse),
+      HQ_ARG_FLAG("--act-order", &o->g.act_order),
+      HQ_ARG_FLAG("--static-groups", &o->g.static_groups),
+      HQ_ARG_FLAG("--resume", &o->resume),
+      HQ_ARG_FLAG("--overwrite", &o->overwrite),
+      HQ_ARG_FLAG("--quiet", &o->quiet),
+      HQ_ARG_END};
+  return hq_cli_parse(argc, argv, t, "quantize", NULL, 0, NULL);
+}
+
 int hq_cli_quantize(int argc, char **argv) {
   struct hq_quant_opts o;
   hq_quant_opts_default(&o);
   o.g.group_size = 128;
-  long long v;
-  double d;
   int gs_given = 0;
-  int rc = HQ_OK;
-  for (int i = 1; i < argc && !rc; i++) {
-    const char *a = argv[i];
-    const char *nx = i + 1 < argc ? argv[i + 1] : NULL;
-#define NEEDV()                                                                            \
-  do {                                                                                     \
-    if (!nx) {                                                                             \
-      rc = hq_fail(HQ_ERR_INPUT, "%s needs a value", a);                                   \
-      break;                                                                               \
-    }                                                                                      \
-    i++;                                                                                   \
-  } while (0)
-    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-      usage(stdout);
-      return 0;
-    } else if (!strcmp(a, "--model")) { NEEDV(); o.model_dir = nx; }
-    else if (!strcmp(a, "--calib")) { NEEDV(); o.calib_path = nx; }
-    else if (!strcmp(a, "--out")) { NEEDV(); o.out_path = nx; }
-    else if (!strcmp(a, "--backend")) { NEEDV(); o.backend = nx; }
-    else if (!strcmp(a, "--json-summary")) { NEEDV(); o.json_summary = nx; }
-    else if (!strcmp(a, "--method")) {
-      NEEDV();
-      if (!rc && !strcmp(nx, "gptq")) o.method = HQ_METHOD_GPTQ;
-      else if (!rc && !strcmp(nx, "rtn")) o.method = HQ_METHOD_RTN;
-      else if (!rc && !strcmp(nx, "hqq")) o.method = HQ_METHOD_HQQ;
-      else if (!rc) rc = hq_fail(HQ_ERR_INPUT, "--method must be gptq, rtn or hqq (got '%s')", nx);
-    } else if (!strcmp(a, "--equalize")) {
-      NEEDV();
-      if (!rc && (o.equalize = hq_equalize_parse(nx)) < 0)
-        rc = hq_fail(HQ_ERR_INPUT, "--equalize must be none, smooth, cle or smooth,cle (got '%s')", nx);
-    } else if (!strcmp(a, "--bits")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, 2, 8, &v))) o.g.bits = (int)v; }
-    else if (!strcmp(a, "--group-size")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, -1, 1 << 30, &v))) { o.g.group_size = v; gs_given = 1; } }
-    else if (!strcmp(a, "--act-bits")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, 2, 16, &v))) o.act_bits = (int)v; }
-    else if (!strcmp(a, "--hqq-iters")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, 0, 10000, &v))) o.hqq.iters = (int)v; }
-    else if (!strcmp(a, "--hqq-p")) { NEEDV(); if (!rc && !(rc = hq_cli_float(a, nx, 1e-3, 0.999, &d))) o.hqq.lp = (float)d; }
-    else if (!strcmp(a, "--hqq-beta")) { NEEDV(); if (!rc && !(rc = hq_cli_float(a, nx, 1e-6, 1e12, &d))) o.hqq.beta = (float)d; }
-    else if (!strcmp(a, "--hqq-kappa")) { NEEDV(); if (!rc && !(rc = hq_cli_float(a, nx, 1.0, 100.0, &d))) o.hqq.kappa = (float)d; }
-    else if (!strcmp(a, "--smooth-alpha")) { NEEDV(); if (!rc && !(rc = hq_cli_float(a, nx, 0.0, 1.0, &d))) o.smooth_alpha = (float)d; }
-    else if (!strcmp(a, "--hqq-scale")) o.hqq.opt_scale = 1;
-    else if (!strcmp(a, "--scale-from-hessian")) o.scale_from_hessian = 1;
-    else if (!strcmp(a, "--damp")) { NEEDV(); if (!rc && !(rc = hq_cli_float(a, nx, 1e-8, 10.0, &d))) o.g.percdamp = (float)d; }
-    else if (!strcmp(a, "--nsamples")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, 1, 1 << 24, &v))) o.nsamples = v; }
-    else if (!strcmp(a, "--seqlen")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, 2, 1 << 24, &v))) o.seqlen = v; }
-    else if (!strcmp(a, "--seed")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, 0, (1LL << 62), &v))) o.seed = (uint64_t)v; }
-    else if (!strcmp(a, "--block-size")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, 1, 1 << 16, &v))) o.g.block_size = (int)v; }
-    else if (!strcmp(a, "--batch")) { NEEDV(); if (!rc && !(rc = hq_cli_int(a, nx, 1, 1 << 20, &v))) o.batch = v; }
-    else if (!strcmp(a, "--sym")) o.g.sym = 1;
-    else if (!strcmp(a, "--mse")) o.g.mse = 1;
-    else if (!strcmp(a, "--act-order")) o.g.act_order = 1;
-    else if (!strcmp(a, "--static-groups")) o.g.static_groups = 1;
-    else if (!strcmp(a, "--resume")) o.resume = 1;
-    else if (!strcmp(a, "--overwrite")) o.overwrite = 1;
-    else if (!strcmp(a, "--quiet")) o.quiet = 1;
-    else rc = hq_fail(HQ_ERR_INPUT, "unknown option '%s' (see hpcq quantize --help)", a);
-#undef NEEDV
+  int rc = parse(argc, argv, &o, &gs_given);
+  if (rc == HQ_CLI_HELP) {
+    usage(stdout);
+    return 0;
   }
   if (!rc && (!o.model_dir || !o.out_path))
     rc = hq_fail(HQ_ERR_INPUT, "--model and --out are required (see hpcq quantize --help)");

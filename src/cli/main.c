@@ -1,5 +1,4 @@
-/* hpcq command-line entry point: dispatches to the subcommands of src/cli_*.c. */
-#include <errno.h>
+/* hpcq command-line entry point: dispatches to the subcommands of src/cli/cli_*.c. */
 #include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,38 +30,6 @@ static void usage(FILE *f) {
   for (size_t i = 0; i < sizeof hq_cmds / sizeof hq_cmds[0]; i++)
     fprintf(f, "  %-9s %s\n", hq_cmds[i].name, hq_cmds[i].help);
   fprintf(f, "\n`hpcq <command> --help` shows the options of a command.\n");
-}
-
-int hq_cli_str(const char *opt, const char *val, const char **out) {
-  if (!val) return hq_fail(HQ_ERR_INPUT, "%s needs a value", opt);
-  *out = val;
-  return HQ_OK;
-}
-
-int hq_cli_int(const char *opt, const char *val, long long lo, long long hi, long long *out) {
-  if (!val) return hq_fail(HQ_ERR_INPUT, "%s needs a value", opt);
-  char *end = NULL;
-  errno = 0;
-  long long v = strtoll(val, &end, 10);
-  if (errno || end == val || *end)
-    return hq_fail(HQ_ERR_INPUT, "%s expects an integer, got '%s'", opt, val);
-  if (v < lo || v > hi)
-    return hq_fail(HQ_ERR_INPUT, "%s must be in [%lld, %lld], got %lld", opt, lo, hi, v);
-  *out = v;
-  return HQ_OK;
-}
-
-int hq_cli_float(const char *opt, const char *val, double lo, double hi, double *out) {
-  if (!val) return hq_fail(HQ_ERR_INPUT, "%s needs a value", opt);
-  char *end = NULL;
-  errno = 0;
-  double v = strtod(val, &end);
-  if (errno || end == val || *end || v != v)
-    return hq_fail(HQ_ERR_INPUT, "%s expects a number, got '%s'", opt, val);
-  if (v < lo || v > hi)
-    return hq_fail(HQ_ERR_INPUT, "%s must be in [%g, %g], got %g", opt, lo, hi, v);
-  *out = v;
-  return HQ_OK;
 }
 
 int main(int argc, char **argv) {
