@@ -369,6 +369,41 @@ static void run_free(struct run *R, struct hq_tokens *tok) {
   if (R->model.dir || R->model.h5) hq_model_close(&R->model);
 }
 
+/* Rank 0: what this run does, before the first block */
+static void announce(const struct run *R) {
+  const struct hq_quant_opts *o = R->o;
+  const struct hq_model_config *c = &R->model.cfg;
+  if (R->comm->rank != 0 || o->quiet) return;
+  fprintf(stderr, "hpcq quantize: %s %d-bit%s%s, %lld blocks, %d rank%s, %lld x %lld calibration tokens\n",
+          hq_method_name(o->method), o->g.bits, o->g.group_size > 0 ? " grouped" : " per-channel",
+          o->g.act_order ? " act-order" : "", (long long)c->n_layers, R->comm->size,
+          R->comm->size > 1 ? "s" : "", (long long)(hq_pipeline_need_calib(o) ? o->nsamples : 0),
+          (long long)R->seqlen);
+}
+
+/* Collective: every block in order; the done ones of a resumed run are replayed (their stored
+ * result forwarded) only when the next block needs calibration inputs */
+static int run_blocks(struct run *R, double t_start) {
+  const double t_blocks = R->t_blocks = hq_now();
+  for (int64_t b = 0; b < R->model.cfg.n_layers; b++) {
+    if (b < R->start_block && !hq_pipeline_need_calib(R->o)) continue;
+    memset(R->phase, 0, sizeof R->phase);
+    const double tb = R->t_block = hq_now();
+    if (b == R->start_block) R->first_block = b;
+    struct hq_block_weights bw;
+    const int rc = run_block(R, b, &bw);
+    R->last_block_s = hq_now() - tb;
+    hq_block_weights_free(&bw);
+    HQ_TRY(rc);
+    for (int p = 0; p < PH_COUNT; p++) R->total_phase[p] += R->phase[p];
+    if (R->comm->rank == 0 && !R->o->quiet) progress_line(R, b, tb, t_blocks, t_start);
+    HQ_TRY(stop_requested(R, b));
+  }
+  return HQ_OK;
+}
+
+/* Collective: the pipeline, top-down: inputs -> output file (new or resumed) -> calibration
+ * windows -> the blocks -> totals and the complete flag -> close */
 int hq_quantize_run(const struct hq_comm *comm, const struct hq_quant_opts *o) {
   struct run R;
   memset(&R, 0, sizeof R);
@@ -382,28 +417,8 @@ int hq_quantize_run(const struct hq_comm *comm, const struct hq_quant_opts *o) {
   if (!rc) rc = inputs_agree(&R);
   if (!rc) rc = hq_pipeline_file_open(&R);
   if (!rc && hq_pipeline_need_calib(o)) rc = setup_calibration(&R, &tok);
-  const struct hq_model_config *c = &R.model.cfg;
-  if (!rc && comm->rank == 0 && !o->quiet)
-    fprintf(stderr, "hpcq quantize: %s %d-bit%s%s, %lld blocks, %d rank%s, %lld x %lld calibration tokens\n",
-            hq_method_name(o->method), o->g.bits, o->g.group_size > 0 ? " grouped" : " per-channel",
-            o->g.act_order ? " act-order" : "", (long long)c->n_layers, comm->size, comm->size > 1 ? "s" : "",
-            (long long)(hq_pipeline_need_calib(o) ? o->nsamples : 0), (long long)R.seqlen);
-  const double t_blocks = R.t_blocks = hq_now();
-  for (int64_t b = 0; !rc && b < c->n_layers; b++) {
-    /* a finished block is replayed only to feed the next block's calibration inputs */
-    if (b < R.start_block && !hq_pipeline_need_calib(o)) continue;
-    memset(R.phase, 0, sizeof R.phase);
-    const double tb = R.t_block = hq_now();
-    if (b == R.start_block) R.first_block = b;
-    struct hq_block_weights bw;
-    rc = run_block(&R, b, &bw);
-    R.last_block_s = hq_now() - tb;
-    hq_block_weights_free(&bw);
-    if (rc) break;
-    for (int p = 0; p < PH_COUNT; p++) R.total_phase[p] += R.phase[p];
-    if (comm->rank == 0 && !o->quiet) progress_line(&R, b, tb, t_blocks, t_start);
-    rc = stop_requested(&R, b);
-  }
+  if (!rc) announce(&R);
+  if (!rc) rc = run_blocks(&R, t_start);
   if (!rc) rc = finish(&R, t_start);
   const int crc = hq_pipeline_file_close(&R);
   if (!rc) rc = crc;
