@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "error.h"
@@ -46,11 +47,9 @@ int hq_comm_init(struct hq_comm *c, int *argc, char ***argv) {
   MPI_Comm_dup(MPI_COMM_WORLD, &c->comm);
   MPI_Comm_rank(c->comm, &c->rank);
   MPI_Comm_size(c->comm, &c->size);
-  MPI_Comm node;
-  MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &node);
-  MPI_Comm_rank(node, &c->local_rank);
-  MPI_Comm_size(node, &c->local_size);
-  MPI_Comm_free(&node);
+  MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &c->node);
+  MPI_Comm_rank(c->node, &c->local_rank);
+  MPI_Comm_size(c->node, &c->local_size);
   if (gethostname(c->host, sizeof c->host - 1) != 0) strcpy(c->host, "?");
   c->host[sizeof c->host - 1] = 0;
   hq_error_set_rank(c->rank);
@@ -62,8 +61,9 @@ void hq_comm_finalize(struct hq_comm *c) {
   int fin = 0;
   MPI_Finalized(&fin);
   if (fin) return;
+  if (c->node != MPI_COMM_NULL && c->node != 0) MPI_Comm_free(&c->node);
   if (c->comm != MPI_COMM_NULL && c->comm != 0) MPI_Comm_free(&c->comm);
-  c->comm = MPI_COMM_NULL;
+  c->comm = c->node = MPI_COMM_NULL;
   if (c->owns_mpi) MPI_Finalize();
   c->owns_mpi = 0;
 }
@@ -122,14 +122,18 @@ void hq_comm_allreduce_max_f64(const struct hq_comm *c, double *buf, int64_t cou
   allreduce_chunked(c, buf, count, sizeof(double), MPI_DOUBLE, MPI_MAX);
 }
 
-/* Collective. */
-void hq_comm_bcast(const struct hq_comm *c, void *buf, size_t bytes, int root) {
+static void bcast_on(MPI_Comm comm, void *buf, size_t bytes, int root) {
   char *p = (char *)buf;
   size_t chunk = (size_t)hq_comm_chunk;
   for (size_t off = 0; off < bytes; off += chunk) {
     size_t n = bytes - off < chunk ? bytes - off : chunk;
-    MPI_Bcast(p + off, (int)n, MPI_BYTE, root, c->comm);
+    MPI_Bcast(p + off, (int)n, MPI_BYTE, root, comm);
   }
+}
+
+/* Collective. */
+void hq_comm_bcast(const struct hq_comm *c, void *buf, size_t bytes, int root) {
+  bcast_on(c->comm, buf, bytes, root);
 }
 
 /* Collective. Small case (total and every displacement fit one MPI call): one
@@ -178,6 +182,68 @@ void hq_comm_allgatherv(const struct hq_comm *c, const void *mine, void *all,
 
 /* Collective. */
 void hq_comm_barrier(const struct hq_comm *c) { MPI_Barrier(c->comm); }
+
+/* ---- node-level sharing ---- */
+
+/* Collective over the node. */
+int hq_comm_node_alloc(const struct hq_comm *c, size_t bytes, struct hq_node_buf *b) {
+  memset(b, 0, sizeof *b);
+  b->win = MPI_WIN_NULL;
+  MPI_Comm_set_errhandler(c->node, MPI_ERRORS_RETURN);
+  const MPI_Aint mine = c->local_rank == 0 ? (MPI_Aint)(bytes ? bytes : 1) : 0;
+  void *base = NULL;
+  int err = MPI_Win_allocate_shared(mine, 1, MPI_INFO_NULL, c->node, &base, &b->win);
+  MPI_Comm_set_errhandler(c->node, MPI_ERRORS_ARE_FATAL);
+  int bad = err != MPI_SUCCESS;
+  MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, c->node);
+  if (bad) {
+    if (err == MPI_SUCCESS) MPI_Win_free(&b->win);
+    b->win = MPI_WIN_NULL;
+    return hq_fail(HQ_ERR_NOMEM, "cannot allocate %.1f MB of node-shared memory (MPI-3 window): "
+                   "/dev/shm is full or limited on %s; free it, raise its size, or run with "
+                   "HQ_NODE_SHARE=0 (one copy per rank)", (double)bytes / 1e6, c->host);
+  }
+  MPI_Aint size = 0;
+  int disp = 0;
+  MPI_Win_shared_query(b->win, 0, &size, &disp, &b->ptr);
+  MPI_Win_lock_all(MPI_MODE_NOCHECK, b->win); /* passive target: plain loads and stores */
+  b->bytes = bytes;
+  return HQ_OK;
+}
+
+/* Collective over the node. */
+void hq_comm_node_barrier(const struct hq_comm *c) {
+  MPI_Request req;
+  MPI_Ibarrier(c->node, &req);
+  int done = 0;
+  MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+  while (!done) {
+    const struct timespec ts = {0, 100000}; /* 0.1 ms */
+    nanosleep(&ts, NULL);
+    MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+  }
+}
+
+/* Collective over the node. */
+void hq_comm_node_publish(const struct hq_comm *c, struct hq_node_buf *b) {
+  MPI_Win_sync(b->win);
+  hq_comm_node_barrier(c);
+  MPI_Win_sync(b->win);
+}
+
+/* Collective over the node. */
+void hq_comm_node_free(struct hq_node_buf *b) {
+  if (b->win == MPI_WIN_NULL || b->win == 0) return;
+  MPI_Win_unlock_all(b->win);
+  MPI_Win_free(&b->win);
+  memset(b, 0, sizeof *b);
+  b->win = MPI_WIN_NULL;
+}
+
+/* Collective over the node. */
+void hq_comm_node_bcast(const struct hq_comm *c, void *buf, size_t bytes) {
+  bcast_on(c->node, buf, bytes, 0);
+}
 
 /* Not collective. */
 size_t hq_peak_rss_bytes(void) {

@@ -12,7 +12,8 @@
 struct hq_comm {
   MPI_Comm comm;      /* duplicate of MPI_COMM_WORLD */
   int rank, size;
-  int local_rank;     /* rank among the ranks of this node (-> GPU index) */
+  MPI_Comm node;      /* the ranks of this node (MPI_Comm_split_type SHARED), in rank order */
+  int local_rank;     /* rank among the ranks of this node (-> GPU index); 0: the node leader */
   int local_size;
   char host[256];
   int owns_mpi;       /* hq_comm_init called MPI_Init */
@@ -44,6 +45,28 @@ void hq_comm_allgatherv(const struct hq_comm *c, const void *mine, void *all,
                         const size_t *bytes);
 /* Collective. Barrier. */
 void hq_comm_barrier(const struct hq_comm *c);
+
+/* ---- node-level sharing (MPI-3 shared-memory windows on c->node) ----
+ * One copy per node of a large read-mostly buffer: the node leader (local_rank 0) owns the
+ * memory, every rank of the node maps it. The leader fills it, hq_comm_node_publish makes it
+ * visible; after that the ranks only read it until hq_comm_node_free. */
+struct hq_node_buf {
+  MPI_Win win;
+  void *ptr;    /* the leader's buffer, mapped in this process */
+  size_t bytes;
+};
+/* Collective over the node. Returns HQ_OK, or HQ_ERR_NOMEM on every rank of the node when the
+ * leader cannot allocate `bytes` of shared memory (message: /dev/shm and its limit). */
+int hq_comm_node_alloc(const struct hq_comm *c, size_t bytes, struct hq_node_buf *b);
+/* Collective over the node: what the leader wrote is visible to every rank of the node (memory
+ * sync, then a barrier that waits without spinning so the leader's threads keep the cores). */
+void hq_comm_node_publish(const struct hq_comm *c, struct hq_node_buf *b);
+/* Collective over the node. Frees the window (no-op on a buffer never allocated). */
+void hq_comm_node_free(struct hq_node_buf *b);
+/* Collective over the node. Broadcast bytes from the node leader. */
+void hq_comm_node_bcast(const struct hq_comm *c, void *buf, size_t bytes);
+/* Collective over the node. A barrier whose waiting ranks sleep instead of spinning. */
+void hq_comm_node_barrier(const struct hq_comm *c);
 
 /* Not collective. Test hook: cut every collective above into MPI calls of at most `elems`
  * elements (default and <= 0: INT_MAX). Set the same value on every rank. */
