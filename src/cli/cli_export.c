@@ -30,42 +30,77 @@ static void usage(FILE *f) {
           "  --quiet                     no progress lines or warnings\n");
 }
 
+static int parse_ckpt_format(const char *opt, const char *v, void *dst) {
+  if (!(*(enum hq_pack_format *)dst = hq_pack_format_parse(v)))
+    return hq_fail(HQ_ERR_INPUT, "%s must be gptq or gptq_v2 (got '%s')", opt, v);
+  return HQ_OK;
+}
+
+static int parse_shard_size(const char *opt, const char *v, void *dst) {
+  (void)opt; /* the message of hq_export_parse_size names --max-shard-size */
+  return hq_export_parse_size(v, (int64_t *)dst);
+}
+
+/* The options into o, *json, *format, *out and *in (the one positional argument, FILE.h5).
+ * Returns HQ_OK, HQ_CLI_HELP or HQ_ERR_INPUT with a message. */
+static int parse(int argc, char **argv, struct hq_export_opts *o, int *json, const char **format,
+                 const char **in, const char **out) {
+  const struct hq_opt t[] = {
+      HQ_ARG_STR("--format", format),
+      HQ_ARG_FN("--checkpoint-format", &o->format, parse_ckpt_format),
+      HQ_ARG_STR("--out", out),
+      HQ_ARG_FN("--max-shard-size", &o->max_shard_bytes, parse_shard_size),
+      HQ_ARG_FLAG("--overwrite", &o->overwrite),
+      HQ_ARG_FLAG("--json", json),
+      HQ_ARG_FLAG("--quiet", &o->quiet),
+      HQ_ARG_END};
+  int npos = 0;
+  return hq_cli_parse(argc, argv, t, "export", in, 1, &npos);
+}
+
+/* The one-line summary on stderr. */
+static void print_summary(const char *out, const struct hq_export_opts *o,
+                          const struct hq_export_stats *st) {
+  const double mib = 1.0 / (1024.0 * 1024.0);
+  fprintf(stderr,
+          "hpcq export: wrote %s: %lld tensors (%lld quantized linears, checkpoint_format %s) "
+          "in %d shard%s, %.1f MiB, %d tokenizer file%s; %.2f s, peak memory %.1f MiB\n",
+          out, (long long)st->ntensors, (long long)st->nlinears, hq_pack_format_name(o->format),
+          st->nshards, st->nshards == 1 ? "" : "s", (double)st->bytes * mib, st->ntokenizer_files,
+          st->ntokenizer_files == 1 ? "" : "s", st->seconds, (double)st->peak_rss_kb / 1024.0);
+}
+
+/* --json: the same as one JSON object on stdout (cJSON escapes the path). */
+static void print_json(const char *out, const struct hq_export_opts *o,
+                       const struct hq_export_stats *st) {
+  cJSON *j = cJSON_CreateObject();
+  cJSON_AddStringToObject(j, "out", out);
+  cJSON_AddStringToObject(j, "checkpoint_format", hq_pack_format_name(o->format));
+  cJSON_AddNumberToObject(j, "tensors", (double)st->ntensors);
+  cJSON_AddNumberToObject(j, "linears", (double)st->nlinears);
+  cJSON_AddNumberToObject(j, "shards", st->nshards);
+  cJSON_AddNumberToObject(j, "bytes", (double)st->bytes);
+  cJSON_AddNumberToObject(j, "tokenizer_files", st->ntokenizer_files);
+  cJSON_AddNumberToObject(j, "seconds", st->seconds);
+  cJSON_AddNumberToObject(j, "peak_rss_kb", (double)st->peak_rss_kb);
+  char *js = cJSON_PrintUnformatted(j);
+  printf("%s\n", js);
+  cJSON_free(js);
+  cJSON_Delete(j);
+}
+
 int hq_cli_export(int argc, char **argv) {
   const char *in = NULL, *out = NULL, *format = NULL;
   struct hq_export_opts o = {.format = HQ_PACK_GPTQ};
   int json = 0;
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-    int rc = HQ_OK;
-    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-      usage(stdout);
-      return 0;
-    } else if (!strcmp(a, "--format")) {
-      rc = hq_cli_str(a, v, &format), i++;
-    } else if (!strcmp(a, "--checkpoint-format")) {
-      if (!v) rc = hq_fail(HQ_ERR_INPUT, "--checkpoint-format needs a value");
-      else if (!(o.format = hq_pack_format_parse(v)))
-        rc = hq_fail(HQ_ERR_INPUT, "--checkpoint-format must be gptq or gptq_v2 (got '%s')", v);
-      i++;
-    } else if (!strcmp(a, "--out")) {
-      rc = hq_cli_str(a, v, &out), i++;
-    } else if (!strcmp(a, "--max-shard-size")) {
-      rc = hq_export_parse_size(v, &o.max_shard_bytes), i++;
-    } else if (!strcmp(a, "--overwrite")) {
-      o.overwrite = 1;
-    } else if (!strcmp(a, "--json")) {
-      json = 1;
-    } else if (!strcmp(a, "--quiet")) {
-      o.quiet = 1;
-    } else if (a[0] != '-' && !in) {
-      in = a;
-    } else {
-      rc = hq_fail(HQ_ERR_INPUT, "unknown option '%s' (see hpcq export --help)", a);
-    }
-    if (rc) {
-      fprintf(stderr, "hpcq export: %s\n", hq_last_error());
-      return 2;
-    }
+  int rc = parse(argc, argv, &o, &json, &format, &in, &out);
+  if (rc == HQ_CLI_HELP) {
+    usage(stdout);
+    return 0;
+  }
+  if (rc) {
+    fprintf(stderr, "hpcq export: %s\n", hq_last_error());
+    return 2;
   }
   if (!in || !out) {
     fprintf(stderr, "hpcq export: %s is required\n\n", !in ? "the input FILE.h5" : "--out DIR");
@@ -78,34 +113,11 @@ int hq_cli_export(int argc, char **argv) {
     return 2;
   }
   struct hq_export_stats st;
-  int rc = hq_export_gptq(in, out, &o, &st);
-  if (rc) {
+  if (hq_export_gptq(in, out, &o, &st)) {
     fprintf(stderr, "hpcq export: %s\n", hq_last_error());
     return 1;
   }
-  const double mib = 1.0 / (1024.0 * 1024.0);
-  if (!o.quiet)
-    fprintf(stderr,
-            "hpcq export: wrote %s: %lld tensors (%lld quantized linears, checkpoint_format %s) "
-            "in %d shard%s, %.1f MiB, %d tokenizer file%s; %.2f s, peak memory %.1f MiB\n",
-            out, (long long)st.ntensors, (long long)st.nlinears, hq_pack_format_name(o.format),
-            st.nshards, st.nshards == 1 ? "" : "s", (double)st.bytes * mib, st.ntokenizer_files,
-            st.ntokenizer_files == 1 ? "" : "s", st.seconds, (double)st.peak_rss_kb / 1024.0);
-  if (json) { /* cJSON escapes the path */
-    cJSON *j = cJSON_CreateObject();
-    cJSON_AddStringToObject(j, "out", out);
-    cJSON_AddStringToObject(j, "checkpoint_format", hq_pack_format_name(o.format));
-    cJSON_AddNumberToObject(j, "tensors", (double)st.ntensors);
-    cJSON_AddNumberToObject(j, "linears", (double)st.nlinears);
-    cJSON_AddNumberToObject(j, "shards", st.nshards);
-    cJSON_AddNumberToObject(j, "bytes", (double)st.bytes);
-    cJSON_AddNumberToObject(j, "tokenizer_files", st.ntokenizer_files);
-    cJSON_AddNumberToObject(j, "seconds", st.seconds);
-    cJSON_AddNumberToObject(j, "peak_rss_kb", (double)st.peak_rss_kb);
-    char *js = cJSON_PrintUnformatted(j);
-    printf("%s\n", js);
-    cJSON_free(js);
-    cJSON_Delete(j);
-  }
+  if (!o.quiet) print_summary(out, &o, &st);
+  if (json) print_json(out, &o, &st);
   return 0;
 }

@@ -5,146 +5,28 @@
  * plan into shards, pre-check the zero points when writing the v1 convention, then stream:
  * one linear (or one piece of an unquantized tensor) in memory at a time, each shard into a
  * hidden temporary file. Config, quantize_config, the index and the tokenizer files go to
- * temporary files too; only when everything is written are they renamed, config.json last. */
+ * temporary files too; only when everything is written are they renamed, config.json last.
+ * hq_export_gptq runs these stages in this order; the streaming safetensors writer is
+ * src/io/st_writer.c, the temporaries and folder handling src/io/export_util.c. */
 #include "export.h"
 
 #include <cjson/cJSON.h>
-#include <ctype.h>
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <hdf5.h>
-#include <limits.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "error.h"
+#include "export_util.h"
 #include "fileio.h"
 #include "h5check.h"
 #include "h5io.h"
 #include "util.h"
 
-/* ======================= streaming safetensors writer ======================= */
-
-struct hq_stw {
-  FILE *f;
-  char *path;
-  size_t total;   /* data bytes announced by the header */
-  size_t written; /* data bytes written so far */
-};
-
-static size_t dtype_size(const char *d) {
-  if (!strcmp(d, "F32") || !strcmp(d, "I32")) return 4;
-  if (!strcmp(d, "F16") || !strcmp(d, "BF16")) return 2;
-  return 0;
-}
-
-static cJSON *raw_int(int64_t v) {
-  char b[32];
-  snprintf(b, sizeof b, "%lld", (long long)v);
-  return cJSON_CreateRaw(b); /* exact integers at any size (cJSON numbers are doubles) */
-}
-
-int hq_stw_open(const char *path, const struct hq_stw_entry *e, int64_t n, struct hq_stw **out) {
-  *out = NULL;
-  cJSON *root = cJSON_CreateObject();
-  cJSON *meta = cJSON_AddObjectToObject(root, "__metadata__");
-  cJSON_AddStringToObject(meta, "format", "pt");
-  size_t off = 0;
-  for (int64_t i = 0; i < n; i++) {
-    size_t es = dtype_size(e[i].dtype);
-    int64_t numel = 1;
-    if (!es || e[i].ndim < 0 || e[i].ndim > HQ_ST_MAXDIM) {
-      cJSON_Delete(root);
-      return hq_fail(HQ_ERR_INPUT, "safetensors writer: tensor %s has dtype '%s' / %d dims "
-                     "(supported: I32 F32 F16 BF16, at most %d dims)", e[i].name, e[i].dtype,
-                     e[i].ndim, HQ_ST_MAXDIM);
-    }
-    for (int d = 0; d < e[i].ndim; d++) numel *= e[i].shape[d];
-    if (numel < 0 || (size_t)numel * es != e[i].nbytes) {
-      cJSON_Delete(root);
-      return hq_fail(HQ_ERR_INPUT, "safetensors writer: tensor %s: %zu bytes for %lld %s "
-                     "elements", e[i].name, e[i].nbytes, (long long)numel, e[i].dtype);
-    }
-    if (cJSON_GetObjectItemCaseSensitive(root, e[i].name)) {
-      cJSON_Delete(root);
-      return hq_fail(HQ_ERR_INPUT, "safetensors writer: tensor %s appears twice", e[i].name);
-    }
-    cJSON *t = cJSON_AddObjectToObject(root, e[i].name);
-    cJSON_AddStringToObject(t, "dtype", e[i].dtype);
-    cJSON *sh = cJSON_AddArrayToObject(t, "shape");
-    for (int d = 0; d < e[i].ndim; d++) cJSON_AddItemToArray(sh, raw_int(e[i].shape[d]));
-    cJSON *of = cJSON_AddArrayToObject(t, "data_offsets");
-    cJSON_AddItemToArray(of, raw_int((int64_t)off));
-    cJSON_AddItemToArray(of, raw_int((int64_t)(off + e[i].nbytes)));
-    off += e[i].nbytes;
-  }
-  char *js = cJSON_PrintUnformatted(root);
-  cJSON_Delete(root);
-  if (!js) return hq_fail(HQ_ERR_NOMEM, "safetensors writer: out of memory building the header");
-  size_t len = strlen(js), padded = (len + 7) / 8 * 8; /* 8 + padded: data 8-byte aligned */
-  FILE *f = fopen(path, "wb");
-  if (!f) {
-    free(js);
-    return hq_fail(HQ_ERR_IO, "cannot create %s: %s", path, strerror(errno));
-  }
-  unsigned char hl[8];
-  for (int k = 0; k < 8; k++) hl[k] = (unsigned char)((uint64_t)padded >> (8 * k));
-  int ok = fwrite(hl, 1, 8, f) == 8 && fwrite(js, 1, len, f) == len;
-  for (size_t k = len; ok && k < padded; k++) ok = fputc(' ', f) != EOF;
-  free(js);
-  if (!ok) {
-    int er = errno;
-    fclose(f);
-    return hq_fail(HQ_ERR_IO, "cannot write %s: %s", path, strerror(er));
-  }
-  struct hq_stw *w = hq_xcalloc(1, sizeof *w);
-  w->f = f;
-  w->path = strdup(path);
-  w->total = off;
-  *out = w;
-  return HQ_OK;
-}
-
-int hq_stw_write(struct hq_stw *w, const void *data, size_t nbytes) {
-  if (nbytes > w->total - w->written)
-    return hq_fail(HQ_ERR_INPUT, "safetensors writer: %s: %zu bytes more than the header "
-                   "announced", w->path, w->written + nbytes - w->total);
-  if (nbytes && fwrite(data, 1, nbytes, w->f) != nbytes)
-    return hq_fail(HQ_ERR_IO, "cannot write %s: %s (disk full?)", w->path, strerror(errno));
-  w->written += nbytes;
-  return HQ_OK;
-}
-
-int hq_stw_close(struct hq_stw *w) {
-  int rc = HQ_OK;
-  if (w->written != w->total)
-    rc = hq_fail(HQ_ERR_INPUT, "safetensors writer: %s: %zu of %zu data bytes written", w->path,
-                 w->written, w->total);
-  if (fflush(w->f) != 0 || fsync(fileno(w->f)) != 0) {
-    if (!rc) rc = hq_fail(HQ_ERR_IO, "cannot write %s: %s (disk full?)", w->path, strerror(errno));
-  }
-  if (fclose(w->f) != 0 && !rc)
-    rc = hq_fail(HQ_ERR_IO, "cannot close %s: %s", w->path, strerror(errno));
-  free(w->path);
-  free(w);
-  return rc;
-}
-
-void hq_stw_abort(struct hq_stw *w) {
-  if (!w) return;
-  fclose(w->f);
-  free(w->path);
-  free(w);
-}
-
-/* ======================= helpers ======================= */
+/* ======================= --max-shard-size ======================= */
 
 int hq_export_parse_size(const char *s, int64_t *bytes) {
   char *end = NULL;
@@ -171,125 +53,7 @@ bad:
                  "a byte count, got '%s'", s ? s : "(nothing)");
 }
 
-static char *path_join(const char *dir, const char *name) {
-  size_t n = strlen(dir) + strlen(name) + 2;
-  char *p = hq_xmalloc(n);
-  snprintf(p, n, "%s/%s", dir, name);
-  return p;
-}
-
-static int mkdir_p(const char *dir) {
-  char *p = strdup(dir);
-  int rc = HQ_OK;
-  for (char *s = p + 1;; s++) {
-    if (*s == '/' || *s == 0) {
-      char c = *s;
-      *s = 0;
-      if (mkdir(p, 0777) != 0 && errno != EEXIST) {
-        rc = hq_fail(HQ_ERR_IO, "cannot create directory %s: %s", p, strerror(errno));
-        break;
-      }
-      *s = c;
-      if (!c) break;
-    }
-  }
-  free(p);
-  if (rc) return rc;
-  struct stat sb;
-  if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
-    return hq_fail(HQ_ERR_IO, "--out %s exists and is not a directory", dir);
-  return HQ_OK;
-}
-
-/* 1 when the directory holds anything but . and .. (or cannot be listed), 0 when empty. */
-static int dir_nonempty(const char *dir) {
-  DIR *d = opendir(dir);
-  if (!d) return 1;
-  struct dirent *de;
-  int any = 0;
-  while ((de = readdir(d)))
-    if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
-      any = 1;
-      break;
-    }
-  closedir(d);
-  return any;
-}
-
-static int ends_with(const char *s, const char *suf) {
-  size_t a = strlen(s), b = strlen(suf);
-  return a >= b && !strcmp(s + a - b, suf);
-}
-
-static int copy_file(const char *src, const char *dst) {
-  FILE *in;
-  HQ_TRY(hq_fopen_regular(src, "tokenizer file", &in));
-  FILE *out = fopen(dst, "wb");
-  if (!out) {
-    fclose(in);
-    return hq_fail(HQ_ERR_IO, "cannot create %s: %s", dst, strerror(errno));
-  }
-  char buf[1 << 16];
-  size_t n;
-  int rc = HQ_OK;
-  while ((n = fread(buf, 1, sizeof buf, in)) > 0)
-    if (fwrite(buf, 1, n, out) != n) {
-      rc = hq_fail(HQ_ERR_IO, "cannot write %s: %s", dst, strerror(errno));
-      break;
-    }
-  if (!rc && ferror(in)) rc = hq_fail(HQ_ERR_IO, "cannot read %s", src);
-  if ((fflush(out) != 0 || fsync(fileno(out)) != 0) && !rc)
-    rc = hq_fail(HQ_ERR_IO, "cannot write %s: %s", dst, strerror(errno));
-  fclose(in);
-  if (fclose(out) != 0 && !rc) rc = hq_fail(HQ_ERR_IO, "cannot close %s", dst);
-  return rc;
-}
-
-static int write_text(const char *path, const char *text) {
-  FILE *f = fopen(path, "wb");
-  if (!f) return hq_fail(HQ_ERR_IO, "cannot create %s: %s", path, strerror(errno));
-  size_t n = strlen(text);
-  int ok = fwrite(text, 1, n, f) == n && fputc('\n', f) != EOF && fflush(f) == 0 &&
-           fsync(fileno(f)) == 0;
-  int er = errno;
-  if (fclose(f) != 0) ok = 0;
-  return ok ? HQ_OK : hq_fail(HQ_ERR_IO, "cannot write %s: %s", path, strerror(er));
-}
-
-/* ======================= the export ======================= */
-
-/* Temporary files created in the output folder: removed on failure, renamed at the end. */
-struct pending {
-  char **tmp, **final;
-  int n, cap;
-};
-
-static char *pending_add(struct pending *p, const char *dir, const char *name) {
-  if (p->n == p->cap) {
-    p->cap = p->cap ? 2 * p->cap : 16;
-    p->tmp = realloc(p->tmp, (size_t)p->cap * sizeof *p->tmp);
-    p->final = realloc(p->final, (size_t)p->cap * sizeof *p->final);
-    HQ_ASSERT(p->tmp && p->final);
-  }
-  size_t n = strlen(name) + 8;
-  char *t = hq_xmalloc(n);
-  snprintf(t, n, ".%s.tmp", name);
-  p->tmp[p->n] = path_join(dir, t);
-  free(t);
-  p->final[p->n] = path_join(dir, name);
-  return p->tmp[p->n++];
-}
-
-static void pending_free(struct pending *p, int remove_tmp) {
-  for (int i = 0; i < p->n; i++) {
-    if (remove_tmp) unlink(p->tmp[i]);
-    free(p->tmp[i]);
-    free(p->final[i]);
-  }
-  free(p->tmp);
-  free(p->final);
-  memset(p, 0, sizeof *p);
-}
+/* ======================= the export's state ======================= */
 
 /* One tensor of the checkpoint. */
 struct item {
@@ -303,11 +67,185 @@ struct item {
 
 static const char *lin_parts[4] = {"g_idx", "qweight", "qzeros", "scales"};
 
+/* What the stages of one export share. */
+struct export {
+  const char *h5_path, *out_dir;
+  const struct hq_export_opts *o;
+  enum hq_pack_format fmt;        /* checkpoint_format written */
+  int64_t shard_max;              /* data bytes per shard (a bigger tensor alone) */
+  struct hq_h5 *h;                /* the result, open for reading */
+  char *cfg_text, *model_dir;     /* root attributes model_config_json, model_dir (or NULL) */
+  cJSON *cfg;                     /* cfg_text parsed: becomes config.json */
+  int64_t bits, group_size;       /* the file's settings (root attributes) */
+  char **lin, **ten;              /* quantized linears (plan order), unquantized tensors */
+  int64_t nlin, nten;
+  struct hq_h5_linear_desc *desc; /* [nlin] */
+  struct item *items;             /* [nitems]: 4 per linear (plan order), then the tensors */
+  int64_t nitems;
+  int have_src;                   /* model_dir is a folder: its tokenizer files are copied */
+  struct hq_pending pend;         /* every file written, as a temporary until the commit */
+  struct hq_export_stats S;
+};
+
+static void export_free(struct export *x, int rc) {
+  hq_pending_free(&x->pend, rc != HQ_OK); /* failed: the temporaries go */
+  hq_h5_close(x->h);
+  cJSON_Delete(x->cfg);
+  hq_h5_names_free(x->lin, x->nlin);
+  hq_h5_names_free(x->ten, x->nten);
+  free(x->desc);
+  free(x->items);
+  free(x->cfg_text);
+  free(x->model_dir);
+}
+
+/* ======================= open the result ======================= */
+
+static int attr_i64_or(struct hq_h5 *h, const char *name, int64_t def, int64_t *v) {
+  if (!hq_h5_attr_exists(h, "/", name)) {
+    *v = def;
+    return HQ_OK;
+  }
+  return hq_h5_attr_get_i64(h, "/", name, v);
+}
+
+/* The whole result against its own config (src/io/h5check.h) before anything is written. */
+static int check_result(struct hq_h5 *h, const char *h5_path, const char *cfg_text) {
+  struct hq_model_config c;
+  int rc = hq_config_parse(cfg_text, strlen(cfg_text), "model_config_json", &c);
+  if (!rc) rc = hq_h5_check_model(h, &c);
+  hq_config_free(&c);
+  return rc ? hq_fail_ctx(rc, "%s: ", h5_path) : HQ_OK;
+}
+
+static void warn_act_bits(const struct export *x) {
+  int64_t act_bits = 0;
+  attr_i64_or(x->h, "act_bits", 0, &act_bits);
+  if (act_bits > 0 && !x->o->quiet)
+    fprintf(stderr, "hpcq export: warning: %s was quantized with --act-bits %lld; a GPTQ "
+            "checkpoint holds the quantized weights only, and loaders run them with "
+            "unquantized activations\n", x->h5_path, (long long)act_bits);
+}
+
+/* The open result's config (after the whole file passed check_result), model folder,
+ * settings, and its linears and tensors. */
+static int read_result(struct export *x) {
+  struct hq_h5 *h = x->h;
+  HQ_TRY(hq_h5_attr_get_str(h, "/", "model_config_json", &x->cfg_text));
+  HQ_TRY(check_result(h, x->h5_path, x->cfg_text));
+  x->cfg = hq_json_parse_whole(x->cfg_text, strlen(x->cfg_text), NULL);
+  if (!x->cfg || !cJSON_IsObject(x->cfg))
+    return hq_fail(HQ_ERR_INPUT, "%s: the model_config_json attribute is not a JSON object "
+                   "(damaged file?)", x->h5_path);
+  if (hq_h5_attr_exists(h, "/", "model_dir"))
+    hq_h5_attr_get_str(h, "/", "model_dir", &x->model_dir);
+  HQ_TRY(hq_h5_attr_get_i64(h, "/", "bits", &x->bits));
+  HQ_TRY(hq_h5_attr_get_i64(h, "/", "group_size", &x->group_size));
+  HQ_TRY(hq_h5_list_linears(h, &x->lin, &x->nlin));
+  HQ_TRY(hq_h5_list_tensors(h, &x->ten, &x->nten));
+  if (x->nlin == 0)
+    return hq_fail(HQ_ERR_INPUT, "%s holds no quantized linear; nothing to export", x->h5_path);
+  warn_act_bits(x);
+  return HQ_OK;
+}
+
+/* ======================= plan every tensor ======================= */
+
+/* Linear i (its description into desc[i]) as the next 4 items, layout of src/io/pack.h:
+ * g_idx I32 [in], qweight I32 [in*b/32, out], qzeros I32 [ngroups, out*b/32], scales F16
+ * [ngroups, out]. Its bits and group size must be the file's: a GPTQ config has one. */
+static int plan_linear(struct export *x, int64_t i) {
+  struct hq_h5_linear_desc *d = &x->desc[i];
+  HQ_TRY(hq_h5_linear_info(x->h, x->lin[i], d));
+  const int64_t gs_file = d->group_size > 0 ? d->group_size : -1;
+  const int64_t gs_root = x->group_size > 0 ? x->group_size : -1;
+  if (d->bits != x->bits || gs_file != gs_root)
+    return hq_fail(HQ_ERR_UNSUPPORTED, "%s: linear %s has %d bits / group size %lld but the "
+                   "file says %lld / %lld; a GPTQ config has one setting for all layers",
+                   x->h5_path, x->lin[i], d->bits, (long long)d->group_size,
+                   (long long)x->bits, (long long)x->group_size);
+  const int64_t b = d->bits;
+  for (int k = 0; k < 4; k++) {
+    struct item *it = &x->items[x->nitems++];
+    snprintf(it->name, sizeof it->name, "%s.%s", x->lin[i], lin_parts[k]);
+    it->linear = (int)i;
+    it->part = k;
+    it->e.name = it->name;
+    it->e.ndim = k == 0 ? 1 : 2;
+    it->e.dtype = k == 3 ? "F16" : "I32";
+    int64_t *s = it->e.shape;
+    if (k == 0) s[0] = d->cols;
+    if (k == 1) s[0] = d->cols * b / 32, s[1] = d->rows;
+    if (k == 2) s[0] = d->ngroups, s[1] = d->rows * b / 32;
+    if (k == 3) s[0] = d->ngroups, s[1] = d->rows;
+    it->e.nbytes = (size_t)(k == 0 ? s[0] : s[0] * s[1]) * (k == 3 ? 2 : 4);
+  }
+  return HQ_OK;
+}
+
+/* Unquantized tensor i as the next item, in its stored dtype and shape. */
+static int plan_tensor(struct export *x, int64_t i) {
+  struct item *it = &x->items[x->nitems++];
+  snprintf(it->name, sizeof it->name, "%s", x->ten[i]);
+  it->linear = -1;
+  HQ_TRY(hq_h5_tensor_info(x->h, x->ten[i], &it->dtype, &it->e.ndim, it->e.shape));
+  it->e.name = it->name;
+  it->e.dtype = hq_dtype_name(it->dtype);
+  int64_t numel = 1;
+  for (int k = 0; k < it->e.ndim; k++) numel *= it->e.shape[k];
+  it->e.nbytes = (size_t)numel * hq_dtype_size(it->dtype);
+  return HQ_OK;
+}
+
 static int cmp_item_tensor(const void *a, const void *b) {
   const struct item *x = a, *y = b;
-  if (dtype_size(x->e.dtype) != dtype_size(y->e.dtype))
-    return dtype_size(x->e.dtype) > dtype_size(y->e.dtype) ? -1 : 1; /* 4-byte types first */
+  if (hq_dtype_size(x->dtype) != hq_dtype_size(y->dtype))
+    return hq_dtype_size(x->dtype) > hq_dtype_size(y->dtype) ? -1 : 1; /* 4-byte types first */
   return strcmp(x->name, y->name);
+}
+
+/* items: 4 per linear (plan order), then the unquantized tensors. */
+static int plan_tensors(struct export *x) {
+  x->desc = hq_xcalloc((size_t)x->nlin, sizeof *x->desc);
+  x->items = hq_xcalloc((size_t)(4 * x->nlin + x->nten), sizeof *x->items);
+  for (int64_t i = 0; i < x->nlin; i++) HQ_TRY(plan_linear(x, i));
+  const int64_t first_tensor = x->nitems;
+  for (int64_t i = 0; i < x->nten; i++) HQ_TRY(plan_tensor(x, i));
+  /* 4-byte dtypes before 2-byte ones: with every linear tensor a multiple of 4 bytes long,
+   * every tensor then starts aligned to its element size */
+  struct item *t = x->items + first_tensor;
+  const int64_t nt = x->nitems - first_tensor;
+  qsort(t, (size_t)nt, sizeof *t, cmp_item_tensor);
+  for (int64_t i = 0; i < nt; i++) t[i].e.name = t[i].name;
+  return HQ_OK;
+}
+
+/* ======================= split the plan into shards ======================= */
+
+/* Consecutive runs of at most shard_max data bytes (a bigger tensor alone). */
+static void plan_shards(struct export *x) {
+  int shard = 0;
+  int64_t acc = 0;
+  for (int64_t i = 0; i < x->nitems; i++) {
+    const int64_t nb = (int64_t)x->items[i].e.nbytes;
+    if (acc > 0 && acc + nb > x->shard_max) shard++, acc = 0;
+    x->items[i].shard = shard;
+    acc += nb;
+    x->S.bytes += nb;
+  }
+  x->S.nshards = shard + 1;
+}
+
+/* ============ pre-checks: the source folder, the zero points for v1 ============ */
+
+/* The tokenizer files come from the source model folder, and the output folder must not be
+ * that folder. */
+static int check_source(struct export *x) {
+  x->have_src = hq_dir_is(x->model_dir);
+  if (x->have_src && hq_dir_same(x->model_dir, x->out_dir))
+    return hq_fail(HQ_ERR_INPUT, "--out %s is the source model folder; choose another folder",
+                   x->out_dir);
+  return HQ_OK;
 }
 
 /* Convert the qzeros of a packed linear to the `to` convention in place. For v1 a zero of 0
@@ -349,30 +287,161 @@ static int convert_zeros(struct hq_packed *p, enum hq_pack_format to, const char
   return rc;
 }
 
-/* Pre-check before writing anything: every stored zero point is representable in v1.
- * Reads only the qzeros datasets (small). */
-static int precheck_v1(hid_t f, char **lin, const struct hq_h5_linear_desc *d, int64_t nlin) {
+/* Before writing anything: every stored zero point is representable in v1. Reads only the
+ * qzeros datasets (small). */
+static int precheck_v1(const struct export *x) {
   int rc = HQ_OK;
-  for (int64_t i = 0; i < nlin && !rc; i++) {
-    if (d[i].format == HQ_PACK_GPTQ) continue; /* already v1: every zero was representable */
+  for (int64_t i = 0; i < x->nlin && !rc; i++) {
+    if (x->desc[i].format == HQ_PACK_GPTQ) continue; /* already v1: every zero was representable */
     struct hq_packed p;
-    memset(&p, 0, sizeof p);
-    p.bits = d[i].bits;
-    p.format = d[i].format;
-    p.out = d[i].rows;
-    p.ngroups = d[i].ngroups;
-    size_t words = (size_t)d[i].ngroups * (size_t)(d[i].rows * d[i].bits / 32);
-    p.qzeros = malloc(words * sizeof(int32_t));
-    if (!p.qzeros) return hq_fail(HQ_ERR_NOMEM, "out of memory reading %s qzeros", lin[i]);
-    char path[1100];
-    snprintf(path, sizeof path, "/linears/%s/qzeros", lin[i]);
-    hid_t ds = H5Dopen2(f, path, H5P_DEFAULT);
-    herr_t e = ds >= 0 ? H5Dread(ds, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, p.qzeros) : -1;
-    if (ds >= 0) H5Dclose(ds);
-    if (e < 0) rc = hq_fail(HQ_ERR_IO, "cannot read %s", path);
-    else rc = convert_zeros(&p, HQ_PACK_GPTQ, lin[i]);
-    free(p.qzeros);
+    rc = hq_h5_linear_read_qzeros(x->h, x->lin[i], &p);
+    if (!rc) rc = convert_zeros(&p, HQ_PACK_GPTQ, x->lin[i]);
+    hq_pack_free(&p);
   }
+  return rc;
+}
+
+/* ======================= stream each shard ======================= */
+
+#define PIECE ((size_t)64 << 20) /* unquantized tensors move in pieces of <= 64 MiB */
+
+/* The streaming state: the shard's writer, the linear in memory (each is read once: its 4
+ * items are adjacent), the buffer the unquantized tensors move through. */
+struct stream {
+  struct hq_stw *w;
+  struct hq_packed cur;
+  int cur_lin; /* index of the linear in cur, or -1 */
+  void *buf;   /* PIECE bytes, or a whole tensor whose rows are larger than that */
+};
+
+static void shard_name(char *buf, size_t n, int s, int nshards) {
+  if (nshards == 1) snprintf(buf, n, "model.safetensors");
+  else snprintf(buf, n, "model-%05d-of-%05d.safetensors", s + 1, nshards);
+}
+
+/* Item it of linear it->linear: its packed array (the linear read when not yet in memory,
+ * its zero points converted to the checkpoint's convention). */
+static int write_linear_part(struct export *x, struct stream *st, const struct item *it) {
+  if (st->cur_lin != it->linear) {
+    const char *name = x->lin[it->linear];
+    hq_pack_free(&st->cur);
+    st->cur_lin = -1;
+    HQ_TRY(hq_h5_linear_read(x->h, name, &st->cur));
+    HQ_TRY(convert_zeros(&st->cur, x->fmt, name));
+    st->cur_lin = it->linear;
+    x->S.nlinears++;
+  }
+  const struct hq_packed *p = &st->cur;
+  const void *src = it->part == 0 ? (const void *)p->g_idx
+                    : it->part == 1 ? (const void *)p->qweight
+                    : it->part == 2 ? (const void *)p->qzeros : (const void *)p->scales;
+  return hq_stw_write(st->w, src, it->e.nbytes);
+}
+
+/* Unquantized tensor it, whole rows of its first dimension at a time (at most PIECE bytes; a
+ * row larger than that: the tensor whole); its checksum is verified before the shard is
+ * renamed into place. */
+static int write_tensor(struct export *x, struct stream *st, const struct item *it) {
+  const size_t es = hq_dtype_size(it->dtype);
+  int64_t rows = it->e.ndim ? it->e.shape[0] : 1, rowb = (int64_t)es;
+  for (int k = 1; k < it->e.ndim; k++) rowb *= it->e.shape[k];
+  int64_t step = rowb > 0 ? (int64_t)(PIECE / (size_t)rowb) : rows;
+  if (step < 1) {
+    free(st->buf);
+    st->buf = hq_xmalloc(it->e.nbytes ? it->e.nbytes : 1);
+    step = rows;
+  }
+  uint64_t sum = 0;
+  for (int64_t r = 0; r < rows && rowb > 0; r += step) {
+    int64_t nr = rows - r < step ? rows - r : step;
+    HQ_TRY(hq_h5_read_tensor_rows(x->h, it->name, r, nr, st->buf, &sum));
+    HQ_TRY(hq_stw_write(st->w, st->buf, (size_t)(nr * rowb)));
+  }
+  return hq_h5_tensor_check_sum(x->h, it->name, sum);
+}
+
+/* Shard s: the items [a, b) it holds, its header written to its temporary file. */
+static int shard_open(struct export *x, struct stream *st, int s, int64_t *a, int64_t *b) {
+  char fname[64];
+  shard_name(fname, sizeof fname, s, x->S.nshards);
+  const char *tmp = hq_pending_add(&x->pend, x->out_dir, fname);
+  *a = 0;
+  while (*a < x->nitems && x->items[*a].shard != s) ++*a;
+  for (*b = *a; *b < x->nitems && x->items[*b].shard == s; ++*b) continue;
+  struct hq_stw_entry *ents = hq_xmalloc((size_t)(*b - *a) * sizeof *ents);
+  for (int64_t i = *a; i < *b; i++) ents[i - *a] = x->items[i].e;
+  int rc = hq_stw_open(tmp, ents, *b - *a, &st->w);
+  free(ents);
+  return rc;
+}
+
+static int write_shard(struct export *x, struct stream *st, int s) {
+  int64_t a, b;
+  HQ_TRY(shard_open(x, st, s, &a, &b));
+  for (int64_t i = a; i < b; i++) {
+    const struct item *it = &x->items[i];
+    HQ_TRY(it->linear >= 0 ? write_linear_part(x, st, it) : write_tensor(x, st, it));
+    x->S.ntensors++;
+  }
+  int rc = hq_stw_close(st->w);
+  st->w = NULL;
+  if (rc) return rc;
+  if (!x->o->quiet && x->S.nshards > 1)
+    fprintf(stderr, "[export] shard %d/%d written (%lld tensors)\n", s + 1, x->S.nshards,
+            (long long)(b - a));
+  return HQ_OK;
+}
+
+static int write_shards(struct export *x) {
+  struct stream st = {.cur_lin = -1, .buf = hq_xmalloc(PIECE)};
+  int rc = HQ_OK;
+  for (int s = 0; s < x->S.nshards && !rc; s++) rc = write_shard(x, &st, s);
+  hq_stw_abort(st.w);
+  hq_pack_free(&st.cur);
+  free(st.buf);
+  return rc;
+}
+
+/* ================ config, quantize_config, index, tokenizer files ================ */
+
+/* j, indented, to the temporary file of DIR/name. */
+static int write_json(struct export *x, const char *name, const cJSON *j) {
+  char *txt = cJSON_Print(j);
+  int rc = hq_file_write_text(hq_pending_add(&x->pend, x->out_dir, name), txt);
+  free(txt);
+  return rc;
+}
+
+/* The order of the items by name (insertion sort: a few thousand), malloc'ed [n]. */
+static int64_t *items_by_name(const struct item *items, int64_t n) {
+  int64_t *ord = hq_xmalloc((size_t)n * sizeof *ord);
+  for (int64_t i = 0; i < n; i++) ord[i] = i;
+  for (int64_t i = 1; i < n; i++)
+    for (int64_t j = i; j > 0 && strcmp(items[ord[j - 1]].name, items[ord[j]].name) > 0; j--) {
+      int64_t t = ord[j];
+      ord[j] = ord[j - 1];
+      ord[j - 1] = t;
+    }
+  return ord;
+}
+
+/* model.safetensors.index.json when there is more than one shard: total_size and the shard
+ * of every tensor, sorted by name as Hugging Face writes it. */
+static int write_index(struct export *x) {
+  if (x->S.nshards <= 1) return HQ_OK;
+  cJSON *idx = cJSON_CreateObject();
+  cJSON *meta = cJSON_AddObjectToObject(idx, "metadata");
+  cJSON_AddItemToObject(meta, "total_size", hq_json_raw_int(x->S.bytes));
+  cJSON *wm = cJSON_AddObjectToObject(idx, "weight_map");
+  int64_t *ord = items_by_name(x->items, x->nitems);
+  for (int64_t i = 0; i < x->nitems; i++) {
+    char fname[64];
+    shard_name(fname, sizeof fname, x->items[ord[i]].shard, x->S.nshards);
+    cJSON_AddStringToObject(wm, x->items[ord[i]].name, fname);
+  }
+  free(ord);
+  int rc = write_json(x, "model.safetensors.index.json", idx);
+  cJSON_Delete(idx);
   return rc;
 }
 
@@ -380,13 +449,6 @@ static const char *tokenizer_files[] = {"tokenizer.model", "tokenizer.json",
                                         "tokenizer_config.json", "special_tokens_map.json",
                                         "generation_config.json", "added_tokens.json"};
 
-static int attr_i64_or(struct hq_h5 *h, const char *name, int64_t def, int64_t *v) {
-  if (!hq_h5_attr_exists(h, "/", name)) {
-    *v = def;
-    return HQ_OK;
-  }
-  return hq_h5_attr_get_i64(h, "/", name, v);
-}
 
 /* The quantization_config object (also the content of quantize_config.json). */
 static cJSON *quant_config(struct hq_h5 *h, int bits, int64_t group_size,
@@ -423,344 +485,72 @@ static cJSON *quant_config(struct hq_h5 *h, int bits, int64_t group_size,
   return q;
 }
 
-/* The whole result against its own config (src/io/h5check.h) before anything is written. */
-static int check_result(struct hq_h5 *h, const char *h5_path, const char *cfg_text) {
-  struct hq_model_config c;
-  int rc = hq_config_parse(cfg_text, strlen(cfg_text), "model_config_json", &c);
-  if (!rc) rc = hq_h5_check_model(h, &c);
-  hq_config_free(&c);
-  return rc ? hq_fail_ctx(rc, "%s: ", h5_path) : HQ_OK;
+
+/* quantize_config.json, and the same object as "quantization_config" of config.json. */
+static int write_quant_config(struct export *x) {
+  cJSON *q = quant_config(x->h, (int)x->bits, x->group_size, x->fmt);
+  int rc = write_json(x, "quantize_config.json", q);
+  cJSON_DeleteItemFromObjectCaseSensitive(x->cfg, "quantization_config");
+  cJSON_AddItemToObject(x->cfg, "quantization_config", q);
+  return rc;
+}
+
+/* The tokenizer / generation files of the source model folder that exist there. */
+static int copy_tokenizer(struct export *x) {
+  if (!x->have_src) {
+    if (!x->o->quiet)
+      fprintf(stderr, "hpcq export: warning: the source model folder %s%s%s is not available; "
+              "the checkpoint has no tokenizer files (copy them from the original model)\n",
+              x->model_dir ? "'" : "", x->model_dir ? x->model_dir : "(not recorded in the file)",
+              x->model_dir ? "'" : "");
+    return HQ_OK;
+  }
+  int rc = HQ_OK;
+  for (size_t k = 0; k < sizeof tokenizer_files / sizeof *tokenizer_files && !rc; k++) {
+    char *src = hq_path_join(x->model_dir, tokenizer_files[k]);
+    if (access(src, R_OK) == 0) {
+      rc = hq_file_copy(src, hq_pending_add(&x->pend, x->out_dir, tokenizer_files[k]));
+      x->S.ntokenizer_files++;
+    }
+    free(src);
+  }
+  return rc;
+}
+
+/* ======================= the stages ======================= */
+
+/* Everything after the open, in the order of the data flow; config.json is written last and
+ * renamed last (hq_pending_commit keeps the order of the temporaries). */
+static int export_run(struct export *x) {
+  HQ_TRY(read_result(x));
+  HQ_TRY(plan_tensors(x));
+  plan_shards(x);
+  HQ_TRY(check_source(x));
+  /* v1 cannot store a zero of 0: check every linear before writing anything */
+  if (x->fmt == HQ_PACK_GPTQ) HQ_TRY(precheck_v1(x));
+  HQ_TRY(hq_outdir_prepare(x->out_dir));
+  HQ_TRY(write_shards(x));
+  HQ_TRY(write_index(x));
+  HQ_TRY(write_quant_config(x));
+  HQ_TRY(copy_tokenizer(x));
+  HQ_TRY(write_json(x, "config.json", x->cfg));
+  return hq_pending_commit(&x->pend, x->out_dir);
 }
 
 int hq_export_gptq(const char *h5_path, const char *out_dir, const struct hq_export_opts *o,
                    struct hq_export_stats *st) {
   const double t0 = hq_now();
-  struct hq_export_stats S;
-  memset(&S, 0, sizeof S);
-  const enum hq_pack_format fmt = o->format ? o->format : HQ_PACK_GPTQ;
-  const int64_t shard_max = o->max_shard_bytes > 0 ? o->max_shard_bytes : 2000000000LL;
-  if (!hq_pack_format_name(fmt)) return hq_fail(HQ_ERR_INPUT, "invalid checkpoint format");
-
-  struct stat sb;
-  if (stat(out_dir, &sb) == 0) {
-    if (!S_ISDIR(sb.st_mode))
-      return hq_fail(HQ_ERR_INPUT, "--out %s exists and is not a directory", out_dir);
-    if (dir_nonempty(out_dir) && !o->overwrite)
-      return hq_fail(HQ_ERR_INPUT, "--out %s exists and is not empty; add --overwrite to "
-                     "replace the checkpoint in it, or choose a new folder", out_dir);
-  }
-
-  struct hq_h5 *h = NULL;
-  hid_t raw = -1;
-  int rc = hq_h5_open_read(h5_path, 0, &h);
-  if (rc) return rc;
-  char **lin = NULL, **ten = NULL, *cfg_text = NULL, *model_dir = NULL;
-  int64_t nlin = 0, nten = 0, nitems = 0;
-  struct hq_h5_linear_desc *desc = NULL;
-  struct item *items = NULL;
-  struct pending pend = {0};
-  struct hq_stw *w = NULL;
-  void *buf = NULL;
-  cJSON *cfg = NULL;
-  struct hq_packed cur;
-  int cur_lin = -1;
-  memset(&cur, 0, sizeof cur);
-  int64_t bits = 0, group_size = 0;
-
-  if ((rc = hq_h5_attr_get_str(h, "/", "model_config_json", &cfg_text))) goto out;
-  if ((rc = check_result(h, h5_path, cfg_text))) goto out;
-  cfg = hq_json_parse_whole(cfg_text, strlen(cfg_text), NULL);
-  if (!cfg || !cJSON_IsObject(cfg)) {
-    rc = hq_fail(HQ_ERR_INPUT, "%s: the model_config_json attribute is not a JSON object "
-                 "(damaged file?)", h5_path);
-    goto out;
-  }
-  if (hq_h5_attr_exists(h, "/", "model_dir")) hq_h5_attr_get_str(h, "/", "model_dir", &model_dir);
-  if ((rc = hq_h5_attr_get_i64(h, "/", "bits", &bits))) goto out;
-  if ((rc = hq_h5_attr_get_i64(h, "/", "group_size", &group_size))) goto out;
-  if ((rc = hq_h5_list_linears(h, &lin, &nlin))) goto out;
-  if ((rc = hq_h5_list_tensors(h, &ten, &nten))) goto out;
-  if (nlin == 0) {
-    rc = hq_fail(HQ_ERR_INPUT, "%s holds no quantized linear; nothing to export", h5_path);
-    goto out;
-  }
-
-  {
-    int64_t act_bits = 0;
-    attr_i64_or(h, "act_bits", 0, &act_bits);
-    if (act_bits > 0 && !o->quiet)
-      fprintf(stderr, "hpcq export: warning: %s was quantized with --act-bits %lld; a GPTQ "
-              "checkpoint holds the quantized weights only, and loaders run them with "
-              "unquantized activations\n", h5_path, (long long)act_bits);
-  }
-
-  /* ---- plan: 4 tensors per linear (plan order), then the unquantized tensors ---- */
-  desc = hq_xcalloc((size_t)nlin, sizeof *desc);
-  items = hq_xcalloc((size_t)(4 * nlin + nten), sizeof *items);
-  for (int64_t i = 0; i < nlin; i++) {
-    struct hq_h5_linear_desc *d = &desc[i];
-    if ((rc = hq_h5_linear_info(h, lin[i], d))) goto out;
-    const int64_t gs_file = d->group_size > 0 ? d->group_size : -1;
-    const int64_t gs_root = group_size > 0 ? group_size : -1;
-    if (d->bits != bits || gs_file != gs_root) {
-      rc = hq_fail(HQ_ERR_UNSUPPORTED, "%s: linear %s has %d bits / group size %lld but the file "
-                   "says %lld / %lld; a GPTQ config has one setting for all layers", h5_path,
-                   lin[i], d->bits, (long long)d->group_size, (long long)bits,
-                   (long long)group_size);
-      goto out;
-    }
-    const int64_t b = d->bits;
-    for (int k = 0; k < 4; k++) {
-      struct item *it = &items[nitems++];
-      snprintf(it->name, sizeof it->name, "%s.%s", lin[i], lin_parts[k]);
-      it->linear = (int)i;
-      it->part = k;
-      it->e.name = it->name;
-      it->e.ndim = k == 0 ? 1 : 2;
-      it->e.dtype = k == 3 ? "F16" : "I32";
-      int64_t *s = it->e.shape;
-      if (k == 0) s[0] = d->cols;
-      if (k == 1) s[0] = d->cols * b / 32, s[1] = d->rows;
-      if (k == 2) s[0] = d->ngroups, s[1] = d->rows * b / 32;
-      if (k == 3) s[0] = d->ngroups, s[1] = d->rows;
-      it->e.nbytes = (size_t)(k == 0 ? s[0] : s[0] * s[1]) * dtype_size(it->e.dtype);
-    }
-  }
-  const int64_t first_tensor = nitems;
-  for (int64_t i = 0; i < nten; i++) {
-    struct item *it = &items[nitems++];
-    snprintf(it->name, sizeof it->name, "%s", ten[i]);
-    it->linear = -1;
-    if ((rc = hq_h5_tensor_info(h, ten[i], &it->dtype, &it->e.ndim, it->e.shape))) goto out;
-    it->e.name = it->name;
-    it->e.dtype = hq_dtype_name(it->dtype);
-    int64_t numel = 1;
-    for (int k = 0; k < it->e.ndim; k++) numel *= it->e.shape[k];
-    it->e.nbytes = (size_t)numel * hq_dtype_size(it->dtype);
-  }
-  /* 4-byte dtypes before 2-byte ones: with every linear tensor a multiple of 4 bytes long,
-   * every tensor then starts aligned to its element size */
-  qsort(items + first_tensor, (size_t)(nitems - first_tensor), sizeof *items, cmp_item_tensor);
-  for (int64_t i = first_tensor; i < nitems; i++) items[i].e.name = items[i].name;
-
-  /* shards: consecutive runs of at most shard_max data bytes (a bigger tensor alone) */
-  {
-    int shard = 0;
-    int64_t acc = 0;
-    for (int64_t i = 0; i < nitems; i++) {
-      if (acc > 0 && acc + (int64_t)items[i].e.nbytes > shard_max) shard++, acc = 0;
-      items[i].shard = shard;
-      acc += (int64_t)items[i].e.nbytes;
-      S.bytes += (int64_t)items[i].e.nbytes;
-    }
-    S.nshards = shard + 1;
-  }
-
-  /* the tokenizer files of the source model, and the output folder must not be that folder */
-  struct stat md;
-  int have_src = model_dir && stat(model_dir, &md) == 0 && S_ISDIR(md.st_mode);
-  if (have_src && stat(out_dir, &sb) == 0 && sb.st_dev == md.st_dev && sb.st_ino == md.st_ino) {
-    rc = hq_fail(HQ_ERR_INPUT, "--out %s is the source model folder; choose another folder",
-                 out_dir);
-    goto out;
-  }
-
-  /* ---- v1 cannot store a zero of 0: check every linear before writing anything ---- */
-  {
-    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-#if H5_VERSION_GE(1, 10, 7)
-    H5Pset_file_locking(fapl, 0, 1);
-#endif
-    raw = H5Fopen(h5_path, H5F_ACC_RDONLY, fapl);
-    H5Pclose(fapl);
-    if (raw < 0) {
-      rc = hq_fail(HQ_ERR_IO, "cannot open %s", h5_path);
-      goto out;
-    }
-  }
-  if (fmt == HQ_PACK_GPTQ && (rc = precheck_v1(raw, lin, desc, nlin))) goto out;
-
-  if ((rc = mkdir_p(out_dir))) goto out;
-  /* leftovers of an interrupted export (only reachable with --overwrite: the folder was not
-   * empty otherwise) */
-  {
-    DIR *dd = opendir(out_dir);
-    struct dirent *de;
-    while (dd && (de = readdir(dd)))
-      if (de->d_name[0] == '.' && ends_with(de->d_name, ".tmp")) {
-        char *p = path_join(out_dir, de->d_name);
-        unlink(p);
-        free(p);
-      }
-    if (dd) closedir(dd);
-  }
-
-  /* ---- stream the shards ---- */
-  const size_t piece = (size_t)64 << 20; /* unquantized tensors move in pieces of <= 64 MiB */
-  buf = hq_xmalloc(piece);
-  for (int s = 0; s < S.nshards; s++) {
-    char fname[64];
-    if (S.nshards == 1) snprintf(fname, sizeof fname, "model.safetensors");
-    else snprintf(fname, sizeof fname, "model-%05d-of-%05d.safetensors", s + 1, S.nshards);
-    const char *tmp = pending_add(&pend, out_dir, fname);
-    int64_t a = 0, b = 0;
-    while (a < nitems && items[a].shard != s) a++;
-    for (b = a; b < nitems && items[b].shard == s; b++) continue;
-    struct hq_stw_entry *ents = hq_xmalloc((size_t)(b - a) * sizeof *ents);
-    for (int64_t i = a; i < b; i++) ents[i - a] = items[i].e;
-    rc = hq_stw_open(tmp, ents, b - a, &w);
-    free(ents);
-    if (rc) goto out;
-    for (int64_t i = a; i < b; i++) {
-      struct item *it = &items[i];
-      if (it->linear >= 0) {
-        if (cur_lin != it->linear) { /* each linear is read once: its 4 items are adjacent */
-          hq_pack_free(&cur);
-          cur_lin = -1;
-          if ((rc = hq_h5_linear_read(h, lin[it->linear], &cur))) goto out;
-          if ((rc = convert_zeros(&cur, fmt, lin[it->linear]))) goto out;
-          cur_lin = it->linear;
-          S.nlinears++;
-        }
-        const void *src = it->part == 0 ? (const void *)cur.g_idx
-                          : it->part == 1 ? (const void *)cur.qweight
-                          : it->part == 2 ? (const void *)cur.qzeros : (const void *)cur.scales;
-        if ((rc = hq_stw_write(w, src, it->e.nbytes))) goto out;
-      } else {
-        const size_t es = hq_dtype_size(it->dtype);
-        int64_t rows = it->e.ndim ? it->e.shape[0] : 1, rowb = (int64_t)es;
-        for (int k = 1; k < it->e.ndim; k++) rowb *= it->e.shape[k];
-        int64_t step = rowb > 0 ? (int64_t)(piece / (size_t)rowb) : rows;
-        if (step < 1) { /* one row larger than a piece: read the tensor whole */
-          free(buf);
-          buf = hq_xmalloc(it->e.nbytes ? it->e.nbytes : 1);
-          step = rows;
-        }
-        uint64_t sum = 0; /* its checksum, verified before the shard is renamed into place */
-        for (int64_t r = 0; r < rows && rowb > 0; r += step) {
-          int64_t nr = rows - r < step ? rows - r : step;
-          if ((rc = hq_h5_read_tensor_rows(h, it->name, r, nr, buf, &sum))) goto out;
-          if ((rc = hq_stw_write(w, buf, (size_t)(nr * rowb)))) goto out;
-        }
-        if ((rc = hq_h5_tensor_check_sum(h, it->name, sum))) goto out;
-      }
-      S.ntensors++;
-    }
-    rc = hq_stw_close(w);
-    w = NULL;
-    if (rc) goto out;
-    if (!o->quiet && S.nshards > 1)
-      fprintf(stderr, "[export] shard %d/%d written (%lld tensors)\n", s + 1, S.nshards,
-              (long long)(b - a));
-  }
-  hq_pack_free(&cur);
-  cur_lin = -1;
-
-  /* ---- index, quantize_config.json, tokenizer files, config.json (renamed last) ---- */
-  if (S.nshards > 1) {
-    cJSON *idx = cJSON_CreateObject();
-    cJSON *meta = cJSON_AddObjectToObject(idx, "metadata");
-    cJSON_AddItemToObject(meta, "total_size", raw_int(S.bytes));
-    cJSON *wm = cJSON_AddObjectToObject(idx, "weight_map");
-    /* sorted by name, as Hugging Face writes it */
-    int64_t *ord = hq_xmalloc((size_t)nitems * sizeof *ord);
-    for (int64_t i = 0; i < nitems; i++) ord[i] = i;
-    for (int64_t i = 1; i < nitems; i++) /* insertion sort on names (a few thousand) */
-      for (int64_t j = i; j > 0 && strcmp(items[ord[j - 1]].name, items[ord[j]].name) > 0; j--) {
-        int64_t t = ord[j];
-        ord[j] = ord[j - 1];
-        ord[j - 1] = t;
-      }
-    for (int64_t i = 0; i < nitems; i++) {
-      char fname[64];
-      snprintf(fname, sizeof fname, "model-%05d-of-%05d.safetensors", items[ord[i]].shard + 1,
-               S.nshards);
-      cJSON_AddStringToObject(wm, items[ord[i]].name, fname);
-    }
-    free(ord);
-    char *txt = cJSON_Print(idx);
-    cJSON_Delete(idx);
-    rc = write_text(pending_add(&pend, out_dir, "model.safetensors.index.json"), txt);
-    free(txt);
-    if (rc) goto out;
-  }
-  {
-    cJSON *q = quant_config(h, (int)bits, group_size, fmt);
-    char *txt = cJSON_Print(q);
-    rc = write_text(pending_add(&pend, out_dir, "quantize_config.json"), txt);
-    free(txt);
-    cJSON_DeleteItemFromObjectCaseSensitive(cfg, "quantization_config");
-    cJSON_AddItemToObject(cfg, "quantization_config", q);
-    if (rc) goto out;
-  }
-  if (have_src) {
-    for (size_t k = 0; k < sizeof tokenizer_files / sizeof *tokenizer_files; k++) {
-      char *src = path_join(model_dir, tokenizer_files[k]);
-      if (access(src, R_OK) == 0) {
-        rc = copy_file(src, pending_add(&pend, out_dir, tokenizer_files[k]));
-        S.ntokenizer_files++;
-      }
-      free(src);
-      if (rc) goto out;
-    }
-  } else if (!o->quiet) {
-    fprintf(stderr, "hpcq export: warning: the source model folder %s%s%s is not available; "
-            "the checkpoint has no tokenizer files (copy them from the original model)\n",
-            model_dir ? "'" : "", model_dir ? model_dir : "(not recorded in the file)",
-            model_dir ? "'" : "");
-  }
-  {
-    char *txt = cJSON_Print(cfg);
-    rc = write_text(pending_add(&pend, out_dir, "config.json"), txt);
-    free(txt);
-    if (rc) goto out;
-  }
-
-  /* ---- commit: the old config.json goes first, the new one comes last ---- */
-  {
-    char *oldcfg = path_join(out_dir, "config.json");
-    unlink(oldcfg);
-    free(oldcfg);
-    DIR *dd = opendir(out_dir);
-    struct dirent *de;
-    while (dd && (de = readdir(dd))) /* stale shards/index of an earlier export */
-      if (de->d_name[0] != '.' && (ends_with(de->d_name, ".safetensors") ||
-                                   ends_with(de->d_name, ".safetensors.index.json"))) {
-        char *p = path_join(out_dir, de->d_name);
-        unlink(p);
-        free(p);
-      }
-    if (dd) closedir(dd);
-    for (int i = 0; i < pend.n; i++)
-      if (rename(pend.tmp[i], pend.final[i]) != 0) {
-        rc = hq_fail(HQ_ERR_IO, "cannot rename %s to %s: %s", pend.tmp[i], pend.final[i],
-                     strerror(errno));
-        goto out;
-      }
-    int dfd = open(out_dir, O_RDONLY | O_DIRECTORY);
-    if (dfd >= 0) {
-      fsync(dfd);
-      close(dfd);
-    }
-  }
-
-out:
-  hq_stw_abort(w);
-  hq_pack_free(&cur);
-  free(buf);
-  pending_free(&pend, rc != HQ_OK);
-  if (raw >= 0) H5Fclose(raw);
-  hq_h5_names_free(lin, nlin);
-  hq_h5_names_free(ten, nten);
-  free(desc);
-  free(items);
-  free(cfg_text);
-  free(model_dir);
-  cJSON_Delete(cfg);
-  hq_h5_close(h);
-  S.seconds = hq_now() - t0;
+  struct export x = {.h5_path = h5_path, .out_dir = out_dir, .o = o,
+                     .fmt = o->format ? o->format : HQ_PACK_GPTQ,
+                     .shard_max = o->max_shard_bytes > 0 ? o->max_shard_bytes : 2000000000LL};
+  if (!hq_pack_format_name(x.fmt)) return hq_fail(HQ_ERR_INPUT, "invalid checkpoint format");
+  HQ_TRY(hq_outdir_check(out_dir, o->overwrite));
+  HQ_TRY(hq_h5_open_read(h5_path, 0, &x.h));
+  int rc = export_run(&x);
+  export_free(&x, rc);
+  x.S.seconds = hq_now() - t0;
   struct rusage ru;
-  if (getrusage(RUSAGE_SELF, &ru) == 0) S.peak_rss_kb = (int64_t)ru.ru_maxrss;
-  if (st) *st = S;
+  if (getrusage(RUSAGE_SELF, &ru) == 0) x.S.peak_rss_kb = (int64_t)ru.ru_maxrss;
+  if (st) *st = x.S;
   return rc;
 }

@@ -450,26 +450,26 @@ static int attr_get_num(struct hq_h5 *h, const char *obj, const char *name, hid_
   return rc;
 }
 
-/* Not collective. */
-int hq_h5_attr_get_i64(struct hq_h5 *h, const char *obj, const char *name, int64_t *value) {
+/* Not collective. The first value of a numeric attribute, as mtype (esize bytes), into *value. */
+static int attr_get_first(struct hq_h5 *h, const char *obj, const char *name, hid_t mtype,
+                          size_t esize, void *value) {
   void *v;
   int64_t n;
-  HQ_TRY(attr_get_num(h, obj, name, H5T_NATIVE_INT64, sizeof(int64_t), &v, &n));
+  HQ_TRY(attr_get_num(h, obj, name, mtype, esize, &v, &n));
   int rc = n ? HQ_OK : hq_fail(HQ_ERR_INPUT, "%s: attribute %s of %s is empty", h->path, name, obj);
-  if (n) *value = *(int64_t *)v;
+  if (n) memcpy(value, v, esize);
   free(v);
   return rc;
 }
 
 /* Not collective. */
+int hq_h5_attr_get_i64(struct hq_h5 *h, const char *obj, const char *name, int64_t *value) {
+  return attr_get_first(h, obj, name, H5T_NATIVE_INT64, sizeof *value, value);
+}
+
+/* Not collective. */
 int hq_h5_attr_get_f64(struct hq_h5 *h, const char *obj, const char *name, double *value) {
-  void *v;
-  int64_t n;
-  HQ_TRY(attr_get_num(h, obj, name, H5T_NATIVE_DOUBLE, sizeof(double), &v, &n));
-  int rc = n ? HQ_OK : hq_fail(HQ_ERR_INPUT, "%s: attribute %s of %s is empty", h->path, name, obj);
-  if (n) *value = *(double *)v;
-  free(v);
-  return rc;
+  return attr_get_first(h, obj, name, H5T_NATIVE_DOUBLE, sizeof *value, value);
 }
 
 /* Not collective. */
@@ -958,74 +958,104 @@ static int write_block(struct hq_h5 *h, hid_t d, hid_t mtype, int ndim, hsize_t 
   return HQ_OK;
 }
 
+/* How a tensor dtype is stored: file and memory types, and the "dtype" attribute. */
+struct tensor_type {
+  hid_t ft, mt;
+  const char *dn;
+};
+
+/* Not agreed. The arguments of hq_h5_write_tensor: its name (one path component), ndim,
+ * dtype (into *tt), a non-negative shape (into dims) and rank 0's data. */
+static int tensor_args(const struct hq_h5 *h, const char *name, enum hq_dtype dtype, int ndim,
+                       const int64_t *shape, const void *data, struct tensor_type *tt,
+                       hsize_t *dims) {
+  if (ndim < 1 || ndim > HQ_ST_MAXDIM || !name || !name[0] || strchr(name, '/'))
+    return hq_fail(HQ_ERR_INPUT, "tensor '%s': bad name or %d dimensions", name ? name : "", ndim);
+  switch (dtype) {
+  case HQ_DTYPE_F32: *tt = (struct tensor_type){H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, "float32"}; break;
+  case HQ_DTYPE_F16: *tt = (struct tensor_type){h->f16, h->f16, "float16"}; break;
+  case HQ_DTYPE_BF16: *tt = (struct tensor_type){H5T_STD_U16LE, H5T_NATIVE_UINT16, "bfloat16"}; break;
+  default: return hq_fail(HQ_ERR_UNSUPPORTED, "tensor %s: dtype %d", name, (int)dtype);
+  }
+  for (int i = 0; i < ndim; i++) {
+    if (shape[i] < 0) return hq_fail(HQ_ERR_INPUT, "tensor %s: negative shape", name);
+    dims[i] = (hsize_t)shape[i];
+  }
+  if (is_root(h) && !data) return hq_fail(HQ_ERR_INPUT, "tensor %s: no data on rank 0", name);
+  return HQ_OK;
+}
+
+/* Not agreed. Rows [r, r+n) of the first dimension of dataset d [dims] from buf (n rows
+ * row-major); buf NULL (a rank other than 0) or no element: this rank selects nothing. */
+static int write_rows(struct hq_h5 *h, hid_t d, hid_t fs0, hid_t mt, int ndim,
+                      const hsize_t *dims, hsize_t r, hsize_t n, const void *buf,
+                      const char *name) {
+  static const char dummy[16]; /* any non-NULL pointer: nothing is read from it */
+  hid_t fs = H5Scopy(fs0);
+  hsize_t start[HQ_ST_MAXDIM] = {0}, count[HQ_ST_MAXDIM];
+  for (int i = 0; i < ndim; i++) count[i] = dims[i];
+  start[0] = r;
+  count[0] = n;
+  hsize_t melems = n;
+  for (int i = 1; i < ndim; i++) melems *= dims[i];
+  hid_t ms = H5Screate_simple(1, melems ? &melems : (hsize_t[]){1}, NULL);
+  if (buf && melems) {
+    H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL);
+  } else {
+    H5Sselect_none(fs);
+    H5Sselect_none(ms);
+    buf = dummy;
+  }
+  int rc = HQ_OK;
+  if (H5Dwrite(d, mt, ms, fs, h->dxpl, buf) < 0)
+    rc = h5fail_io(h, "cannot write tensor %s to %s", name, h->path);
+  H5Sclose(ms);
+  H5Sclose(fs);
+  return rc;
+}
+
+/* Collective. Rank 0's whole tensor src [dims] (esize bytes per element; NULL elsewhere) into
+ * dataset d, in pieces of rows of the first dimension of at most hq_h5_piece_bytes (the same
+ * count on every rank: the shape is identical), each piece agreed before the next. */
+static int write_pieces(struct hq_h5 *h, hid_t d, hid_t mt, int ndim, const hsize_t *dims,
+                        size_t esize, const char *src, const char *name) {
+  size_t rowel = 1;
+  for (int i = 1; i < ndim; i++) rowel *= (size_t)dims[i];
+  size_t rb = esize * rowel > 0 ? esize * rowel : 1;
+  hsize_t per = (hsize_t)(hq_h5_piece_bytes / rb) ? (hsize_t)(hq_h5_piece_bytes / rb) : 1;
+  hid_t fs0 = H5Dget_space(d);
+  int rc = HQ_OK;
+  for (hsize_t r = 0; r < dims[0] && rc == HQ_OK; r += per) {
+    hsize_t n = dims[0] - r < per ? dims[0] - r : per;
+    rc = write_rows(h, d, fs0, mt, ndim, dims, r, n, src ? src + (size_t)r * rb : NULL, name);
+    rc = agree(h, rc); /* before the next piece's collective write */
+  }
+  H5Sclose(fs0);
+  return rc;
+}
+
 /* Collective. */
 int hq_h5_write_tensor(struct hq_h5 *h, const char *name, enum hq_dtype dtype, int ndim,
                        const int64_t *shape, const void *data) {
   HQ_TRY(need_writable(h, name));
-  if (ndim < 1 || ndim > HQ_ST_MAXDIM || !name || !name[0] || strchr(name, '/'))
-    return agree(h, hq_fail(HQ_ERR_INPUT, "tensor '%s': bad name or %d dimensions",
-                            name ? name : "", ndim));
-  hid_t ft, mt;
-  const char *dn;
-  switch (dtype) {
-  case HQ_DTYPE_F32: ft = H5T_IEEE_F32LE; mt = H5T_NATIVE_FLOAT; dn = "float32"; break;
-  case HQ_DTYPE_F16: ft = h->f16; mt = h->f16; dn = "float16"; break;
-  case HQ_DTYPE_BF16: ft = H5T_STD_U16LE; mt = H5T_NATIVE_UINT16; dn = "bfloat16"; break;
-  default: return agree(h, hq_fail(HQ_ERR_UNSUPPORTED, "tensor %s: dtype %d", name, (int)dtype));
-  }
+  struct tensor_type tt = {H5I_INVALID_HID, H5I_INVALID_HID, NULL};
   hsize_t dims[HQ_ST_MAXDIM];
-  size_t esize = hq_dtype_size(dtype), rowel = 1;
-  for (int i = 0; i < ndim; i++) {
-    if (shape[i] < 0) return agree(h, hq_fail(HQ_ERR_INPUT, "tensor %s: negative shape", name));
-    dims[i] = (hsize_t)shape[i];
-    if (i > 0) rowel *= (size_t)shape[i];
-  }
-  if (is_root(h) && !data)
-    return agree(h, hq_fail(HQ_ERR_INPUT, "tensor %s: no data on rank 0", name));
+  int rc = tensor_args(h, name, dtype, ndim, shape, data, &tt, dims);
+  if (rc) return agree(h, rc);
   char path[1024];
   snprintf(path, sizeof path, "/tensors/%s", name);
   hid_t d;
-  int rc = agree(h, dset_ensure(h, path, ft, ndim, dims, &d));
+  rc = agree(h, dset_ensure(h, path, tt.ft, ndim, dims, &d));
   if (rc) return rc;
+  const size_t esize = hq_dtype_size(dtype);
   const char *src = is_root(h) ? (const char *)data : NULL;
-  {
-    /* rows of the first dimension, at most hq_h5_piece_bytes per piece (same count on all
-     * ranks: the shape is identical) */
-    hsize_t rows = dims[0];
-    size_t rb = esize * rowel > 0 ? esize * rowel : 1;
-    hsize_t per = (hsize_t)(hq_h5_piece_bytes / rb) ? (hsize_t)(hq_h5_piece_bytes / rb) : 1;
-    hid_t fs0 = H5Dget_space(d);
-    for (hsize_t r = 0; r < rows && rc == HQ_OK; r += per) {
-      hsize_t n = rows - r < per ? rows - r : per;
-      hid_t fs = H5Scopy(fs0);
-      hsize_t start[HQ_ST_MAXDIM] = {0}, count[HQ_ST_MAXDIM];
-      for (int i = 0; i < ndim; i++) count[i] = dims[i];
-      start[0] = r;
-      count[0] = n;
-      hsize_t melems = n * (hsize_t)rowel;
-      hid_t ms = H5Screate_simple(1, melems ? &melems : (hsize_t[]){1}, NULL);
-      const void *buf = src ? src + (size_t)r * rb : NULL;
-      if (src && melems) {
-        H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL);
-      } else {
-        H5Sselect_none(fs);
-        H5Sselect_none(ms);
-        buf = path; /* any non-NULL pointer: nothing is read from it */
-      }
-      if (H5Dwrite(d, mt, ms, fs, h->dxpl, buf) < 0)
-        rc = h5fail_io(h, "cannot write tensor %s to %s", name, h->path);
-      H5Sclose(ms);
-      H5Sclose(fs);
-      rc = agree(h, rc); /* before the next piece's collective write */
-    }
-    H5Sclose(fs0);
-  }
+  rc = write_pieces(h, d, tt.mt, ndim, dims, esize, src, name);
   if (!h->broken) H5Dclose(d);
   if (rc) return rc;
   uint64_t numel = 1;
   for (int i = 0; i < ndim; i++) numel *= dims[i];
   rc = set_sum(h, path, src ? hq_sum64(src, esize, (int64_t)numel) : 0);
-  if (!rc) rc = hq_h5_attr_set_str(h, path, "dtype", dn);
+  if (!rc) rc = hq_h5_attr_set_str(h, path, "dtype", tt.dn);
   return rc;
 }
 
@@ -1159,35 +1189,52 @@ int hq_h5_linear_create(struct hq_h5 *h, const char *name, const struct hq_h5_li
   return rc;
 }
 
-/* Collective. */
-int hq_h5_linear_write(struct hq_h5 *h, const char *name, const struct hq_packed *s) {
-  HQ_TRY(need_writable(h, name));
-  char g[1024];
-  struct hq_h5_linear_desc d;
-  memset(&d, 0, sizeof d);
-  int rc = linear_path(g, sizeof g, name, NULL);
-  if (!rc) rc = hq_h5_linear_info(h, name, &d);
-  if (!rc && s && s->nrows > 0) {
-    if (s->bits != d.bits || s->format != d.format || s->in != d.cols || s->out != d.rows ||
-        s->ngroups != d.ngroups)
-      rc = hq_fail(HQ_ERR_INPUT,
+/* Not agreed. *d: the description of linear `name` in the file; a slab s that holds rows
+ * (NULL or none: this rank owns nothing) must match it and be packable. */
+static int slab_check(struct hq_h5 *h, const char *name, const struct hq_packed *s,
+                      struct hq_h5_linear_desc *d) {
+  HQ_TRY(hq_h5_linear_info(h, name, d));
+  if (!s || s->nrows <= 0) return HQ_OK;
+  if (s->bits != d->bits || s->format != d->format || s->in != d->cols || s->out != d->rows ||
+      s->ngroups != d->ngroups)
+    return hq_fail(HQ_ERR_INPUT,
                    "linear %s: slab (%d bits, %s, %lld x %lld, %lld groups) does not match the "
                    "file (%d bits, %s, %lld x %lld, %lld groups)",
                    name, s->bits, hq_pack_format_name(s->format) ? hq_pack_format_name(s->format) : "?",
-                   (long long)s->out, (long long)s->in, (long long)s->ngroups, d.bits,
-                   hq_pack_format_name(d.format), (long long)d.rows, (long long)d.cols,
-                   (long long)d.ngroups);
-    else
-      rc = hq_pack_check(s->bits, s->format, s->in, s->out, s->ngroups, s->row0, s->nrows);
-  }
-  rc = agree(h, rc); /* nobody enters a collective write when a slab is bad */
-  if (rc) return rc;
-  int have = s && s->nrows > 0, mine = have ? h->c->rank : h->c->size, gidx_rank = 0;
-  MPI_Allreduce(&mine, &gidx_rank, 1, MPI_INT, MPI_MIN, h->c->comm);
+                   (long long)s->out, (long long)s->in, (long long)s->ngroups, d->bits,
+                   hq_pack_format_name(d->format), (long long)d->rows, (long long)d->cols,
+                   (long long)d->ngroups);
+  return hq_pack_check(s->bits, s->format, s->in, s->out, s->ngroups, s->row0, s->nrows);
+}
+
+/* Collective, not agreed. This rank's part of dataset i (lin_ds order) of a linear [d]: the
+ * columns [row0, +nrows) of qweight [in*b/32, out] and scales [ngroups, out], the words
+ * [row0*b/32, +nrows*b/32) of qzeros [ngroups, out*b/32]; g_idx [in] from gidx_rank only. */
+static int linear_write_ds(struct hq_h5 *h, hid_t ds, int i, const struct hq_h5_linear_desc *d,
+                           const struct hq_packed *s, int gidx_rank) {
+  const int have = s && s->nrows > 0;
   hsize_t qw[2], qz[2], sc[2], gi;
-  linear_dims(&d, qw, qz, sc, &gi);
+  linear_dims(d, qw, qz, sc, &gi);
   hsize_t r0 = have ? (hsize_t)s->row0 : 0, n = have ? (hsize_t)s->nrows : 0;
-  hsize_t zb = (hsize_t)d.bits;
+  hsize_t zb = (hsize_t)d->bits;
+  if (i == 0)
+    return write_block(h, ds, H5T_NATIVE_INT32, 2, 0, r0, qw[0], n, n, have ? s->qweight : NULL);
+  if (i == 1)
+    return write_block(h, ds, H5T_NATIVE_INT32, 2, 0, r0 * zb / 32, qz[0], n * zb / 32,
+                       n * zb / 32, have ? s->qzeros : NULL);
+  if (i == 2) return write_block(h, ds, h->f16, 2, 0, r0, sc[0], n, n, have ? s->scales : NULL);
+  int w = h->c->rank == gidx_rank && have;
+  int last = h->last_coll;
+  int rc = write_block(h, ds, H5T_NATIVE_INT32, 1, 0, 0, w ? 1 : 0, w ? gi : 0, gi,
+                       w ? s->g_idx : NULL);
+  h->last_coll = last; /* report the qweight/qzeros/scales hyperslab writes */
+  return rc;
+}
+
+/* Collective. The four datasets of linear group g, one after the other. */
+static int linear_write_all(struct hq_h5 *h, const char *g, const struct hq_h5_linear_desc *d,
+                            const struct hq_packed *s, int gidx_rank) {
+  int rc = HQ_OK;
   for (int i = 0; i < 4 && !rc; i++) {
     char p[1100];
     snprintf(p, sizeof p, "%s/%s", g, lin_ds[i]);
@@ -1195,26 +1242,25 @@ int hq_h5_linear_write(struct hq_h5 *h, const char *name, const struct hq_packed
     /* agreed before the collective write: a rank that cannot open it must not leave the
      * others inside H5Dwrite */
     rc = agree(h, ds < 0 ? h5fail(HQ_ERR_IO, "cannot open %s in %s", p, h->path) : HQ_OK);
-    if (rc) {
-      if (ds >= 0 && !h->broken) H5Dclose(ds);
-      break;
-    } else if (i == 0) {
-      rc = write_block(h, ds, H5T_NATIVE_INT32, 2, 0, r0, qw[0], n, n, have ? s->qweight : NULL);
-    } else if (i == 1) {
-      rc = write_block(h, ds, H5T_NATIVE_INT32, 2, 0, r0 * zb / 32, qz[0], n * zb / 32,
-                       n * zb / 32, have ? s->qzeros : NULL);
-    } else if (i == 2) {
-      rc = write_block(h, ds, h->f16, 2, 0, r0, sc[0], n, n, have ? s->scales : NULL);
-    } else {
-      int w = h->c->rank == gidx_rank && have;
-      int last = h->last_coll;
-      rc = write_block(h, ds, H5T_NATIVE_INT32, 1, 0, 0, w ? 1 : 0, w ? gi : 0, gi,
-                       w ? s->g_idx : NULL);
-      h->last_coll = last; /* report the qweight/qzeros/scales hyperslab writes */
-    }
-    rc = agree(h, rc); /* before the next dataset's collective write */
+    if (!rc) rc = agree(h, linear_write_ds(h, ds, i, d, s, gidx_rank)); /* before the next */
     if (ds >= 0 && !h->broken) H5Dclose(ds);
   }
+  return rc;
+}
+
+/* Collective. */
+int hq_h5_linear_write(struct hq_h5 *h, const char *name, const struct hq_packed *s) {
+  HQ_TRY(need_writable(h, name));
+  char g[1024];
+  struct hq_h5_linear_desc d;
+  memset(&d, 0, sizeof d);
+  int rc = linear_path(g, sizeof g, name, NULL);
+  if (!rc) rc = slab_check(h, name, s, &d);
+  rc = agree(h, rc); /* nobody enters a collective write when a slab is bad */
+  if (rc) return rc;
+  int have = s && s->nrows > 0, mine = have ? h->c->rank : h->c->size, gidx_rank = 0;
+  MPI_Allreduce(&mine, &gidx_rank, 1, MPI_INT, MPI_MIN, h->c->comm);
+  rc = linear_write_all(h, g, &d, s, gidx_rank);
   return rc ? rc : linear_sums_add(h, g, &d, s, h->c->rank == gidx_rank && have);
 }
 
@@ -1579,6 +1625,17 @@ int hq_h5_linear_info(struct hq_h5 *h, const char *name, struct hq_h5_linear_des
   return fits_file(h, g, 4.0 * (double)(qw[0] * qw[1] + qz[0] * qz[1] + gi) + 2.0 * (double)(sc[0] * sc[1]));
 }
 
+/* Not collective. The whole dataset `path` (n elements of esize bytes, as mtype) into buf, its
+ * checksum verified. */
+static int read_whole(struct hq_h5 *h, const char *path, hid_t mtype, void *buf, size_t esize,
+                      int64_t n) {
+  hid_t ds = H5Dopen2(h->file, path, H5P_DEFAULT);
+  herr_t e = ds >= 0 ? H5Dread(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) : -1;
+  if (ds >= 0) H5Dclose(ds);
+  return e < 0 ? h5fail(HQ_ERR_IO, "cannot read %s from %s", path, h->path)
+               : verify_sum(h, path, buf, esize, n);
+}
+
 /* Not collective. */
 int hq_h5_linear_read(struct hq_h5 *h, const char *name, struct hq_packed *p) {
   memset(p, 0, sizeof *p);
@@ -1600,12 +1657,28 @@ int hq_h5_linear_read(struct hq_h5 *h, const char *name, struct hq_packed *p) {
   for (int i = 0; i < 4 && !rc; i++) {
     char path[1200];
     snprintf(path, sizeof path, "%s/%s", g, lin_ds[i]);
-    hid_t ds = H5Dopen2(h->file, path, H5P_DEFAULT);
-    herr_t e = ds >= 0 ? H5Dread(ds, mt[i], H5S_ALL, H5S_ALL, H5P_DEFAULT, bufs[i]) : -1;
-    if (ds >= 0) H5Dclose(ds);
-    rc = e < 0 ? h5fail(HQ_ERR_IO, "cannot read %s from %s", path, h->path)
-               : verify_sum(h, path, bufs[i], es[i], ne[i]);
+    rc = read_whole(h, path, mt[i], bufs[i], es[i], ne[i]);
   }
   if (rc) hq_pack_free(p);
   return rc;
+}
+
+/* Not collective. */
+int hq_h5_linear_read_qzeros(struct hq_h5 *h, const char *name, struct hq_packed *p) {
+  memset(p, 0, sizeof *p);
+  struct hq_h5_linear_desc d;
+  HQ_TRY(hq_h5_linear_info(h, name, &d));
+  const int64_t n = d.ngroups * (d.rows * d.bits / 32); /* [ngroups, out*bits/32] */
+  int32_t *qz = malloc((size_t)n * sizeof *qz);
+  if (!qz) return hq_fail(HQ_ERR_NOMEM, "out of memory reading %s qzeros", name);
+  char path[1100];
+  snprintf(path, sizeof path, "/linears/%s/qzeros", name);
+  int rc = read_whole(h, path, H5T_NATIVE_INT32, qz, 4, n);
+  if (rc) {
+    free(qz);
+    return rc;
+  }
+  *p = (struct hq_packed){.bits = d.bits, .format = d.format, .in = d.cols, .out = d.rows,
+                          .row0 = 0, .nrows = d.rows, .ngroups = d.ngroups, .qzeros = qz};
+  return HQ_OK;
 }

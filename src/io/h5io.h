@@ -182,5 +182,9 @@ int hq_h5_linear_info(struct hq_h5 *h, const char *name, struct hq_h5_linear_des
  * (row0 0, nrows = rows) and filled; free with hq_pack_free. Fails (nothing returned) when a
  * dataset's content does not match its checksum or not all rows were written. */
 int hq_h5_linear_read(struct hq_h5 *h, const char *name, struct hq_packed *p);
+/* Not collective. Only the qzeros of the linear (int32 [ngroups, out*bits/32], small), its
+ * checksum verified: `p` gets the description (bits, format, in, out, ngroups; row0 0, nrows =
+ * out) and qzeros, the other arrays NULL; free with hq_pack_free. */
+int hq_h5_linear_read_qzeros(struct hq_h5 *h, const char *name, struct hq_packed *p);
 
 #endif
