@@ -101,9 +101,11 @@ static void write_summary(struct run *R, double total, size_t rss_max, const dou
     return;
   }
   fprintf(f, "{\"ranks\": %d, \"method\": \"%s\", \"bits\": %d, \"group_size\": %lld, \"nsamples\": %lld, "
-             "\"seqlen\": %lld, \"seconds\": %.6f, \"peak_rss_bytes_max\": %zu, \"phases\": {",
+             "\"seqlen\": %lld, \"seconds\": %.6f, \"peak_rss_bytes_max\": %zu, \"node_share\": %s, "
+             "\"phases\": {",
           R->comm->size, hq_method_name(R->o->method), R->o->g.bits, (long long)R->o->g.group_size,
-          (long long)R->o->nsamples, (long long)R->seqlen, total, rss_max);
+          (long long)R->o->nsamples, (long long)R->seqlen, total, rss_max,
+          R->node_share ? "true" : "false");
   for (int p = 0; p < PH_COUNT; p++)
     fprintf(f, "%s\"%s\": %.6f", p ? ", " : "", hq_phase_names[p], R->total_phase[p]);
   fprintf(f, "}, \"phases_max\": {");
@@ -168,6 +170,15 @@ static int plan_work(struct run *R) {
   return hq_plan_make(c, R->comm->size, &R->plan);
 }
 
+/* Collective: node sharing where it helps (several ranks of a node on the host backend), the
+ * same decision on every rank; HQ_NODE_SHARE=0 turns it off (one copy per rank, as before). */
+static int node_share_wanted(const struct run *R) {
+  const char *e = getenv("HQ_NODE_SHARE");
+  double off = (e && !strcmp(e, "0")) || R->be->on_device || R->comm->local_size < 2 ? 1.0 : 0.0;
+  hq_comm_allreduce_max_f64(R->comm, &off, 1);
+  return off == 0.0;
+}
+
 /* Collective: the model, the options against it, the calibration tokens, the work plan */
 static int open_inputs(struct run *R, struct hq_tokens *tok) {
   const struct hq_quant_opts *o = R->o;
@@ -184,7 +195,9 @@ static int open_inputs(struct run *R, struct hq_tokens *tok) {
   if (!rc && hq_pipeline_need_calib(o)) rc = load_calibration(R, tok);
   if (!rc) rc = plan_work(R);
   if (!rc) R->model_id = hq_model_fingerprint(&R->model, o->model_dir);
-  return hq_comm_agree(R->comm, rc);
+  HQ_TRY(hq_comm_agree(R->comm, rc));
+  R->node_share = node_share_wanted(R);
+  return HQ_OK;
 }
 
 /* Collective: every rank read the same model and calibration as rank 0 (a stale node-local
@@ -374,11 +387,12 @@ static void announce(const struct run *R) {
   const struct hq_quant_opts *o = R->o;
   const struct hq_model_config *c = &R->model.cfg;
   if (R->comm->rank != 0 || o->quiet) return;
-  fprintf(stderr, "hpcq quantize: %s %d-bit%s%s, %lld blocks, %d rank%s, %lld x %lld calibration tokens\n",
-          hq_method_name(o->method), o->g.bits, o->g.group_size > 0 ? " grouped" : " per-channel",
-          o->g.act_order ? " act-order" : "", (long long)c->n_layers, R->comm->size,
-          R->comm->size > 1 ? "s" : "", (long long)(hq_pipeline_need_calib(o) ? o->nsamples : 0),
-          (long long)R->seqlen);
+  fprintf(stderr, "hpcq quantize: %s %d-bit%s%s, %lld blocks, %d rank%s, %lld x %lld calibration "
+          "tokens%s\n", hq_method_name(o->method), o->g.bits,
+          o->g.group_size > 0 ? " grouped" : " per-channel", o->g.act_order ? " act-order" : "",
+          (long long)c->n_layers, R->comm->size, R->comm->size > 1 ? "s" : "",
+          (long long)(hq_pipeline_need_calib(o) ? o->nsamples : 0), (long long)R->seqlen,
+          R->node_share && hq_pipeline_need_hessian(o) ? ", one Hessian and factor per node" : "");
 }
 
 /* Collective: every block in order; the done ones of a resumed run are replayed (their stored

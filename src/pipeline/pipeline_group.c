@@ -152,6 +152,33 @@ static int cap_hessian(void *ctx, enum hq_group g, const float *X, int64_t ntok,
   return 1;
 }
 
+/* A group's Hessian: malloc'ed, or one node-shared copy (R->node_share) */
+struct hbuf {
+  float *H; /* [cols x cols] */
+  struct hq_node_buf shm;
+};
+
+/* Collective over the node when shared (every rank frees at the same point). */
+static void hbuf_free(struct hbuf *hb) {
+  if (hb->shm.ptr) hq_comm_node_free(&hb->shm);
+  else free(hb->H);
+  memset(hb, 0, sizeof *hb);
+}
+
+/* H from the reduced sums: this rank's own, or the node leader's into a node-shared buffer
+ * that every rank of the node then reads. Frees h. */
+static int hessian_finalize(struct run *R, struct hq_hessian *h, struct hbuf *hb) {
+  if (!R->node_share) return hq_hessian_finalize(h, &hb->H);
+  const int64_t n = h->n;
+  const int rc = hq_comm_node_alloc(R->comm, (size_t)(n * n) * sizeof(float), &hb->shm);
+  if (!rc && R->comm->local_rank == 0) hq_hessian_finalize_into(h, hb->shm.ptr);
+  hq_hessian_free(h);
+  if (rc) return rc;
+  hq_comm_node_publish(R->comm, &hb->shm);
+  hb->H = hb->shm.ptr;
+  return HQ_OK;
+}
+
 /* Sum the sums over the ranks (exact: integers), then check the range. Collective. */
 static int hessian_reduce(struct run *R, struct hq_hessian *h, int *F_retry) {
   const double t = hq_now();
@@ -165,9 +192,9 @@ static int hessian_reduce(struct run *R, struct hq_hessian *h, int *F_retry) {
   return hq_hessian_check(h, F_retry);
 }
 
-/* H [cols x cols] (host, free()) of group u.g: fp32 2/N Σ x xᵀ over all ranks' windows. */
+/* H [cols x cols] (host; hbuf_free) of group u.g: fp32 2/N Σ x xᵀ over all ranks' windows. */
 static int group_hessian(struct run *R, const struct unit *u, const struct hq_block_weights *bw,
-                         float **H) {
+                         struct hbuf *hb) {
   struct hq_hessian h;
   struct hq_block_dev dev;
   memset(&dev, 0, sizeof dev);
@@ -188,10 +215,10 @@ static int group_hessian(struct run *R, const struct unit *u, const struct hq_bl
     hq_hessian_set_scale(&h, F);
     rc = HQ_OK;
   }
-  if (!rc) rc = hq_hessian_finalize(&h, H);
+  if (!rc) rc = hessian_finalize(R, &h, hb);
   hq_block_dev_free(R->be, &dev);
   hq_hessian_free(&h);
-  return rc;
+  return hq_comm_agree(R->comm, rc);
 }
 
 /* ---- stage: the method on this rank's rows, with per-row statistics ---------------------- */
@@ -306,15 +333,49 @@ static int part_quantize(struct run *R, const struct unit *u, int i,
   return rc;
 }
 
-/* Not collective: Hessian-side preparation and every owned block of the group. */
+/* Collective over the node (R->node_share): the node leader factorises into the node-shared
+ * U, the others attach to it with the leader's permutation and damping. */
+static int prepare_shared(struct run *R, const struct unit *u, const float *H,
+                          struct hq_gptq_prep *prep, struct hq_node_buf *ushm) {
+  const int64_t n = u->cols;
+  const size_t mb = hq_gptq_prep_meta_bytes(n);
+  HQ_TRY(hq_comm_node_alloc(R->comm, (size_t)(n * n) * sizeof(float), ushm));
+  char *meta = hq_xmalloc(mb + sizeof(int)); /* the leader's status, then its prep */
+  int rc = HQ_OK;
+  if (R->comm->local_rank == 0) {
+    rc = hq_gptq_prepare_into(R->be, &R->g, n, H, ushm->ptr, prep);
+    if (!rc) hq_gptq_prep_meta_pack(prep, meta + sizeof(int));
+    memcpy(meta, &rc, sizeof rc);
+  }
+  hq_comm_node_publish(R->comm, ushm);
+  hq_comm_node_bcast(R->comm, meta, mb + sizeof(int));
+  if (R->comm->local_rank != 0) {
+    memcpy(&rc, meta, sizeof rc);
+    rc = rc ? hq_fail(rc, "the node leader (rank %d) could not factorise the Hessian",
+                      R->comm->rank - R->comm->local_rank)
+            : hq_gptq_prep_attach(R->be, &R->g, n, H, ushm->ptr, meta + sizeof(int), prep);
+  }
+  free(meta);
+  return rc;
+}
+
+/* The group's factor for GPTQ: one per node when shared, else one per rank that owns rows. */
+static int group_prepare(struct run *R, const struct unit *u, const float *H,
+                         struct hq_gptq_prep *prep, struct hq_node_buf *ushm) {
+  if (R->o->method != HQ_METHOD_GPTQ) return HQ_OK;
+  int rc = HQ_OK;
+  if (R->node_share) rc = prepare_shared(R, u, H, prep, ushm);
+  else if (unit_owns_rows(u)) rc = hq_gptq_prepare(R->be, &R->g, u->cols, H, prep);
+  R->phase[PH_CHOL] += prep->t_chol;
+  return rc;
+}
+
+/* Not collective (but for the node-shared factor): Hessian-side preparation and every owned
+ * block of the group. */
 static int group_quantize(struct run *R, int64_t b, const struct unit *u,
                           const struct hq_block_weights *bw, const float *H, struct part *parts,
-                          struct hq_gptq_prep *prep) {
-  int rc = HQ_OK;
-  if (R->o->method == HQ_METHOD_GPTQ && unit_owns_rows(u)) {
-    rc = hq_gptq_prepare(R->be, &R->g, u->cols, H, prep);
-    R->phase[PH_CHOL] += prep->t_chol;
-  }
+                          struct hq_gptq_prep *prep, struct hq_node_buf *ushm) {
+  int rc = group_prepare(R, u, H, prep, ushm);
   for (int i = 0; i < u->nl && !rc; i++)
     if (u->myn[i]) rc = part_quantize(R, u, i, bw, H, prep, &parts[i]);
   if (rc) hq_fail_ctx(rc, "block %lld %s: ", (long long)b, hq_linear_name(u->lins[0]));
@@ -429,14 +490,15 @@ int hq_pipeline_group(struct run *R, int64_t b, enum hq_group g, struct hq_block
   int rc = HQ_OK;
   if ((R->o->equalize & HQ_EQ_SMOOTH) && (g == HQ_GROUP_QKV || g == HQ_GROUP_GATEUP))
     HQ_TRY(smooth_group(R, g, bw));
-  float *H = NULL;
-  if (hq_pipeline_need_hessian(R->o)) HQ_TRY(group_hessian(R, &u, bw, &H));
+  struct hbuf hb = {0};
+  if (hq_pipeline_need_hessian(R->o)) HQ_TRY(group_hessian(R, &u, bw, &hb));
   struct part parts[4];
   memset(parts, 0, sizeof parts);
   struct hq_gptq_prep prep;
   memset(&prep, 0, sizeof prep);
-  rc = hq_comm_agree(R->comm, group_quantize(R, b, &u, bw, H, parts, &prep));
-  free(H);
+  struct hq_node_buf ushm = {0};
+  rc = hq_comm_agree(R->comm, group_quantize(R, b, &u, bw, hb.H, parts, &prep, &ushm));
+  hbuf_free(&hb);
   struct group_meta gm;
   if (!rc) {
     double t = hq_now();
@@ -449,6 +511,7 @@ int hq_pipeline_group(struct run *R, int64_t b, enum hq_group g, struct hq_block
     R->phase[PH_WRITE] += hq_now() - t;
   }
   hq_gptq_prep_free(R->be, &prep);
+  hq_comm_node_free(&ushm);
   for (int i = 0; i < u.nl; i++) part_free(&parts[i]);
   return rc;
 }

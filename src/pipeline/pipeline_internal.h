@@ -27,6 +27,8 @@ struct run {
   struct hq_rope_table rope;
   struct hq_fwd_ws *ws;
   int64_t batch;            /* windows per forward call */
+  int node_share;           /* one Hessian and one Cholesky factor per node (host backend, more
+                               than one rank on a node, HQ_NODE_SHARE not 0): pipeline_group.c */
   double phase[PH_COUNT];   /* this block's seconds per phase (this rank) */
   double total_phase[PH_COUNT];
   /* what the result is a function of, agreed over the ranks */

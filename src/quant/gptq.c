@@ -315,7 +315,7 @@ done:
 /* ------------------------------------------------------------------ GPTQ: prepare */
 
 void hq_gptq_prep_free(const struct hq_backend *be, struct hq_gptq_prep *p) {
-  if (p->U) be->free(p->U);
+  if (p->U && !p->U_borrowed) be->free(p->U);
   if (p->colw) be->free(p->colw);
   if (p->colw_p) be->free(p->colw_p);
   free(p->perm);
@@ -358,9 +358,10 @@ static int damped_factor(const struct hq_backend *be, const struct hq_gptq_opts 
                  "/ --damp-retries", p->damp_used, o->damp_retries, (double)o->percdamp, info);
 }
 
-int hq_gptq_prepare(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t cols,
-                    const float *H, struct hq_gptq_prep *p) {
+int hq_gptq_prepare_into(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t cols,
+                         const float *H, float *Ubuf, struct hq_gptq_prep *p) {
   memset(p, 0, sizeof *p);
+  HQ_ASSERT(!Ubuf || !be->on_device);
   HQ_TRY(hq_gptq_opts_check(o, cols));
   HQ_TRY(hq_check_finite("H", H, cols, cols,
                       "the calibration activations overflowed or are corrupt (check the "
@@ -369,7 +370,8 @@ int hq_gptq_prepare(const struct hq_backend *be, const struct hq_gptq_opts *o, i
   p->cols = cols;
   p->perm = malloc((size_t)cols * sizeof(int32_t));
   p->dead = calloc((size_t)cols, 1);
-  p->U = be->alloc((size_t)cols * (size_t)cols * sizeof(float));
+  p->U = Ubuf ? Ubuf : be->alloc((size_t)cols * (size_t)cols * sizeof(float));
+  p->U_borrowed = Ubuf != NULL;
   float *diag0 = malloc((size_t)cols * sizeof(float));
   int rc = p->perm && p->dead && p->U && diag0
                ? HQ_OK
@@ -400,6 +402,51 @@ int hq_gptq_prepare(const struct hq_backend *be, const struct hq_gptq_opts *o, i
   free(diag0);
   be->sync();
   p->t_chol = hq_now() - t0;
+  if (rc) hq_gptq_prep_free(be, p);
+  return rc;
+}
+
+int hq_gptq_prepare(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t cols,
+                    const float *H, struct hq_gptq_prep *p) {
+  return hq_gptq_prepare_into(be, o, cols, H, NULL, p);
+}
+
+/* meta: [dead_cols, damp_used, damp_abs, t_chol] as 4 x 8 bytes, perm [cols] int32, dead [cols] */
+size_t hq_gptq_prep_meta_bytes(int64_t cols) { return 32 + (size_t)cols * 5; }
+
+void hq_gptq_prep_meta_pack(const struct hq_gptq_prep *p, void *meta) {
+  char *m = meta;
+  const double d[3] = {p->damp_used, p->damp_abs, p->t_chol};
+  memcpy(m, &p->dead_cols, 8);
+  memcpy(m + 8, d, sizeof d);
+  memcpy(m + 32, p->perm, (size_t)p->cols * sizeof(int32_t));
+  memcpy(m + 32 + (size_t)p->cols * 4, p->dead, (size_t)p->cols);
+}
+
+int hq_gptq_prep_attach(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t cols,
+                        const float *H, float *U, const void *meta, struct hq_gptq_prep *p) {
+  HQ_ASSERT(!be->on_device);
+  memset(p, 0, sizeof *p);
+  const char *m = meta;
+  double d[3];
+  p->cols = cols;
+  p->U = U;
+  p->U_borrowed = 1;
+  memcpy(&p->dead_cols, m, 8);
+  memcpy(d, m + 8, sizeof d);
+  p->damp_used = d[0], p->damp_abs = d[1], p->t_chol = d[2];
+  p->perm = malloc((size_t)cols * sizeof(int32_t));
+  p->dead = malloc((size_t)cols);
+  int rc = p->perm && p->dead ? HQ_OK : hq_fail(HQ_ERR_NOMEM, "out of memory for a %lld-column permutation", (long long)cols);
+  if (!rc) {
+    memcpy(p->perm, m + 32, (size_t)cols * sizeof(int32_t));
+    memcpy(p->dead, m + 32 + (size_t)cols * 4, (size_t)cols);
+  }
+  if (!rc && o->hscale) {
+    p->colw = upload_diag(be, H, cols, NULL);
+    p->colw_p = upload_diag(be, H, cols, p->perm);
+    if (!p->colw || !p->colw_p) rc = hq_fail(HQ_ERR_NOMEM, "out of %s memory for the Hessian diagonal", be->name);
+  }
   if (rc) hq_gptq_prep_free(be, p);
   return rc;
 }

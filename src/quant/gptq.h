@@ -60,6 +60,7 @@ struct hq_gptq_prep {
   float *colw_p;   /* hscale: [cols] backend memory, the same in processing order */
   int64_t dead_cols;
   double damp_used, damp_abs, t_chol;
+  int U_borrowed;  /* U is caller memory (a node-shared buffer): hq_gptq_prep_free leaves it */
 };
 
 /* Dead columns, act-order permutation, damping (raised x10 up to damp_retries times when the
@@ -69,6 +70,17 @@ struct hq_gptq_prep {
 int hq_gptq_prepare(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t cols,
                     const float *H, struct hq_gptq_prep *p);
 void hq_gptq_prep_free(const struct hq_backend *be, struct hq_gptq_prep *p);
+
+/* One factor per node (host backends only): the node leader prepares with U in caller memory
+ * Ubuf [cols x cols] (a node-shared buffer; not freed by hq_gptq_prep_free) and packs the rest
+ * of its prep (permutation, dead columns, damping: hq_gptq_prep_meta_bytes) for the other ranks,
+ * which attach to the shared U and the same H. Every prep then solves exactly as the leader's. */
+int hq_gptq_prepare_into(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t cols,
+                         const float *H, float *Ubuf, struct hq_gptq_prep *p);
+size_t hq_gptq_prep_meta_bytes(int64_t cols);
+void hq_gptq_prep_meta_pack(const struct hq_gptq_prep *p, void *meta);
+int hq_gptq_prep_attach(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t cols,
+                        const float *H, float *U, const void *meta, struct hq_gptq_prep *p);
 
 /* GPTQ of the rows x cols block W (row-major host memory; on return the dequantized weights in
  * original column order) with the prepared factor. row0 is the index of W's first row in its

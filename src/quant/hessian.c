@@ -136,14 +136,8 @@ static void mirror_lower(float *H, int64_t n) {
   }
 }
 
-int hq_hessian_finalize(struct hq_hessian *h, float **Hout) {
+void hq_hessian_finalize_into(struct hq_hessian *h, float *H) {
   const int64_t n = h->n;
-  float *H = malloc((size_t)(n * n) * sizeof(float) + 1);
-  if (!H) {
-    hq_hessian_free(h);
-    return hq_fail(HQ_ERR_NOMEM, "cannot allocate the %lld x %lld Hessian (%.1f GB)", (long long)n,
-                   (long long)n, (double)(n * n) * 4.0 / 1e9);
-  }
   const int64_t *acc = hq_hessian_sums(h);
   const double f = h->count ? ldexp(2.0 / (double)h->count, -h->F) : 0.0;
   /* row i, entries 0..i: column i of the packed triangle, contiguous */
@@ -155,6 +149,17 @@ int hq_hessian_finalize(struct hq_hessian *h, float **Hout) {
   }
   mirror_lower(H, n);
   hq_hessian_free(h);
+}
+
+int hq_hessian_finalize(struct hq_hessian *h, float **Hout) {
+  const int64_t n = h->n;
+  float *H = malloc((size_t)(n * n) * sizeof(float) + 1);
+  if (!H) {
+    hq_hessian_free(h);
+    return hq_fail(HQ_ERR_NOMEM, "cannot allocate the %lld x %lld Hessian (%.1f GB)", (long long)n,
+                   (long long)n, (double)(n * n) * 4.0 / 1e9);
+  }
+  hq_hessian_finalize_into(h, H);
   *Hout = H;
   return HQ_OK;
 }

@@ -57,9 +57,11 @@ int64_t *hq_hessian_sums(struct hq_hessian *h);
  * then *F_retry is the F to accumulate the group again with (hq_hessian_reset, set_scale);
  * HQ_ERR_NUMERIC (message set) when an activation was not finite. */
 int hq_hessian_check(const struct hq_hessian *h, int *F_retry);
-/* H = 2/count Σ x xᵀ, fp32 [n x n] full symmetric, host memory (free() it), built in place of
- * the sums, which are gone afterwards. count == 0 gives all zeros (every column dead). */
+/* H = 2/count Σ x xᵀ, fp32 [n x n] full symmetric, host memory (free() it); h (its sums) is
+ * freed. count == 0 gives all zeros (every column dead). */
 int hq_hessian_finalize(struct hq_hessian *h, float **H);
+/* The same into caller memory H [n x n] (e.g. a node-shared buffer); frees h. */
+void hq_hessian_finalize_into(struct hq_hessian *h, float *H);
 void hq_hessian_reset(struct hq_hessian *h);
 void hq_hessian_free(struct hq_hessian *h);
 
