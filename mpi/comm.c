@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -185,23 +186,37 @@ void hq_comm_barrier(const struct hq_comm *c) { MPI_Barrier(c->comm); }
 
 /* ---- node-level sharing ---- */
 
+/* Not collective: /dev/shm (where Open MPI puts shared windows) can take bytes plus 64 MiB;
+ * true where there is no /dev/shm to ask. */
+static int shm_has_room(size_t bytes) {
+  struct statvfs st;
+  if (statvfs("/dev/shm", &st) != 0) return 1;
+  return (double)st.f_bavail * (double)st.f_frsize >= (double)bytes + 67108864.0;
+}
+
 /* Collective over the node. */
 int hq_comm_node_alloc(const struct hq_comm *c, size_t bytes, struct hq_node_buf *b) {
   memset(b, 0, sizeof *b);
   b->win = MPI_WIN_NULL;
   MPI_Comm_set_errhandler(c->node, MPI_ERRORS_RETURN);
-  const MPI_Aint mine = c->local_rank == 0 ? (MPI_Aint)(bytes ? bytes : 1) : 0;
-  void *base = NULL;
-  int err = MPI_Win_allocate_shared(mine, 1, MPI_INFO_NULL, c->node, &base, &b->win);
-  MPI_Comm_set_errhandler(c->node, MPI_ERRORS_ARE_FATAL);
-  int bad = err != MPI_SUCCESS;
+  /* Open MPI backs the window with a file in /dev/shm, sized but not filled: a tmpfs that
+   * cannot hold it would fault (SIGBUS) when it is touched, so refuse up front */
+  int bad = c->local_rank == 0 && !shm_has_room(bytes);
   MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, c->node);
+  int err = MPI_SUCCESS;
+  if (!bad) {
+    const MPI_Aint mine = c->local_rank == 0 ? (MPI_Aint)(bytes ? bytes : 1) : 0;
+    void *base = NULL;
+    err = MPI_Win_allocate_shared(mine, 1, MPI_INFO_NULL, c->node, &base, &b->win);
+    bad = err != MPI_SUCCESS;
+    MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, c->node);
+  }
+  MPI_Comm_set_errhandler(c->node, MPI_ERRORS_ARE_FATAL);
   if (bad) {
-    if (err == MPI_SUCCESS) MPI_Win_free(&b->win);
+    if (err == MPI_SUCCESS && b->win != MPI_WIN_NULL && b->win != 0) MPI_Win_free(&b->win);
     b->win = MPI_WIN_NULL;
-    return hq_fail(HQ_ERR_NOMEM, "cannot allocate %.1f MB of node-shared memory (MPI-3 window): "
-                   "/dev/shm is full or limited on %s; free it, raise its size, or run with "
-                   "HQ_NODE_SHARE=0 (one copy per rank)", (double)bytes / 1e6, c->host);
+    return hq_fail(HQ_ERR_NOMEM, "no room for %.1f MB of node-shared memory (MPI-3 window) in "
+                   "/dev/shm on %s", (double)bytes / 1e6, c->host);
   }
   MPI_Aint size = 0;
   int disp = 0;

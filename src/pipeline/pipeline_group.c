@@ -165,15 +165,25 @@ static void hbuf_free(struct hbuf *hb) {
   memset(hb, 0, sizeof *hb);
 }
 
-/* H from the reduced sums: this rank's own, or the node leader's into a node-shared buffer
- * that every rank of the node then reads. Frees h. */
+/* Collective over the node: a node-shared buffer of `bytes`, or HQ_ERR_NOMEM on the whole node
+ * (then the caller keeps a copy per rank; the node leader says so once per run). */
+static int node_buf(struct run *R, size_t bytes, struct hq_node_buf *b) {
+  const int rc = hq_comm_node_alloc(R->comm, bytes, b);
+  if (rc && R->comm->local_rank == 0 && !R->shm_warned && !R->o->quiet)
+    fprintf(stderr, "hpcq quantize: warning (rank %d): %s; one copy per rank instead (enlarge "
+            "/dev/shm to share)\n", R->comm->rank, hq_last_error());
+  R->shm_warned |= rc != HQ_OK;
+  return rc;
+}
+
+/* H from the reduced sums: the node leader's in a node-shared buffer that every rank of the
+ * node then reads, or this rank's own. Frees h. */
 static int hessian_finalize(struct run *R, struct hq_hessian *h, struct hbuf *hb) {
-  if (!R->node_share) return hq_hessian_finalize(h, &hb->H);
   const int64_t n = h->n;
-  const int rc = hq_comm_node_alloc(R->comm, (size_t)(n * n) * sizeof(float), &hb->shm);
-  if (!rc && R->comm->local_rank == 0) hq_hessian_finalize_into(h, hb->shm.ptr);
+  if (!R->node_share || node_buf(R, (size_t)(n * n) * sizeof(float), &hb->shm))
+    return hq_hessian_finalize(h, &hb->H);
+  if (R->comm->local_rank == 0) hq_hessian_finalize_into(h, hb->shm.ptr);
   hq_hessian_free(h);
-  if (rc) return rc;
   hq_comm_node_publish(R->comm, &hb->shm);
   hb->H = hb->shm.ptr;
   return HQ_OK;
@@ -339,7 +349,8 @@ static int prepare_shared(struct run *R, const struct unit *u, const float *H,
                           struct hq_gptq_prep *prep, struct hq_node_buf *ushm) {
   const int64_t n = u->cols;
   const size_t mb = hq_gptq_prep_meta_bytes(n);
-  HQ_TRY(hq_comm_node_alloc(R->comm, (size_t)(n * n) * sizeof(float), ushm));
+  if (node_buf(R, (size_t)(n * n) * sizeof(float), ushm))
+    return unit_owns_rows(u) ? hq_gptq_prepare(R->be, &R->g, n, H, prep) : HQ_OK;
   char *meta = hq_xmalloc(mb + sizeof(int)); /* the leader's status, then its prep */
   int rc = HQ_OK;
   if (R->comm->local_rank == 0) {

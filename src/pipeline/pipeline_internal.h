@@ -29,6 +29,7 @@ struct run {
   int64_t batch;            /* windows per forward call */
   int node_share;           /* one Hessian and one Cholesky factor per node (host backend, more
                                than one rank on a node, HQ_NODE_SHARE not 0): pipeline_group.c */
+  int shm_warned;           /* the node leader said that /dev/shm had no room */
   double phase[PH_COUNT];   /* this block's seconds per phase (this rank) */
   double total_phase[PH_COUNT];
   /* what the result is a function of, agreed over the ranks */
