@@ -15,6 +15,7 @@
 #include "h5io.h"
 #include "pack.h"
 
+/* An optional attribute; NaN when absent. */
 static double getf(struct hq_h5 *h, const char *obj, const char *name) {
   double v = NAN;
   if (hq_h5_attr_exists(h, obj, name)) hq_h5_attr_get_f64(h, obj, name, &v);
@@ -74,6 +75,7 @@ struct compare_files {
   int64_t ca, cb;
 };
 
+/* Closes what files_open opened (also after a partial files_open). */
 static void files_close(struct compare_files *f) {
   hq_h5_names_free(f->na, f->ca);
   hq_h5_names_free(f->nb, f->cb);
@@ -81,6 +83,7 @@ static void files_close(struct compare_files *f) {
   hq_h5_close(f->B);
 }
 
+/* Opens both files of o and lists their linears into f. */
 static int files_open(const struct compare_opts *o, struct compare_files *f) {
   memset(f, 0, sizeof *f);
   HQ_TRY(hq_h5_open_read(o->pa, 0, &f->A));
@@ -101,6 +104,7 @@ struct decoded {
   int32_t *g_idx;
 };
 
+/* Frees the arrays of d (NULL ones too). */
 static void decoded_free(struct decoded *d) {
   free(d->codes);
   free(d->zeros);
@@ -108,6 +112,7 @@ static void decoded_free(struct decoded *d) {
   free(d->g_idx);
 }
 
+/* d: the arrays of p, allocated and decoded. */
 static int decode(const struct hq_packed *p, struct decoded *d) {
   const int64_t n = p->out * p->in, ng = p->out * p->ngroups;
   d->codes = hq_xmalloc((size_t)n);
@@ -136,7 +141,7 @@ static void agree(const struct hq_packed *p, const struct decoded *x, const stru
   for (int64_t k = 0; k < ng; k++) zeq += x->zeros[k] == y->zeros[k];
   for (int64_t k = 0; k < p->in; k++) geq += x->g_idx[k] == y->g_idx[k];
   for (int64_t k = 0; k < ng; k++) {
-    const double d = fabs((double)x->scales[k] - y->scales[k]) / fmax(fabs((double)x->scales[k]), 1e-30);
+    const double s = x->scales[k], d = fabs(s - y->scales[k]) / fmax(fabs(s), 1e-30);
     if (d > a->srd) a->srd = d;
   }
   a->frac = (double)a->eq / (double)n;

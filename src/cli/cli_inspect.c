@@ -17,6 +17,7 @@ static double attr_f64(struct hq_h5 *h, const char *obj, const char *name, int *
   return v;
 }
 
+/* An optional root string attribute into *v (left NULL when absent); *rc as attr_f64. */
 static void opt_str(struct hq_h5 *h, const char *name, char **v, int *rc) {
   if (!*rc && hq_h5_attr_exists(h, "/", name)) *rc = hq_h5_attr_get_str(h, "/", name, v);
 }
@@ -40,9 +41,11 @@ static int read_row(struct hq_h5 *h, const char *name, struct linear_row *r) {
   r->tg = attr_f64(h, obj, "seconds_gptq", &rc);
   int64_t *own = NULL, nown = 0;
   r->owners[0] = 0;
-  if (!rc && hq_h5_attr_exists(h, obj, "owner_rows")) rc = hq_h5_attr_get_i64_array(h, obj, "owner_rows", &own, &nown);
+  if (!rc && hq_h5_attr_exists(h, obj, "owner_rows"))
+    rc = hq_h5_attr_get_i64_array(h, obj, "owner_rows", &own, &nown);
   for (int64_t k = 0, i = 0; !rc && k < nown && i < (int64_t)sizeof r->owners - 24; k++)
-    i += snprintf(r->owners + i, sizeof r->owners - (size_t)i, "%s%lld", k ? "," : "", (long long)own[k]);
+    i += snprintf(r->owners + i, sizeof r->owners - (size_t)i, "%s%lld", k ? "," : "",
+                  (long long)own[k]);
   free(own);
   return rc;
 }
@@ -53,7 +56,8 @@ static void print_row(const char *name, const struct linear_row *r, int64_t i, i
   if (json) {
     printf("%s{\"name\": \"%s\", \"rows\": %lld, \"cols\": %lld, \"bits\": %d, \"group_size\": %lld, "
            "\"loss_proxy_gptq\": %.9g, \"loss_proxy_rtn\": %.9g, \"damp_used\": %.9g, \"owner_rows\": [%s]}",
-           i ? ", " : "", name, (long long)d->rows, (long long)d->cols, d->bits, (long long)d->group_size,
+           i ? ", " : "", name, (long long)d->rows, (long long)d->cols, d->bits,
+           (long long)d->group_size,
            isfinite(r->lg) ? r->lg : -1.0, isfinite(r->lr) ? r->lr : -1.0,
            isfinite(r->damp) ? r->damp : -1.0, r->owners);
     return;
@@ -96,6 +100,7 @@ struct inspect_file {
   int64_t n;
 };
 
+/* Frees and closes what file_open and file_read got (also after a failure). */
 static void file_close(struct inspect_file *f) {
   hq_h5_names_free(f->names, f->n);
   hq_h5_state_free(&f->st);
@@ -134,7 +139,8 @@ static void print_header(const char *path, const struct inspect_file *f, int jso
     return;
   }
   printf("%s: %s, %lld of %lld blocks%s\nsettings: %s\n\n", path, f->method ? f->method : "?",
-         (long long)st->blocks_done, (long long)st->n_blocks, st->complete ? " (complete)" : " (INCOMPLETE: resume with --resume)",
+         (long long)st->blocks_done, (long long)st->n_blocks,
+         st->complete ? " (complete)" : " (INCOMPLETE: resume with --resume)",
          f->settings ? f->settings : "?");
   printf("%-36s %11s %4s %5s %12s %12s %7s %10s %8s %8s %s\n", "linear", "shape", "bits", "group",
          "loss_gptq", "loss_rtn", "ratio", "damp", "chol_s", "gptq_s", "owner rows");
@@ -146,7 +152,9 @@ static int print_file(const char *path, const struct inspect_file *f, int json) 
   double sums[2] = {0, 0};
   for (int64_t i = 0; i < f->n; i++) HQ_TRY(print_linear(f->h, f->names[i], i, json, sums));
   if (json) printf("]}\n");
-  else if (f->n) printf("\ntotal proxy loss: GPTQ %.6g, RTN %.6g (ratio %.3f)\n", sums[0], sums[1], sums[0] / sums[1]);
+  else if (f->n)
+    printf("\ntotal proxy loss: GPTQ %.6g, RTN %.6g (ratio %.3f)\n", sums[0], sums[1],
+           sums[0] / sums[1]);
   return HQ_OK;
 }
 

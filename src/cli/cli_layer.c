@@ -52,6 +52,7 @@ struct capture_ctx {
   int got;
 };
 
+/* hq_capture_fn: the inputs of the wanted group, one window at a time, into the Hessian. */
 static int capture(void *ctx, enum hq_group g, const float *X, int64_t ntok, int64_t cols) {
   struct capture_ctx *c = ctx;
   if (g != c->want) return 0;
@@ -62,6 +63,7 @@ static int capture(void *ctx, enum hq_group g, const float *X, int64_t ntok, int
   return 1; /* nothing after this group is needed */
 }
 
+/* --linear NAME (the full name or the part after the dot) into *out. */
 static int parse_linear(const char *s, enum hq_linear *out) {
   for (int l = 0; l < HQ_LIN_COUNT; l++) {
     const char *n = hq_linear_name((enum hq_linear)l);
@@ -101,7 +103,8 @@ static int parse(int argc, char **argv, struct layer_opts *o) {
       HQ_ARG_STR("--linear", &o->linear),
       HQ_ARG_STR("--backend", &o->backend),
       HQ_ARG_I64("--block", &o->block, 0, 1000000),
-      {.name = "--bits", .kind = HQ_OPT_INT, .dst = &o->bits, .lo = 2, .hi = 8, .given = &o->bits_set},
+      {.name = "--bits", .kind = HQ_OPT_INT, .dst = &o->bits, .lo = 2, .hi = 8,
+       .given = &o->bits_set},
       {.name = "--group-size", .kind = HQ_OPT_I64, .dst = &o->group, .lo = -1, .hi = 1LL << 30,
        .given = &o->group_set},
       HQ_ARG_I64("--nsamples", &o->nsamples, 1, 1000000),
@@ -139,6 +142,7 @@ struct layer_fwd {
   int rope_ok;
 };
 
+/* Frees what fwd_init allocated (also after a partial fwd_init). */
 static void fwd_free(struct layer_fwd *f) {
   if (f->x) f->be->free(f->x);
   free(f->embed);
@@ -248,6 +252,7 @@ static int layer_hessian(const struct hq_backend *be, const struct hq_model *m,
   return rc;
 }
 
+/* One row of the table (act -1: not applicable; damp NaN: "-"). */
 static void print_row(const char *method, const struct hq_gptq_opts *go, int act, double loss,
                       double rtn, double damp, double secs) {
   char grp[32];
@@ -329,7 +334,8 @@ static int gptq_row(const struct hq_backend *be, struct hq_gptq_opts *go, int ac
   memcpy(w->W, w->W0, sizeof(float) * (size_t)(w->rows * w->cols));
   HQ_TRY(hq_gptq_quantize(be, go, w->rows, w->cols, w->W, w->H, 1, &r));
   print_row("gptq", go, act, r.loss_proxy, rtn, r.damp_used, r.t_chol + r.t_quant);
-  if (r.dead_cols) printf("          (%lld dead input columns: H[i,i] == 0)\n", (long long)r.dead_cols);
+  if (r.dead_cols)
+    printf("          (%lld dead input columns: H[i,i] == 0)\n", (long long)r.dead_cols);
   hq_gptq_result_free(&r);
   return HQ_OK;
 }
