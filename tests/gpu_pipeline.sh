@@ -21,9 +21,7 @@ fi
 source "$(dirname "$0")/testlib.sh"
 hq_tmpdir gpu_pipeline
 COMMON=(--model "$M" --calib "$M/calib.i32" --nsamples 24 --seqlen 128 --bits 4 --group-size 128 --quiet)
-ppl() { "$BIN" eval --model "$1" --tokens "$M/wikitext2-test.i32" --seqlen 256 --max-windows 24 \
-          --backend "${2:-cpu}" --json 2>/dev/null | sed -n 's/.*"perplexity":\([0-9.eE+-]*\).*/\1/p'; }
-within() { awk -v a="$1" -v b="$2" -v r="$3" 'BEGIN{d=(a-b)/a; if (d<0) d=-d; exit !(a>0 && d<=r)}'; }
+PPL_WINDOWS=24 # ppl (testlib.sh)
 
 for np in 1 2; do
   for be in cpu cuda; do
@@ -33,11 +31,11 @@ for np in 1 2; do
   if "$BIN" compare "$T/cpu$np.h5" "$T/cuda$np.h5" --min-equal 0 --loss-rtol 0.02 > "$T/cmp$np.txt"; then
     ok "np $np cuda vs cpu: $(tail -1 "$T/cmp$np.txt")"
   else bad "np $np cuda vs cpu differ: $(grep differs "$T/cmp$np.txt" | head -3; tail -1 "$T/cmp$np.txt")"; fi
-  pc=$(ppl "$T/cpu$np.h5"); pg=$(ppl "$T/cuda$np.h5")
+  pc=$(ppl "$T/cpu$np.h5" --backend cpu); pg=$(ppl "$T/cuda$np.h5" --backend cpu)
   if [ -n "$pc" ] && [ -n "$pg" ] && within "$pc" "$pg" 0.002; then ok "np $np perplexity cuda $pg vs cpu $pc (within 0.2 %)"
   else bad "np $np perplexity cuda '$pg' vs cpu '$pc' not within 0.2 %"; fi
 done
-fc=$(ppl "$M" cpu); fg=$(ppl "$M" cuda)
+fc=$(ppl "$M" --backend cpu); fg=$(ppl "$M" --backend cuda)
 if [ -n "$fc" ] && [ -n "$fg" ] && within "$fc" "$fg" 0.0001; then ok "FP forward: eval --backend cuda $fg vs cpu $fc"
 else bad "FP forward: eval --backend cuda '$fg' vs cpu '$fc' not within 1e-4"; fi
 finish gpu_pipeline && [ $pass -gt 0 ]

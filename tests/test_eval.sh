@@ -11,9 +11,8 @@ DATA=${HQ_TESTDATA:?HQ_TESTDATA is not set}
 M=$DATA/llama-sotu-5m
 TOK=$M/wikitext2-test.i32
 FIX=$DATA/fixtures/llama-sotu-5m-ppl.json
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
 source "$(dirname "$0")/testlib.sh"
+hq_tmpdir eval
 
 # json_num KEY FILE: the number after "KEY": (first occurrence)
 json_num() { grep -o "\"$1\": *[-0-9.eE+]*" "$2" | head -1 | sed 's/.*: *//'; }
@@ -22,17 +21,17 @@ check_ppl() { # windows reference_ppl
   local k=$1 ref=$2 args=()
   [ "$k" != all ] && args=(--max-windows "$k")
   if ! "$BIN" eval --model "$M" --tokens "$TOK" --seqlen 256 "${args[@]}" --json \
-      >"$TMP/out.json" 2>"$TMP/err.txt"; then
-    bad "eval ($k windows) failed: $(cat "$TMP/err.txt")"
+      >"$T/out.json" 2>"$T/err.txt"; then
+    bad "eval ($k windows) failed: $(cat "$T/err.txt")"
     return
   fi
   local ppl win tokens secs
-  ppl=$(json_num perplexity "$TMP/out.json")
-  win=$(json_num windows "$TMP/out.json")
-  tokens=$(json_num tokens "$TMP/out.json")
-  secs=$(json_num seconds "$TMP/out.json")
+  ppl=$(json_num perplexity "$T/out.json")
+  win=$(json_num windows "$T/out.json")
+  tokens=$(json_num tokens "$T/out.json")
+  secs=$(json_num seconds "$T/out.json")
   echo "eval $k windows: hpcq perplexity $ppl, transformers $ref ($secs s)"
-  if awk -v a="$ppl" -v b="$ref" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d / b <= 5e-4) }'; then
+  if within "$ref" "$ppl" 5e-4; then
     ok
   else
     bad "perplexity $ppl differs from transformers' $ref by more than 0.05%"
@@ -41,7 +40,7 @@ check_ppl() { # windows reference_ppl
   [ "$k" = all ] && ew=$(json_num windows "$FIX")
   [ "$win" = "$ew" ] && ok || bad "windows $win, expected $ew"
   [ "$tokens" = $((ew * 255)) ] && ok || bad "tokens $tokens, expected $((ew * 255))"
-  grep -q '^\[eval\].*ETA' "$TMP/err.txt" && ok || bad "no progress line with ETA on stderr"
+  grep -q '^\[eval\].*ETA' "$T/err.txt" && ok || bad "no progress line with ETA on stderr"
 }
 
 [ -f "$FIX" ] || { echo "missing fixture $FIX" >&2; exit 1; }
@@ -53,32 +52,21 @@ if [ "${HQ_TEST_FULL_EVAL:-0}" = 1 ]; then
 fi
 
 # ---- bad inputs: non-zero exit and a message naming the problem ----
-expect_fail() { # description expected-substring args...
-  local what=$1 pat=$2
-  shift 2
-  if "$BIN" eval "$@" >"$TMP/o.txt" 2>"$TMP/e.txt"; then
-    bad "$what: exit 0"
-  elif grep -q -- "$pat" "$TMP/e.txt"; then
-    ok
-  else
-    bad "$what: message lacks '$pat': $(cat "$TMP/e.txt")"
-  fi
-}
-expect_fail "missing model" "cannot open model" --model "$TMP/nope" --tokens "$TOK" --seqlen 16
-expect_fail "seqlen > max_pos" "max_position_embeddings" --model "$M" --tokens "$TOK" --seqlen 513
-expect_fail "missing token file" "cannot open token file" --model "$M" --tokens "$TMP/none.i32" --seqlen 16
+expect_fail "missing model" "cannot open model" "$BIN" eval --model "$T/nope" --tokens "$TOK" --seqlen 16
+expect_fail "seqlen > max_pos" "max_position_embeddings" "$BIN" eval --model "$M" --tokens "$TOK" --seqlen 513
+expect_fail "missing token file" "cannot open token file" "$BIN" eval --model "$M" --tokens "$T/none.i32" --seqlen 16
 # id 5000 in a vocabulary of 4096, at token 3 (byte offset 12)
-printf '\x01\x00\x00\x00\x05\x00\x00\x00\x06\x00\x00\x00\x88\x13\x00\x00' >"$TMP/oov.i32"
-expect_fail "token id out of range" "outside the model's vocabulary" --model "$M" --tokens "$TMP/oov.i32" --seqlen 2
-expect_fail "token id out of range names the offset" "byte offset 12" --model "$M" --tokens "$TMP/oov.i32" --seqlen 2
-head -c 400 "$TOK" >"$TMP/short.i32" # 100 tokens
-expect_fail "too few tokens" "fewer than one window" --model "$M" --tokens "$TMP/short.i32" --seqlen 256
-expect_fail "missing .h5 result" "cannot open model" --model "$TMP/result.h5" --tokens "$TOK" --seqlen 16
-expect_fail "missing .h5 positional" "cannot open model" "$TMP/result.h5" --tokens "$TOK" --seqlen 16
-expect_fail "no --tokens" "--tokens is required" --model "$M" --seqlen 16
-expect_fail "bad --seqlen" "--seqlen expects an integer" --model "$M" --tokens "$TOK" --seqlen abc
-expect_fail "seqlen 1" "--seqlen must be in" --model "$M" --tokens "$TOK" --seqlen 1
-expect_fail "unknown option" "unknown option" --model "$M" --tokens "$TOK" --seqlen 16 --bogus
-expect_fail "unknown backend" "unknown backend" --model "$M" --tokens "$TOK" --seqlen 16 --backend tpu
+printf '\x01\x00\x00\x00\x05\x00\x00\x00\x06\x00\x00\x00\x88\x13\x00\x00' >"$T/oov.i32"
+expect_fail "token id out of range" "outside the model's vocabulary" "$BIN" eval --model "$M" --tokens "$T/oov.i32" --seqlen 2
+expect_fail "token id out of range names the offset" "byte offset 12" "$BIN" eval --model "$M" --tokens "$T/oov.i32" --seqlen 2
+head -c 400 "$TOK" >"$T/short.i32" # 100 tokens
+expect_fail "too few tokens" "fewer than one window" "$BIN" eval --model "$M" --tokens "$T/short.i32" --seqlen 256
+expect_fail "missing .h5 result" "cannot open model" "$BIN" eval --model "$T/result.h5" --tokens "$TOK" --seqlen 16
+expect_fail "missing .h5 positional" "cannot open model" "$BIN" eval "$T/result.h5" --tokens "$TOK" --seqlen 16
+expect_fail "no --tokens" "--tokens is required" "$BIN" eval --model "$M" --seqlen 16
+expect_fail "bad --seqlen" "--seqlen expects an integer" "$BIN" eval --model "$M" --tokens "$TOK" --seqlen abc
+expect_fail "seqlen 1" "--seqlen must be in" "$BIN" eval --model "$M" --tokens "$TOK" --seqlen 1
+expect_fail "unknown option" "unknown option" "$BIN" eval --model "$M" --tokens "$TOK" --seqlen 16 --bogus
+expect_fail "unknown backend" "unknown backend" "$BIN" eval --model "$M" --tokens "$TOK" --seqlen 16 --backend tpu
 
 finish test_eval

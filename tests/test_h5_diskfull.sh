@@ -37,7 +37,7 @@ check() {
   [ "$n" -ge "$np" ] && grep -q "hpcq quantize: error: " "$log" &&
     { [ "$np" -lt 2 ] || grep -q "hpcq quantize (rank 1): error: " "$log"; } ||
     { bad "$name: '$words' not said by every rank ($n lines)"; grep -i error "$log" | head -4; return; }
-  if [ -e "$out" ] && "$BIN" inspect "$out" 2>/dev/null | grep -q "(complete)"; then
+  if complete_result "$out"; then
     bad "$name: inspect calls the file complete"; return
   fi
   if [ -e "$out" ] && "$BIN" eval --model "$out" --tokens "$M/wikitext2-test.i32" --seqlen 64 --max-windows 1 >/dev/null 2>&1; then

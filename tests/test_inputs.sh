@@ -18,16 +18,7 @@ source "$(dirname "$0")/testlib.sh"
 hq_tmpdir inputs
 Q=(--nsamples 8 --seqlen 128 --bits 4 --group-size 128 --quiet)
 
-# expect NAME STATUS PATTERN CMD...: CMD exits STATUS within 20 s, stderr matches PATTERN
-expect() {
-  local name=$1 want=$2 pat=$3 rc
-  shift 3
-  timeout 20 "$@" >"$T/out.txt" 2>"$T/err.txt" </dev/null; rc=$?
-  if [ $rc -eq 124 ]; then bad "$name: hung (killed by timeout)"; return; fi
-  if [ $rc -ne "$want" ]; then bad "$name: exit $rc, expected $want: $(head -c 300 "$T/err.txt")"; return; fi
-  if grep -qE -- "$pat" "$T/err.txt"; then ok "$name (exit $rc): $(grep -E -- "$pat" "$T/err.txt" | head -1 | cut -c1-160)"
-  else bad "$name: message does not match /$pat/: $(head -c 300 "$T/err.txt")"; fi
-}
+EXPECT_TIMEOUT=20 # expect (testlib.sh): a command that takes longer hangs
 # model folder copy whose FILE is replaced by a FIFO
 fifo_model() { rm -rf "$T/fm"; mkdir "$T/fm"; cp "$M"/* "$T/fm/"; rm "$T/fm/$1"; mkfifo "$T/fm/$1"; }
 
@@ -129,20 +120,15 @@ expect "Mistral sliding_window < --seqlen (eval)" 2 "--seqlen 128 is longer than
 expect "Mistral sliding_window < --seqlen (eval of the .h5)" 2 "sliding_window 64" "$BIN" eval --model "$T/mi-rtn.h5" --tokens "$M/wikitext2-test.i32" --seqlen 128
 
 # ---- 5. quantize options: exit 2, nothing created ----
-qopt() { # NAME PATTERN ARGS...: usage error, no --out file
-  local name=$1 pat=$2
-  shift 2
-  rm -f "$T/o.h5"
-  expect "$name" 2 "$pat" "$BIN" quantize --model "$M" --calib "$M/calib.i32" "${Q[@]}" --out "$T/o.h5" "$@"
-  [ ! -e "$T/o.h5" ] || bad "$name: created $T/o.h5"
-}
-qopt "--bits 5" "--bits must be 2, 3, 4 or 8" --bits 5
-qopt "--group-size 0" "--group-size 0: .*-1 for one group per output channel" --group-size 0
-qopt "--resume --overwrite" "--resume and --overwrite contradict" --resume --overwrite
-qopt "rtn --act-order" "--act-order is a GPTQ option.*--method rtn" --method rtn --act-order
-qopt "hqq --static-groups" "--static-groups is a GPTQ option.*--method hqq" --method hqq --static-groups
-qopt "impossible --nsamples" "--nsamples 16000000 x --seqlen 128 needs about [0-9.]+ GiB per rank.*more than this node" --nsamples 16000000
-qopt "impossible --batch" "forward workspace [0-9.]+ GiB for --batch 1000000.*smaller --batch" --batch 1000000
+# quantize option errors: exit 2 and no --out file
+QO=("$BIN" quantize --model "$M" --calib "$M/calib.i32" "${Q[@]}" --out "$T/o.h5")
+expect --no-file "$T/o.h5" "--bits 5" 2 "--bits must be 2, 3, 4 or 8" "${QO[@]}" --bits 5
+expect --no-file "$T/o.h5" "--group-size 0" 2 "--group-size 0: .*-1 for one group per output channel" "${QO[@]}" --group-size 0
+expect --no-file "$T/o.h5" "--resume --overwrite" 2 "--resume and --overwrite contradict" "${QO[@]}" --resume --overwrite
+expect --no-file "$T/o.h5" "rtn --act-order" 2 "--act-order is a GPTQ option.*--method rtn" "${QO[@]}" --method rtn --act-order
+expect --no-file "$T/o.h5" "hqq --static-groups" 2 "--static-groups is a GPTQ option.*--method hqq" "${QO[@]}" --method hqq --static-groups
+expect --no-file "$T/o.h5" "impossible --nsamples" 2 "--nsamples 16000000 x --seqlen 128 needs about [0-9.]+ GiB per rank.*more than this node" "${QO[@]}" --nsamples 16000000
+expect --no-file "$T/o.h5" "impossible --batch" 2 "forward workspace [0-9.]+ GiB for --batch 1000000.*smaller --batch" "${QO[@]}" --batch 1000000
 rm -f "$T/o.h5"
 expect "fewer windows than ranks" 2 "--nsamples 1 is smaller than the 2 ranks" timeout 60 "$MPIEXEC" -np 2 "$BIN" quantize --model "$M" --calib "$M/calib.i32" --nsamples 1 --seqlen 128 --quiet --out "$T/o.h5"
 [ ! -e "$T/o.h5" ] && ok "nothing created for too few windows" || bad "too few windows created $T/o.h5"

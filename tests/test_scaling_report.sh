@@ -21,17 +21,17 @@ $H
 CSV
 bash "$HQ_SRC/bench/scaling_report.sh" "$tmp/s.csv" "$tmp/out" >/dev/null
 md=$tmp/out/scaling.md
-expect() { grep -qF -- "$1" "$md" || { cat "$md"; echo "FAIL: missing line: $1"; exit 1; }; }
+has_line() { grep -qF -- "$1" "$md" || { cat "$md"; echo "FAIL: missing line: $1"; exit 1; }; }
 # nsamples 16: T(1)=4.0; T(2)=median(2.5,2.7,2.9)=2.7 -> 1.48x, 74 %; T(4)=1.6 -> 2.50x, 62 %
-expect "| 1 | 1 | 1 | 4.00 | 1.00x | 100 % |"
-expect "| 2 | 1 | 3 | 2.70 | 1.48x | 74 % | 0.50 | 0.60 | 0.20 | 0.30 | 0.10 | 0.10 | 0.10 | 0.50 | 104.0 | 40.200 |"
-expect "| 4 | 1 | 1 | 1.60 | 2.50x | 62 % |"
+has_line "| 1 | 1 | 1 | 4.00 | 1.00x | 100 % |"
+has_line "| 2 | 1 | 3 | 2.70 | 1.48x | 74 % | 0.50 | 0.60 | 0.20 | 0.30 | 0.10 | 0.10 | 0.10 | 0.50 | 104.0 | 40.200 |"
+has_line "| 4 | 1 | 1 | 1.60 | 2.50x | 62 % |"
 # nsamples 32: T(1)=8.0; T(2)=mean(4.0,5.0)=4.5 (even count) -> 1.78x, 89 %; the 8-rank row failed
-expect "| 2 | 1 | 2 | 4.50 | 1.78x | 89 % |"
+has_line "| 2 | 1 | 2 | 4.50 | 1.78x | 89 % |"
 grep -q '^| 8 |' "$md" && { echo "FAIL: failed row used"; exit 1; }
 # weak, 16 per rank: 1x16 (4.0) -> 2x32 (4.5): 89 %
-expect "nsamples per rank = 16 "
-expect "| 2 | 1 | 2 | 4.50 | 0.89x | 89 % |"
+has_line "nsamples per rank = 16 "
+has_line "| 2 | 1 | 2 | 4.50 | 0.89x | 89 % |"
 # 8 per rank: only 2x16 (no 4x32 run) -> no weak table for it
 grep -q "nsamples per rank = 8 " "$md" && { echo "FAIL: weak table without a pair"; exit 1; }
 [ "$(head -c 8 "$tmp/out/scaling.png" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] || { echo "FAIL: no PNG"; exit 1; }

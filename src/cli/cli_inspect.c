@@ -17,109 +17,161 @@ static double attr_f64(struct hq_h5 *h, const char *obj, const char *name, int *
   return v;
 }
 
+/* An optional root string attribute into *v (left NULL when absent); *rc as attr_f64. */
 static void opt_str(struct hq_h5 *h, const char *name, char **v, int *rc) {
   if (!*rc && hq_h5_attr_exists(h, "/", name)) *rc = hq_h5_attr_get_str(h, "/", name, v);
 }
 
-/* One row of the table (sums[] += its proxy losses); a read failure returns before printing. */
-static int print_linear(struct hq_h5 *h, const char *name, int64_t i, int json, double sums[2]) {
+/* One linear's row: its shape and settings, statistics (NaN when absent) and owning ranks. */
+struct linear_row {
+  struct hq_h5_linear_desc d;
+  double lg, lr, damp, tc, tg; /* proxy losses of GPTQ and RTN, damping, seconds */
+  char owners[256];            /* "0,1": the ranks that held its rows */
+};
+
+/* The row of linear `name`; a read failure (a damaged file) returns its status. */
+static int read_row(struct hq_h5 *h, const char *name, struct linear_row *r) {
   char obj[512];
   snprintf(obj, sizeof obj, "/linears/%s", name);
-  struct hq_h5_linear_desc d;
-  int rc = hq_h5_linear_info(h, name, &d);
-  double lg = attr_f64(h, obj, "loss_proxy_gptq", &rc), lr = attr_f64(h, obj, "loss_proxy_rtn", &rc);
-  double damp = attr_f64(h, obj, "damp_used", &rc);
-  double tc = attr_f64(h, obj, "seconds_cholesky", &rc), tg = attr_f64(h, obj, "seconds_gptq", &rc);
+  int rc = hq_h5_linear_info(h, name, &r->d);
+  r->lg = attr_f64(h, obj, "loss_proxy_gptq", &rc);
+  r->lr = attr_f64(h, obj, "loss_proxy_rtn", &rc);
+  r->damp = attr_f64(h, obj, "damp_used", &rc);
+  r->tc = attr_f64(h, obj, "seconds_cholesky", &rc);
+  r->tg = attr_f64(h, obj, "seconds_gptq", &rc);
   int64_t *own = NULL, nown = 0;
-  char owners[256] = "";
-  if (!rc && hq_h5_attr_exists(h, obj, "owner_rows")) rc = hq_h5_attr_get_i64_array(h, obj, "owner_rows", &own, &nown);
-  for (int64_t r = 0, k = 0; !rc && r < nown && k < (int64_t)sizeof owners - 24; r++)
-    k += snprintf(owners + k, sizeof owners - (size_t)k, "%s%lld", r ? "," : "", (long long)own[r]);
+  r->owners[0] = 0;
+  if (!rc && hq_h5_attr_exists(h, obj, "owner_rows"))
+    rc = hq_h5_attr_get_i64_array(h, obj, "owner_rows", &own, &nown);
+  for (int64_t k = 0, i = 0; !rc && k < nown && i < (int64_t)sizeof r->owners - 24; k++)
+    i += snprintf(r->owners + i, sizeof r->owners - (size_t)i, "%s%lld", k ? "," : "",
+                  (long long)own[k]);
   free(own);
-  if (rc) return rc;
-  if (isfinite(lg)) sums[0] += lg;
-  if (isfinite(lr)) sums[1] += lr;
+  return rc;
+}
+
+/* The row as JSON (i: its index, for the separator) or as a line of the text table. */
+static void print_row(const char *name, const struct linear_row *r, int64_t i, int json) {
+  const struct hq_h5_linear_desc *d = &r->d;
   if (json) {
     printf("%s{\"name\": \"%s\", \"rows\": %lld, \"cols\": %lld, \"bits\": %d, \"group_size\": %lld, "
            "\"loss_proxy_gptq\": %.9g, \"loss_proxy_rtn\": %.9g, \"damp_used\": %.9g, \"owner_rows\": [%s]}",
-           i ? ", " : "", name, (long long)d.rows, (long long)d.cols, d.bits, (long long)d.group_size,
-           isfinite(lg) ? lg : -1.0, isfinite(lr) ? lr : -1.0, isfinite(damp) ? damp : -1.0, owners);
-  } else {
-    char shape[48];
-    snprintf(shape, sizeof shape, "%lldx%lld", (long long)d.rows, (long long)d.cols);
-    printf("%-36s %11s %4d %5lld %12.5g %12.5g %7.3f %10.3g %8.3f %8.3f %s\n", name, shape, d.bits,
-           (long long)d.group_size, lg, lr, lg / lr, damp, tc, tg, owners);
+           i ? ", " : "", name, (long long)d->rows, (long long)d->cols, d->bits,
+           (long long)d->group_size,
+           isfinite(r->lg) ? r->lg : -1.0, isfinite(r->lr) ? r->lr : -1.0,
+           isfinite(r->damp) ? r->damp : -1.0, r->owners);
+    return;
   }
+  char shape[48];
+  snprintf(shape, sizeof shape, "%lldx%lld", (long long)d->rows, (long long)d->cols);
+  printf("%-36s %11s %4d %5lld %12.5g %12.5g %7.3f %10.3g %8.3f %8.3f %s\n", name, shape, d->bits,
+         (long long)d->group_size, r->lg, r->lr, r->lg / r->lr, r->damp, r->tc, r->tg, r->owners);
+}
+
+/* One row of the table (sums[] += its proxy losses); a read failure returns before printing. */
+static int print_linear(struct hq_h5 *h, const char *name, int64_t i, int json, double sums[2]) {
+  struct linear_row r;
+  HQ_TRY(read_row(h, name, &r));
+  if (isfinite(r.lg)) sums[0] += r.lg;
+  if (isfinite(r.lr)) sums[1] += r.lr;
+  print_row(name, &r, i, json);
+  return HQ_OK;
+}
+
+/* The file and --json into *path / *json; HQ_CLI_HELP (usage printed) or HQ_ERR_INPUT. */
+static int parse(int argc, char **argv, const char **path, int *json) {
+  const struct hq_opt t[] = {HQ_ARG_FLAG("--json", json), HQ_ARG_END};
+  int npos = 0;
+  int rc = hq_cli_parse(argc, argv, t, "inspect", path, 1, &npos);
+  if (rc == HQ_CLI_HELP)
+    printf("usage: hpcq inspect FILE.h5 [--json]\n  prints the run settings and the per-layer "
+           "statistics (proxy losses of GPTQ and RTN, damping, time, owning ranks)\n");
+  else if (!rc && !npos) rc = hq_fail(HQ_ERR_INPUT, "give the .h5 file written by hpcq quantize");
+  return rc;
+}
+
+/* What is read of the file before anything is printed: its progress, the root attributes
+ * settings_json and method (NULL when absent) and the names of the linears. */
+struct inspect_file {
+  struct hq_h5 *h;
+  struct hq_h5_state st;
+  char *settings, *method;
+  char **names;
+  int64_t n;
+};
+
+/* Frees and closes what file_open and file_read got (also after a failure). */
+static void file_close(struct inspect_file *f) {
+  hq_h5_names_free(f->names, f->n);
+  hq_h5_state_free(&f->st);
+  free(f->settings);
+  free(f->method);
+  hq_h5_close(f->h);
+}
+
+/* f->h open, or HQ_ERR_* (the leftover of a kill before the first flush is recognised). */
+static int file_open(const char *path, struct inspect_file *f) {
+  memset(f, 0, sizeof *f);
+  HQ_TRY(hq_result_check_resumable(path));
+  return hq_h5_open_read(path, 1, &f->h);
+}
+
+/* Everything but the rows' statistics, so that all of it is readable before printing. */
+static int file_read(struct inspect_file *f) {
+  int rc = hq_h5_status(f->h, &f->st);
+  opt_str(f->h, "settings_json", &f->settings, &rc);
+  opt_str(f->h, "method", &f->method, &rc);
+  if (!rc) rc = hq_h5_list_linears(f->h, &f->names, &f->n);
+  for (int64_t i = 0; i < f->n && !rc; i++) {
+    struct hq_h5_linear_desc d;
+    rc = hq_h5_linear_info(f->h, f->names[i], &d);
+  }
+  return rc;
+}
+
+/* The run's state and settings, then the table header (text) or the opening of "linears". */
+static void print_header(const char *path, const struct inspect_file *f, int json) {
+  const struct hq_h5_state *st = &f->st;
+  if (json) {
+    printf("{\"file\": \"%s\", \"complete\": %s, \"blocks_done\": %lld, \"n_blocks\": %lld, \"settings\": %s, \"linears\": [",
+           path, st->complete ? "true" : "false", (long long)st->blocks_done, (long long)st->n_blocks,
+           f->settings ? f->settings : "null");
+    return;
+  }
+  printf("%s: %s, %lld of %lld blocks%s\nsettings: %s\n\n", path, f->method ? f->method : "?",
+         (long long)st->blocks_done, (long long)st->n_blocks,
+         st->complete ? " (complete)" : " (INCOMPLETE: resume with --resume)",
+         f->settings ? f->settings : "?");
+  printf("%-36s %11s %4s %5s %12s %12s %7s %10s %8s %8s %s\n", "linear", "shape", "bits", "group",
+         "loss_gptq", "loss_rtn", "ratio", "damp", "chol_s", "gptq_s", "owner rows");
+}
+
+/* Header, rows and the closing line (JSON) or the total proxy losses (text). */
+static int print_file(const char *path, const struct inspect_file *f, int json) {
+  print_header(path, f, json);
+  double sums[2] = {0, 0};
+  for (int64_t i = 0; i < f->n; i++) HQ_TRY(print_linear(f->h, f->names[i], i, json, sums));
+  if (json) printf("]}\n");
+  else if (f->n)
+    printf("\ntotal proxy loss: GPTQ %.6g, RTN %.6g (ratio %.3f)\n", sums[0], sums[1],
+           sums[0] / sums[1]);
   return HQ_OK;
 }
 
 int hq_cli_inspect(int argc, char **argv) {
   const char *path = NULL;
   int json = 0;
-  for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-      printf("usage: hpcq inspect FILE.h5 [--json]\n  prints the run settings and the per-layer "
-             "statistics (proxy losses of GPTQ and RTN, damping, time, owning ranks)\n");
-      return 0;
-    } else if (!strcmp(argv[i], "--json")) json = 1;
-    else if (argv[i][0] == '-') {
-      fprintf(stderr, "hpcq inspect: unknown option '%s'\n", argv[i]);
-      return 2;
-    } else path = argv[i];
-  }
-  if (!path) {
-    fprintf(stderr, "hpcq inspect: give the .h5 file written by hpcq quantize\n");
+  int rc = parse(argc, argv, &path, &json);
+  if (rc == HQ_CLI_HELP) return 0;
+  if (rc) {
+    fprintf(stderr, "hpcq inspect: %s\n", hq_last_error());
     return 2;
   }
-  struct hq_h5 *h = NULL;
-  int rc = hq_result_check_resumable(path); /* the leftover of a kill before the first flush */
-  if (!rc) rc = hq_h5_open_read(path, 1, &h);
-  if (rc) {
-    fprintf(stderr, "hpcq inspect: %s\n", hq_last_error());
-    return 1;
-  }
-  struct hq_h5_state st;
-  memset(&st, 0, sizeof st);
-  char *settings = NULL, *method = NULL;
-  char **names = NULL;
-  int64_t n = 0;
-  rc = hq_h5_status(h, &st);
-  opt_str(h, "settings_json", &settings, &rc);
-  opt_str(h, "method", &method, &rc);
-  if (!rc) rc = hq_h5_list_linears(h, &names, &n);
-  for (int64_t i = 0; i < n && !rc; i++) { /* all of it readable before anything is printed */
-    struct hq_h5_linear_desc d;
-    rc = hq_h5_linear_info(h, names[i], &d);
-  }
-  if (rc) {
-    fprintf(stderr, "hpcq inspect: %s\n", hq_last_error());
-    hq_h5_state_free(&st);
-    hq_h5_names_free(names, n);
-    free(settings);
-    free(method);
-    hq_h5_close(h);
-    return 1;
-  }
-  if (json) {
-    printf("{\"file\": \"%s\", \"complete\": %s, \"blocks_done\": %lld, \"n_blocks\": %lld, \"settings\": %s, \"linears\": [",
-           path, st.complete ? "true" : "false", (long long)st.blocks_done, (long long)st.n_blocks,
-           settings ? settings : "null");
-  } else {
-    printf("%s: %s, %lld of %lld blocks%s\nsettings: %s\n\n", path, method ? method : "?",
-           (long long)st.blocks_done, (long long)st.n_blocks, st.complete ? " (complete)" : " (INCOMPLETE: resume with --resume)",
-           settings ? settings : "?");
-    printf("%-36s %11s %4s %5s %12s %12s %7s %10s %8s %8s %s\n", "linear", "shape", "bits", "group",
-           "loss_gptq", "loss_rtn", "ratio", "damp", "chol_s", "gptq_s", "owner rows");
-  }
-  double sums[2] = {0, 0};
-  for (int64_t i = 0; i < n && !rc; i++) rc = print_linear(h, names[i], i, json, sums);
+  struct inspect_file f;
+  rc = file_open(path, &f);
+  if (!rc) rc = file_read(&f);
+  if (!rc) rc = print_file(path, &f, json);
   if (rc) fprintf(stderr, "hpcq inspect: %s\n", hq_last_error());
-  else if (json) printf("]}\n");
-  else if (n) printf("\ntotal proxy loss: GPTQ %.6g, RTN %.6g (ratio %.3f)\n", sums[0], sums[1], sums[0] / sums[1]);
-  hq_h5_names_free(names, n);
-  hq_h5_state_free(&st);
-  free(settings);
-  free(method);
-  hq_h5_close(h);
+  file_close(&f);
   return rc ? 1 : 0;
 }

@@ -52,6 +52,7 @@ struct capture_ctx {
   int got;
 };
 
+/* hq_capture_fn: the inputs of the wanted group, one window at a time, into the Hessian. */
 static int capture(void *ctx, enum hq_group g, const float *X, int64_t ntok, int64_t cols) {
   struct capture_ctx *c = ctx;
   if (g != c->want) return 0;
@@ -62,6 +63,7 @@ static int capture(void *ctx, enum hq_group g, const float *X, int64_t ntok, int
   return 1; /* nothing after this group is needed */
 }
 
+/* --linear NAME (the full name or the part after the dot) into *out. */
 static int parse_linear(const char *s, enum hq_linear *out) {
   for (int l = 0; l < HQ_LIN_COUNT; l++) {
     const char *n = hq_linear_name((enum hq_linear)l);
@@ -77,11 +79,12 @@ static int parse_linear(const char *s, enum hq_linear *out) {
 
 struct layer_opts {
   const char *model, *calib, *linear, *backend;
-  long long block, bits, group, nsamples, seqlen, seed, gptq_block;
-  int sym, act_order, static_groups, bits_set, group_set;
+  int64_t block, group, nsamples, seqlen, seed;
+  int bits, gptq_block, sym, act_order, static_groups, bits_set, group_set;
   double damp;
 };
 
+/* The options into o (defaults first); HQ_CLI_HELP for --help, HQ_ERR_INPUT for a usage error. */
 static int parse(int argc, char **argv, struct layer_opts *o) {
   memset(o, 0, sizeof *o);
   o->backend = "cpu";
@@ -91,146 +94,165 @@ static int parse(int argc, char **argv, struct layer_opts *o) {
   o->seqlen = 256;
   o->gptq_block = 128;
   o->damp = 0.01;
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-      usage(stdout);
-      exit(0);
-    } else if (!strcmp(a, "--sym")) {
-      o->sym = 1;
-    } else if (!strcmp(a, "--act-order")) {
-      o->act_order = 1;
-    } else if (!strcmp(a, "--static-groups")) {
-      o->static_groups = 1;
-    } else if (!strcmp(a, "--model") || !strcmp(a, "--calib") || !strcmp(a, "--linear") ||
-               !strcmp(a, "--backend")) {
-      const char **dst = !strcmp(a, "--model")   ? &o->model
-                         : !strcmp(a, "--calib") ? &o->calib
-                         : !strcmp(a, "--linear") ? &o->linear
-                                                  : &o->backend;
-      HQ_TRY(hq_cli_str(a, v, dst));
-      i++;
-    } else if (!strcmp(a, "--block")) {
-      HQ_TRY(hq_cli_int(a, v, 0, 1000000, &o->block));
-      i++;
-    } else if (!strcmp(a, "--bits")) {
-      HQ_TRY(hq_cli_int(a, v, 2, 8, &o->bits));
-      o->bits_set = 1;
-      i++;
-    } else if (!strcmp(a, "--group-size")) {
-      HQ_TRY(hq_cli_int(a, v, -1, 1LL << 30, &o->group));
-      o->group_set = 1;
-      i++;
-    } else if (!strcmp(a, "--nsamples")) {
-      HQ_TRY(hq_cli_int(a, v, 1, 1000000, &o->nsamples));
-      i++;
-    } else if (!strcmp(a, "--seqlen")) {
-      HQ_TRY(hq_cli_int(a, v, 1, 1 << 20, &o->seqlen));
-      i++;
-    } else if (!strcmp(a, "--seed")) {
-      HQ_TRY(hq_cli_int(a, v, 0, INT64_MAX, &o->seed));
-      i++;
-    } else if (!strcmp(a, "--gptq-block")) {
-      HQ_TRY(hq_cli_int(a, v, 1, 1 << 20, &o->gptq_block));
-      i++;
-    } else if (!strcmp(a, "--damp")) {
-      HQ_TRY(hq_cli_float(a, v, 1e-9, 1e3, &o->damp));
-      i++;
-    } else {
-      return hq_fail(HQ_ERR_INPUT, "unknown option '%s' (see hpcq layer --help)", a);
-    }
-  }
+  const struct hq_opt t[] = {
+      HQ_ARG_FLAG("--sym", &o->sym),
+      HQ_ARG_FLAG("--act-order", &o->act_order),
+      HQ_ARG_FLAG("--static-groups", &o->static_groups),
+      HQ_ARG_STR("--model", &o->model),
+      HQ_ARG_STR("--calib", &o->calib),
+      HQ_ARG_STR("--linear", &o->linear),
+      HQ_ARG_STR("--backend", &o->backend),
+      HQ_ARG_I64("--block", &o->block, 0, 1000000),
+      {.name = "--bits", .kind = HQ_OPT_INT, .dst = &o->bits, .lo = 2, .hi = 8,
+       .given = &o->bits_set},
+      {.name = "--group-size", .kind = HQ_OPT_I64, .dst = &o->group, .lo = -1, .hi = 1LL << 30,
+       .given = &o->group_set},
+      HQ_ARG_I64("--nsamples", &o->nsamples, 1, 1000000),
+      HQ_ARG_I64("--seqlen", &o->seqlen, 1, 1 << 20),
+      HQ_ARG_I64("--seed", &o->seed, 0, INT64_MAX),
+      HQ_ARG_INT("--gptq-block", &o->gptq_block, 1, 1 << 20),
+      HQ_ARG_F64("--damp", &o->damp, 1e-9, 1e3),
+      HQ_ARG_END};
+  return hq_cli_parse(argc, argv, t, "layer", NULL, 0, NULL);
+}
+
+/* The checks of the options among themselves (the model's are in check_model). */
+static int check_opts(const struct layer_opts *o) {
   if (!o->model || !o->calib || !o->linear)
     return hq_fail(HQ_ERR_INPUT, "--model, --calib and --linear are required (see hpcq layer --help)");
   if (o->group == 0)
     return hq_fail(HQ_ERR_INPUT, "--group-size 0: give the columns per group (>= 1, e.g. 128), or "
                    "-1 for one group per output channel");
   if (o->bits != 2 && o->bits != 3 && o->bits != 4 && o->bits != 8)
-    return hq_fail(HQ_ERR_INPUT, "--bits must be 2, 3, 4 or 8, got %lld", o->bits);
+    return hq_fail(HQ_ERR_INPUT, "--bits must be 2, 3, 4 or 8, got %d", o->bits);
   return HQ_OK;
+}
+
+/* The full-precision forward that feeds the Hessian: the sampled windows' activations x, run
+ * cw windows at a time through one workspace. */
+struct layer_fwd {
+  const struct hq_backend *be;
+  const struct hq_model_config *c;
+  int64_t nwin, seqlen, cw;
+  struct hq_tokens tok;
+  int32_t *ids;
+  float *embed, *x;
+  struct hq_fwd_ws *ws;
+  struct hq_rope_table rope;
+  int rope_ok;
+};
+
+/* Frees what fwd_init allocated (also after a partial fwd_init). */
+static void fwd_free(struct layer_fwd *f) {
+  if (f->x) f->be->free(f->x);
+  free(f->embed);
+  if (f->ws) hq_fwd_ws_free(f->ws);
+  if (f->rope_ok) hq_rope_table_free(&f->rope, f->be);
+  free(f->ids);
+  hq_tokens_free(&f->tok);
+}
+
+/* nwin windows of seqlen calibration tokens, sampled with the seed, into f->ids. */
+static int fwd_sample(struct layer_fwd *f, const struct layer_opts *o) {
+  const int64_t ntok = f->nwin * f->seqlen;
+  HQ_TRY(hq_tokens_load(o->calib, f->c->vocab, &f->tok));
+  f->ids = malloc(sizeof(int32_t) * (size_t)ntok);
+  if (!f->ids)
+    return hq_fail(HQ_ERR_NOMEM, "out of memory for %lld calibration tokens", (long long)ntok);
+  return hq_tokens_sample(&f->tok, f->nwin, f->seqlen, (uint64_t)o->seed, f->ids);
+}
+
+/* Everything the forward needs, up to the embedded windows in f->x. */
+static int fwd_init(struct layer_fwd *f, const struct hq_backend *be, const struct hq_model *m,
+                    const struct layer_opts *o) {
+  memset(f, 0, sizeof *f);
+  f->be = be;
+  f->c = &m->cfg;
+  f->nwin = o->nsamples;
+  f->seqlen = o->seqlen;
+  /* windows per forward call: ~4096 tokens of workspace */
+  f->cw = 4096 / f->seqlen > 0 ? 4096 / f->seqlen : 1;
+  if (f->cw > f->nwin) f->cw = f->nwin;
+  const int64_t ntok = f->nwin * f->seqlen, hidden = f->c->hidden;
+  HQ_TRY(fwd_sample(f, o));
+  HQ_TRY(hq_rope_table_init(&f->rope, be, f->c, f->seqlen));
+  f->rope_ok = 1;
+  if (!(f->ws = hq_fwd_ws_new(be, f->c, f->cw * f->seqlen)))
+    return hq_fail_ctx(HQ_ERR_NOMEM, "forward workspace for %lld tokens: ",
+                       (long long)(f->cw * f->seqlen));
+  int64_t n_embed = 0;
+  HQ_TRY(hq_model_load_f32(m, "model.embed_tokens.weight", &f->embed, &n_embed));
+  f->x = be->alloc(sizeof(float) * (size_t)(ntok * hidden));
+  if (!f->x)
+    return hq_fail(HQ_ERR_NOMEM, "out of memory for the activations of %lld tokens x %lld "
+                   "(use fewer --nsamples)", (long long)ntok, (long long)hidden);
+  hq_forward_embed(be, f->c, f->embed, f->ids, ntok, f->x);
+  return HQ_OK;
+}
+
+/* Every window through block d, cw at a time; cap (or NULL) captures the linear's inputs. */
+static void fwd_windows(const struct layer_fwd *f, const struct hq_block_dev *d,
+                        struct capture_ctx *cap) {
+  for (int64_t w0 = 0; w0 < f->nwin; w0 += f->cw) {
+    const int64_t nw = f->nwin - w0 < f->cw ? f->nwin - w0 : f->cw;
+    hq_forward_block(f->be, f->c, d, &f->rope, f->ws, nw, f->seqlen,
+                     f->x + w0 * f->seqlen * f->c->hidden, cap ? capture : NULL, cap);
+  }
+}
+
+/* The forward of the linear's block up to its input group, accumulated into cap->h; it runs
+ * again, once, only if an entry left F's range (hessian.h). */
+static int fwd_capture(const struct layer_fwd *f, const struct hq_block_dev *d,
+                       struct capture_ctx *cap) {
+  for (int pass = 0; pass < 2; pass++) {
+    fwd_windows(f, d, cap);
+    int F = 0;
+    const int rc = hq_hessian_check(cap->h, &F);
+    if (rc != 1) return rc;
+    hq_hessian_reset(cap->h);
+    hq_hessian_set_scale(cap->h, F);
+  }
+  return HQ_OK;
+}
+
+/* Block b on the device and through the forward: blocks before `last` run in full, block
+ * `last` feeds the Hessian. */
+static int fwd_block(const struct layer_fwd *f, const struct hq_model *m, int64_t b, int64_t last,
+                     struct capture_ctx *cap) {
+  struct hq_block_weights w;
+  struct hq_block_dev d;
+  HQ_TRY(hq_model_load_block(m, b, &w));
+  int rc = hq_block_dev_upload(f->be, f->c, &w, &d);
+  hq_block_weights_free(&w);
+  if (rc != HQ_OK) return rc;
+  if (b < last) fwd_windows(f, &d, NULL);
+  else rc = fwd_capture(f, &d, cap);
+  hq_block_dev_free(f->be, &d);
+  return rc;
 }
 
 /* Hessian of the linear's inputs over the calibration windows (full-precision forward). */
 static int layer_hessian(const struct hq_backend *be, const struct hq_model *m,
                          const struct layer_opts *o, enum hq_linear lin, int64_t cols, float **H,
                          int64_t *ntok_out) {
-  const struct hq_model_config *c = &m->cfg;
-  const int64_t nwin = o->nsamples, seqlen = o->seqlen, ntok = nwin * seqlen;
-  struct hq_tokens tok = {0};
-  int32_t *ids = NULL;
-  float *embed = NULL, *x = NULL;
-  struct hq_fwd_ws *ws = NULL;
-  struct hq_rope_table rope;
-  int rope_ok = 0, rc;
+  struct layer_fwd f;
   struct hq_hessian h;
   memset(&h, 0, sizeof h);
-  memset(&rope, 0, sizeof rope);
-  /* windows per forward call: ~4096 tokens of workspace */
-  int64_t cw = 4096 / seqlen > 0 ? 4096 / seqlen : 1;
-  if (cw > nwin) cw = nwin;
-
-  if ((rc = hq_tokens_load(o->calib, c->vocab, &tok)) != HQ_OK) goto done;
-  ids = malloc(sizeof(int32_t) * (size_t)ntok);
-  if (!ids) {
-    rc = hq_fail(HQ_ERR_NOMEM, "out of memory for %lld calibration tokens", (long long)ntok);
-    goto done;
+  int rc = fwd_init(&f, be, m, o);
+  if (!rc) rc = hq_hessian_init(&h, be, cols, f.nwin);
+  struct capture_ctx cap = {hq_linear_group(lin), &h, f.seqlen, 0};
+  for (int64_t b = 0; b <= o->block && !rc; b++) rc = fwd_block(&f, m, b, o->block, &cap);
+  if (!rc) {
+    HQ_ASSERT(cap.got);
+    *ntok_out = h.count;
+    rc = hq_hessian_finalize(&h, H);
   }
-  if ((rc = hq_tokens_sample(&tok, nwin, seqlen, (uint64_t)o->seed, ids)) != HQ_OK) goto done;
-  if ((rc = hq_rope_table_init(&rope, be, c, seqlen)) != HQ_OK) goto done;
-  rope_ok = 1;
-  if (!(ws = hq_fwd_ws_new(be, c, cw * seqlen))) {
-    rc = hq_fail_ctx(HQ_ERR_NOMEM, "forward workspace for %lld tokens: ", (long long)(cw * seqlen));
-    goto done;
-  }
-  int64_t n_embed = 0;
-  if ((rc = hq_model_load_f32(m, "model.embed_tokens.weight", &embed, &n_embed)) != HQ_OK) goto done;
-  x = be->alloc(sizeof(float) * (size_t)(ntok * c->hidden));
-  if (!x) {
-    rc = hq_fail(HQ_ERR_NOMEM, "out of memory for the activations of %lld tokens x %lld "
-                 "(use fewer --nsamples)", (long long)ntok, (long long)c->hidden);
-    goto done;
-  }
-  hq_forward_embed(be, c, embed, ids, ntok, x);
-  if ((rc = hq_hessian_init(&h, be, cols, nwin)) != HQ_OK) goto done;
-  struct capture_ctx cap = {hq_linear_group(lin), &h, seqlen, 0};
-  for (int64_t b = 0; b <= o->block; b++) {
-    struct hq_block_weights w;
-    struct hq_block_dev d;
-    if ((rc = hq_model_load_block(m, b, &w)) != HQ_OK) goto done;
-    rc = hq_block_dev_upload(be, c, &w, &d);
-    hq_block_weights_free(&w);
-    if (rc != HQ_OK) goto done;
-    /* the last block's forward runs again only if an entry left F's range (hessian.h) */
-    for (int pass = 0; pass < (b == o->block ? 2 : 1); pass++) {
-      const int64_t save = b == o->block ? 0 : -1;
-      for (int64_t w0 = 0; w0 < nwin; w0 += cw) {
-        int64_t nw = nwin - w0 < cw ? nwin - w0 : cw;
-        hq_forward_block(be, c, &d, &rope, ws, nw, seqlen, x + w0 * seqlen * c->hidden,
-                         save == 0 ? capture : NULL, &cap);
-      }
-      int F = 0;
-      if (b < o->block || (rc = hq_hessian_check(&h, &F)) != 1) break;
-      hq_hessian_reset(&h);
-      hq_hessian_set_scale(&h, F);
-      rc = HQ_OK;
-    }
-    hq_block_dev_free(be, &d);
-    if (rc != HQ_OK) goto done;
-  }
-  HQ_ASSERT(cap.got);
-  *ntok_out = h.count;
-  rc = hq_hessian_finalize(&h, H);
-done:
   hq_hessian_free(&h);
-  if (x) be->free(x);
-  free(embed);
-  if (ws) hq_fwd_ws_free(ws);
-  if (rope_ok) hq_rope_table_free(&rope, be);
-  free(ids);
-  hq_tokens_free(&tok);
+  fwd_free(&f);
   return rc;
 }
 
+/* One row of the table (act -1: not applicable; damp NaN: "-"). */
 static void print_row(const char *method, const struct hq_gptq_opts *go, int act, double loss,
                       double rtn, double damp, double secs) {
   char grp[32];
@@ -243,101 +265,153 @@ static void print_row(const char *method, const struct hq_gptq_opts *go, int act
          go->sym ? "yes" : "no", act < 0 ? "-" : act ? "yes" : "no", loss, loss / rtn, dbuf, secs);
 }
 
+/* The linear's weights, fp32 [rows x cols], and a copy to quantize. */
+struct layer_w {
+  enum hq_linear lin;
+  int64_t rows, cols, ntok;
+  float *H, *W0, *W;
+};
+
+/* The options against the model: the block exists, --seqlen fits. */
+static int check_model(const struct hq_model *m, const struct layer_opts *o) {
+  if (o->block >= m->cfg.n_layers)
+    return hq_fail(HQ_ERR_INPUT, "--block %lld: the model has %lld blocks (0..%lld)",
+                   (long long)o->block, (long long)m->cfg.n_layers,
+                   (long long)m->cfg.n_layers - 1);
+  if (o->seqlen > m->cfg.max_pos)
+    return hq_fail(HQ_ERR_INPUT, "--seqlen %lld exceeds max_position_embeddings %lld",
+                   (long long)o->seqlen, (long long)m->cfg.max_pos);
+  return hq_config_check_seqlen(&m->cfg, o->seqlen, "--seqlen");
+}
+
+/* The one linear's weights from the model file, as fp32, into w->W0. */
+static int load_weight(const struct hq_model *m, const struct layer_opts *o, struct layer_w *w) {
+  char wname[160];
+  snprintf(wname, sizeof wname, "model.layers.%lld.%s.weight", (long long)o->block,
+           hq_linear_name(w->lin));
+  int64_t wnumel = 0;
+  HQ_TRY(hq_model_load_f32(m, wname, &w->W0, &wnumel));
+  if (wnumel != w->rows * w->cols)
+    return hq_fail(HQ_ERR_INPUT, "%s has %lld values, the config implies %lld x %lld", wname,
+                   (long long)wnumel, (long long)w->rows, (long long)w->cols);
+  return HQ_OK;
+}
+
+/* The title lines and the column header of the table. */
+static void print_header(const struct layer_opts *o, const struct layer_w *w, double t_h,
+                         const char *backend) {
+  printf("hpcq layer: %s, block %lld %s [%lld x %lld], Hessian of %lld tokens (%lld windows x "
+         "%lld, seed %lld) in %.2f s, backend %s\n", o->model, (long long)o->block,
+         hq_linear_name(w->lin), (long long)w->rows, (long long)w->cols, (long long)w->ntok,
+         (long long)o->nsamples, (long long)o->seqlen, (long long)o->seed, t_h, backend);
+  printf("proxy loss = tr(dW H dW^T), H = 2/N sum x x^T; ratio = proxy / proxy of RTN on the same grid\n\n");
+  printf("%-9s %4s  %-8s %-4s %-4s %13s %8s %8s %9s\n", "method", "bits", "group", "sym", "act",
+         "proxy loss", "vs RTN", "damp", "time [s]");
+}
+
+/* The Hessian of the linear's inputs, its weights and the table's header. */
+static int layer_prepare(const struct hq_backend *be, const struct hq_model *m,
+                         const struct layer_opts *o, struct layer_w *w) {
+  HQ_TRY(check_model(m, o));
+  hq_linear_shape(&m->cfg, w->lin, &w->rows, &w->cols);
+  w->W = malloc(sizeof(float) * (size_t)(w->rows * w->cols));
+  if (!w->W)
+    return hq_fail(HQ_ERR_NOMEM, "out of memory for a %lld x %lld layer", (long long)w->rows,
+                   (long long)w->cols);
+  const double t0 = hq_now();
+  HQ_TRY(layer_hessian(be, m, o, w->lin, w->cols, &w->H, &w->ntok));
+  const double t_h = hq_now() - t0;
+  HQ_TRY(load_weight(m, o, w));
+  print_header(o, w, t_h, be->name);
+  return HQ_OK;
+}
+
+/* One GPTQ row (act-order on or off) on a fresh copy of the weights. */
+static int gptq_row(const struct hq_backend *be, struct hq_gptq_opts *go, int act,
+                    const struct layer_w *w, double rtn) {
+  struct hq_gptq_result r;
+  go->act_order = act;
+  memcpy(w->W, w->W0, sizeof(float) * (size_t)(w->rows * w->cols));
+  HQ_TRY(hq_gptq_quantize(be, go, w->rows, w->cols, w->W, w->H, 1, &r));
+  print_row("gptq", go, act, r.loss_proxy, rtn, r.damp_used, r.t_chol + r.t_quant);
+  if (r.dead_cols)
+    printf("          (%lld dead input columns: H[i,i] == 0)\n", (long long)r.dead_cols);
+  hq_gptq_result_free(&r);
+  return HQ_OK;
+}
+
+/* The rows of one configuration: RTN, then GPTQ without and with act-order (--act-order: with
+ * only; one configuration given by --bits/--group-size: without only). */
+static int config_rows(const struct hq_backend *be, struct hq_gptq_opts *go,
+                       const struct layer_opts *o, int single, const struct layer_w *w) {
+  struct hq_gptq_result r;
+  memcpy(w->W, w->W0, sizeof(float) * (size_t)(w->rows * w->cols));
+  HQ_TRY(hq_rtn_quantize(be, go, w->rows, w->cols, w->W, w->H, &r));
+  const double rtn = r.loss_proxy;
+  print_row("rtn", go, -1, rtn, rtn, NAN, r.t_quant);
+  hq_gptq_result_free(&r);
+  for (int act = 0; act < 2; act++) {
+    if (o->act_order && !act) continue;
+    if (!o->act_order && single && act) continue;
+    HQ_TRY(gptq_row(be, go, act, w, rtn));
+  }
+  return HQ_OK;
+}
+
+/* The table: the configuration of --bits/--group-size, or W4 per channel, W4 g128, W3 g128. */
+static int layer_table(const struct hq_backend *be, const struct layer_opts *o,
+                       const struct layer_w *w) {
+  const int single = o->bits_set || o->group_set, nconf = single ? 1 : 3;
+  const int dbits[3] = {4, 4, 3};
+  const int64_t dgroup[3] = {-1, 128, 128};
+  for (int ci = 0; ci < nconf; ci++) {
+    struct hq_gptq_opts go = hq_gptq_opts_default();
+    go.bits = single ? o->bits : dbits[ci];
+    go.group_size = single ? o->group : dgroup[ci];
+    go.sym = o->sym;
+    go.static_groups = o->static_groups;
+    go.percdamp = (float)o->damp;
+    go.block_size = o->gptq_block;
+    HQ_TRY(config_rows(be, &go, o, single, w));
+  }
+  return HQ_OK;
+}
+
+/* The options, the backend and the linear: HQ_OK, HQ_CLI_HELP (usage printed) or a usage error. */
+static int layer_args(int argc, char **argv, struct layer_opts *o,
+                      const struct hq_backend **be, enum hq_linear *lin) {
+  int rc = parse(argc, argv, o);
+  if (rc == HQ_CLI_HELP) {
+    usage(stdout);
+    return rc;
+  }
+  if (!rc) rc = check_opts(o);
+  if (!rc && !(*be = hq_backend_by_name(o->backend))) rc = HQ_ERR_INPUT;
+  if (!rc) rc = parse_linear(o->linear, lin);
+  return rc;
+}
+
 int hq_cli_layer(int argc, char **argv) {
   struct layer_opts o;
-  if (parse(argc, argv, &o) != HQ_OK) {
-    fprintf(stderr, "hpcq layer: %s\n", hq_last_error());
-    return 2;
-  }
-  const struct hq_backend *be = hq_backend_by_name(o.backend);
-  if (!be) {
-    fprintf(stderr, "hpcq layer: %s\n", hq_last_error());
-    return 2;
-  }
-  enum hq_linear lin = HQ_LIN_DOWN;
-  if (parse_linear(o.linear, &lin) != HQ_OK) {
+  const struct hq_backend *be = NULL;
+  struct layer_w w = {.lin = HQ_LIN_DOWN};
+  int rc = layer_args(argc, argv, &o, &be, &w.lin);
+  if (rc == HQ_CLI_HELP) return 0;
+  if (rc != HQ_OK) {
     fprintf(stderr, "hpcq layer: %s\n", hq_last_error());
     return 2;
   }
   struct hq_model m;
-  int rc = hq_model_open(o.model, &m);
-  if (rc != HQ_OK) {
+  if (hq_model_open(o.model, &m) != HQ_OK) {
     fprintf(stderr, "hpcq layer: %s\n", hq_last_error());
     return 1;
   }
-  float *H = NULL, *W0 = NULL, *W = NULL;
-  int64_t rows = 0, cols = 0, ntok = 0;
-  if (o.block >= m.cfg.n_layers) {
-    rc = hq_fail(HQ_ERR_INPUT, "--block %lld: the model has %lld blocks (0..%lld)", o.block,
-                 (long long)m.cfg.n_layers, (long long)m.cfg.n_layers - 1);
-    goto done;
-  }
-  if (o.seqlen > m.cfg.max_pos) {
-    rc = hq_fail(HQ_ERR_INPUT, "--seqlen %lld exceeds max_position_embeddings %lld", o.seqlen,
-                 (long long)m.cfg.max_pos);
-    goto done;
-  }
-  if ((rc = hq_config_check_seqlen(&m.cfg, o.seqlen, "--seqlen")) != HQ_OK) goto done;
-  hq_linear_shape(&m.cfg, lin, &rows, &cols);
-  W = malloc(sizeof(float) * (size_t)(rows * cols));
-  if (!W) {
-    rc = hq_fail(HQ_ERR_NOMEM, "out of memory for a %lld x %lld layer", (long long)rows, (long long)cols);
-    goto done;
-  }
-  double t0 = hq_now();
-  if ((rc = layer_hessian(be, &m, &o, lin, cols, &H, &ntok)) != HQ_OK) goto done;
-  double t_h = hq_now() - t0;
-  char wname[160]; /* only the one linear, as fp32 */
-  snprintf(wname, sizeof wname, "model.layers.%lld.%s.weight", o.block, hq_linear_name(lin));
-  int64_t wnumel = 0;
-  if ((rc = hq_model_load_f32(&m, wname, &W0, &wnumel)) != HQ_OK) goto done;
-  if (wnumel != rows * cols) {
-    rc = hq_fail(HQ_ERR_INPUT, "%s has %lld values, the config implies %lld x %lld", wname,
-                 (long long)wnumel, (long long)rows, (long long)cols);
-    goto done;
-  }
-
-  printf("hpcq layer: %s, block %lld %s [%lld x %lld], Hessian of %lld tokens (%lld windows x "
-         "%lld, seed %lld) in %.2f s, backend %s\n", o.model, o.block, hq_linear_name(lin),
-         (long long)rows, (long long)cols, (long long)ntok, o.nsamples, o.seqlen, o.seed, t_h,
-         be->name);
-  printf("proxy loss = tr(dW H dW^T), H = 2/N sum x x^T; ratio = proxy / proxy of RTN on the same grid\n\n");
-  printf("%-9s %4s  %-8s %-4s %-4s %13s %8s %8s %9s\n", "method", "bits", "group", "sym", "act",
-         "proxy loss", "vs RTN", "damp", "time [s]");
-
-  int nconf = (o.bits_set || o.group_set) ? 1 : 3;
-  const int dbits[3] = {4, 4, 3};
-  const int64_t dgroup[3] = {-1, 128, 128};
-  for (int ci = 0; ci < nconf && rc == HQ_OK; ci++) {
-    struct hq_gptq_opts go = hq_gptq_opts_default();
-    go.bits = nconf == 1 ? (int)o.bits : dbits[ci];
-    go.group_size = nconf == 1 ? o.group : dgroup[ci];
-    go.sym = o.sym;
-    go.static_groups = o.static_groups;
-    go.percdamp = (float)o.damp;
-    go.block_size = (int)o.gptq_block;
-    struct hq_gptq_result r;
-    memcpy(W, W0, sizeof(float) * (size_t)(rows * cols));
-    if ((rc = hq_rtn_quantize(be, &go, rows, cols, W, H, &r)) != HQ_OK) break;
-    double rtn = r.loss_proxy;
-    print_row("rtn", &go, -1, rtn, rtn, NAN, r.t_quant);
-    hq_gptq_result_free(&r);
-    for (int act = 0; act < 2; act++) {
-      if (o.act_order && !act) continue;
-      if (!o.act_order && nconf == 1 && act) continue;
-      go.act_order = act;
-      memcpy(W, W0, sizeof(float) * (size_t)(rows * cols));
-      if ((rc = hq_gptq_quantize(be, &go, rows, cols, W, H, 1, &r)) != HQ_OK) break;
-      print_row("gptq", &go, act, r.loss_proxy, rtn, r.damp_used, r.t_chol + r.t_quant);
-      if (r.dead_cols) printf("          (%lld dead input columns: H[i,i] == 0)\n", (long long)r.dead_cols);
-      hq_gptq_result_free(&r);
-    }
-  }
-done:
+  rc = layer_prepare(be, &m, &o, &w);
+  if (!rc) rc = layer_table(be, &o, &w);
   if (rc != HQ_OK) fprintf(stderr, "hpcq layer: %s\n", hq_last_error());
-  free(H);
-  free(W0);
-  free(W);
+  free(w.H);
+  free(w.W0);
+  free(w.W);
   hq_model_close(&m);
   return rc == HQ_OK ? 0 : 1;
 }

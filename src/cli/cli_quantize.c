@@ -118,20 +118,35 @@ static int parse(int argc, char **argv, struct hq_quant_opts *o, int *gs_given) 
   return hq_cli_parse(argc, argv, t, "quantize", NULL, 0, NULL);
 }
 
-int hq_cli_quantize(int argc, char **argv) {
-  struct hq_quant_opts o;
-  hq_quant_opts_default(&o);
-  o.g.group_size = 128;
+/* The options into o, defaults first and checked (hq_quant_opts_validate): HQ_OK, HQ_CLI_HELP
+ * (usage printed) or HQ_ERR_INPUT for a usage error. */
+static int quantize_args(int argc, char **argv, struct hq_quant_opts *o) {
+  hq_quant_opts_default(o);
+  o->g.group_size = 128;
   int gs_given = 0;
-  int rc = parse(argc, argv, &o, &gs_given);
+  int rc = parse(argc, argv, o, &gs_given);
   if (rc == HQ_CLI_HELP) {
     usage(stdout);
-    return 0;
+    return rc;
   }
-  if (!rc && (!o.model_dir || !o.out_path))
+  if (!rc && (!o->model_dir || !o->out_path))
     rc = hq_fail(HQ_ERR_INPUT, "--model and --out are required (see hpcq quantize --help)");
-  if (!rc && !gs_given && o.method == HQ_METHOD_HQQ) o.g.group_size = 64;
-  if (!rc) rc = hq_quant_opts_validate(&o);
+  if (!rc && !gs_given && o->method == HQ_METHOD_HQQ) o->g.group_size = 64;
+  if (!rc) rc = hq_quant_opts_validate(o);
+  return rc;
+}
+
+/* Every rank says why it stops (the message is agreed, rank 0's line is the usual one). */
+static void report_failure(const struct hq_comm *comm, int rc) {
+  const char *what = rc == HQ_ERR_INTERRUPTED ? "interrupted" : "error";
+  if (comm->rank == 0) fprintf(stderr, "hpcq quantize: %s: %s\n", what, hq_last_error());
+  else fprintf(stderr, "hpcq quantize (rank %d): %s: %s\n", comm->rank, what, hq_last_error());
+}
+
+int hq_cli_quantize(int argc, char **argv) {
+  struct hq_quant_opts o;
+  int rc = quantize_args(argc, argv, &o);
+  if (rc == HQ_CLI_HELP) return 0;
   if (rc) {
     fprintf(stderr, "hpcq quantize: %s\n", hq_last_error());
     return 2;
@@ -145,12 +160,7 @@ int hq_cli_quantize(int argc, char **argv) {
   int usage = 0;
   rc = preflight(&comm, &o, &usage);
   if (!rc) rc = hq_quantize_run(&comm, &o);
-  /* every rank says why it stops (the message is agreed, rank 0's line is the usual one) */
-  if (rc && comm.rank == 0)
-    fprintf(stderr, "hpcq quantize: %s: %s\n", rc == HQ_ERR_INTERRUPTED ? "interrupted" : "error", hq_last_error());
-  else if (rc)
-    fprintf(stderr, "hpcq quantize (rank %d): %s: %s\n", comm.rank,
-            rc == HQ_ERR_INTERRUPTED ? "interrupted" : "error", hq_last_error());
+  if (rc) report_failure(&comm, rc);
   hq_comm_finalize(&comm);
   return rc == HQ_OK ? 0 : usage ? 2 : rc == HQ_ERR_INTERRUPTED ? 75 : 1;
 }
