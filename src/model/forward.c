@@ -197,15 +197,8 @@ static void act_quant(const struct hq_backend *be, struct hq_fwd_ws *ws, float *
   if (ws->act_bits) hq_act_quant_apply(be, X, ntok, cols, ws->act_bits, ws->act_host);
 }
 
-struct hq_fwd_ws *hq_fwd_ws_new(const struct hq_backend *be, const struct hq_model_config *c,
-                                int64_t ntok) {
-  HQ_ASSERT(ntok > 0);
-  struct hq_fwd_ws *ws = calloc(1, sizeof *ws);
-  if (!ws) {
-    hq_fail(HQ_ERR_NOMEM, "forward workspace: out of host memory");
-    return NULL;
-  }
-  ws->be = be;
+/* sizes of a workspace of ntok tokens; a logits chunk holds about HQ_LOGITS_CHUNK_FLOATS */
+static void ws_dims(struct hq_fwd_ws *ws, const struct hq_model_config *c, int64_t ntok) {
   ws->cap = ntok;
   ws->hidden = c->hidden;
   ws->qdim = c->n_heads * c->head_dim;
@@ -215,41 +208,62 @@ struct hq_fwd_ws *hq_fwd_ws_new(const struct hq_backend *be, const struct hq_mod
   ws->lchunk = HQ_LOGITS_CHUNK_FLOATS / c->vocab;
   if (ws->lchunk < 1) ws->lchunk = 1;
   if (ws->lchunk > ntok) ws->lchunk = ntok;
+}
+
+/* every buffer but ones (see struct hq_fwd_ws); 0 when one does not fit */
+static int ws_alloc(struct hq_fwd_ws *ws) {
+  const struct hq_backend *be = ws->be;
+  const int64_t n = ws->cap;
   const size_t f = sizeof(float);
-  int ok = (ws->xn = be->alloc((size_t)(ntok * ws->hidden) * f)) &&
-           (ws->h = be->alloc((size_t)(ntok * ws->hidden) * f)) &&
-           (ws->q = be->alloc((size_t)(ntok * ws->qdim) * f)) &&
-           (ws->att = be->alloc((size_t)(ntok * ws->qdim) * f)) &&
-           (ws->k = be->alloc((size_t)(ntok * ws->kvdim) * f)) &&
-           (ws->v = be->alloc((size_t)(ntok * ws->kvdim) * f)) &&
-           (ws->g = be->alloc((size_t)(ntok * ws->inter) * f)) &&
-           (ws->u = be->alloc((size_t)(ntok * ws->inter) * f)) &&
-           (ws->pos = be->alloc((size_t)ntok * sizeof(int32_t))) &&
+  int ok = (ws->xn = be->alloc((size_t)(n * ws->hidden) * f)) &&
+           (ws->h = be->alloc((size_t)(n * ws->hidden) * f)) &&
+           (ws->q = be->alloc((size_t)(n * ws->qdim) * f)) &&
+           (ws->att = be->alloc((size_t)(n * ws->qdim) * f)) &&
+           (ws->k = be->alloc((size_t)(n * ws->kvdim) * f)) &&
+           (ws->v = be->alloc((size_t)(n * ws->kvdim) * f)) &&
+           (ws->g = be->alloc((size_t)(n * ws->inter) * f)) &&
+           (ws->u = be->alloc((size_t)(n * ws->inter) * f)) &&
+           (ws->pos = be->alloc((size_t)n * sizeof(int32_t))) &&
            (ws->logits = be->alloc((size_t)(ws->lchunk * ws->vocab) * f)) &&
            (ws->row_nll = malloc((size_t)ws->lchunk * sizeof(double)));
   if (ok) {
     ws->logits_host = be->on_device ? malloc((size_t)(ws->lchunk * ws->vocab) * f) : ws->logits;
     ok = ws->logits_host != NULL;
   }
-  if (ok && c->qkv_bias) {
-    float *one = malloc((size_t)ntok * f);
-    ok = one && (ws->ones = be->alloc((size_t)ntok * f));
-    if (ok) {
-      for (int64_t i = 0; i < ntok; i++) one[i] = 1.0f;
-      be->upload(ws->ones, one, (size_t)ntok * f);
-    }
-    free(one);
+  return ok;
+}
+
+/* ones [cap] of 1.0f in backend memory (the bias broadcast); 0 when out of memory */
+static int ws_alloc_ones(struct hq_fwd_ws *ws) {
+  const size_t bytes = (size_t)ws->cap * sizeof(float);
+  float *one = malloc(bytes);
+  int ok = one && (ws->ones = ws->be->alloc(bytes));
+  if (ok) {
+    for (int64_t i = 0; i < ws->cap; i++) one[i] = 1.0f;
+    ws->be->upload(ws->ones, one, bytes);
   }
-  if (!ok) {
-    hq_fwd_ws_free(ws);
-    const double mb = (double)ntok * (double)(2 * c->hidden + 2 * (c->n_heads + c->n_kv_heads) *
-                                                  c->head_dim + 2 * c->intermediate) * 4.0 / 1048576.0;
-    hq_fail(HQ_ERR_NOMEM,
-            "forward workspace for %lld tokens (~%.0f MiB of %s memory): out of memory; "
-            "use fewer tokens per chunk", (long long)ntok, mb, be->name);
+  free(one);
+  return ok;
+}
+
+struct hq_fwd_ws *hq_fwd_ws_new(const struct hq_backend *be, const struct hq_model_config *c,
+                                int64_t ntok) {
+  HQ_ASSERT(ntok > 0);
+  struct hq_fwd_ws *ws = calloc(1, sizeof *ws);
+  if (!ws) {
+    hq_fail(HQ_ERR_NOMEM, "forward workspace: out of host memory");
     return NULL;
   }
-  return ws;
+  ws->be = be;
+  ws_dims(ws, c, ntok);
+  if (ws_alloc(ws) && (!c->qkv_bias || ws_alloc_ones(ws))) return ws;
+  hq_fwd_ws_free(ws);
+  const double mb = (double)ntok * (double)(2 * c->hidden + 2 * (c->n_heads + c->n_kv_heads) *
+                                                c->head_dim + 2 * c->intermediate) * 4.0 / 1048576.0;
+  hq_fail(HQ_ERR_NOMEM,
+          "forward workspace for %lld tokens (~%.0f MiB of %s memory): out of memory; "
+          "use fewer tokens per chunk", (long long)ntok, mb, be->name);
+  return NULL;
 }
 
 /* positions t % seqlen for the first cap tokens (refilled only when seqlen changes) */
