@@ -52,6 +52,33 @@ if [ "${HQ_TEST_FULL_EVAL:-0}" = 1 ]; then
   check_ppl all "$(json_num perplexity "$FIX")"
 fi
 
+# ---- batches: each block loaded once (kept), or once per batch (streamed), same perplexity ----
+# json_field KEY FILE: the raw value after "KEY": (all digits, true/false)
+json_field() { grep -o "\"$1\": *[^,}]*" "$2" | head -1 | sed 's/.*: *//'; }
+NL=$(grep -o '"num_hidden_layers": *[0-9]*' "$M/config.json" | sed 's/.*: *//')
+check_batches() { # name expected-batches expected-block-loads expected-stderr-pattern args...
+  local name=$1 nb=$2 nl=$3 pat=$4
+  shift 4
+  if ! "$BIN" eval --model "$M" --tokens "$TOK" --seqlen 256 --chunk-tokens 256 --max-windows 4 \
+      --json "$@" >"$TMP/$name.json" 2>"$TMP/$name.err"; then
+    bad "eval $name failed: $(cat "$TMP/$name.err")"
+    return
+  fi
+  local b l
+  b=$(json_field batches "$TMP/$name.json")
+  l=$(json_field block_loads "$TMP/$name.json")
+  echo "eval $name: $b batches, $l block loads, perplexity $(json_field perplexity "$TMP/$name.json")"
+  [ "$b" = "$nb" ] && ok || bad "$name: $b batches, expected $nb"
+  [ "$l" = "$nl" ] && ok || bad "$name: $l block loads, expected $nl ($NL blocks)"
+  [ -z "$pat" ] || grep -q -- "$pat" "$TMP/$name.err" && ok || bad "$name: stderr lacks '$pat'"
+  [ "$(json_field perplexity "$TMP/$name.json")" = "$(json_field perplexity "$TMP/one.json")" ] \
+    && ok || bad "$name: perplexity differs from one batch's (must be bit-identical)"
+}
+check_batches one 1 "$NL" ""
+check_batches kept 4 "$NL" "each block is loaded once and kept" --batch-windows 1
+check_batches streamed 4 $((4 * NL)) "stream again for every batch" --batch-windows 1 --keep-weights-mib 0
+check_batches streamed-3 2 $((2 * NL)) "stream again for every batch" --batch-windows 3 --keep-weights-mib 1
+
 # ---- bad inputs: non-zero exit and a message naming the problem ----
 expect_fail() { # description expected-substring args...
   local what=$1 pat=$2
@@ -79,6 +106,8 @@ expect_fail "no --tokens" "--tokens is required" --model "$M" --seqlen 16
 expect_fail "bad --seqlen" "--seqlen expects an integer" --model "$M" --tokens "$TOK" --seqlen abc
 expect_fail "seqlen 1" "--seqlen must be in" --model "$M" --tokens "$TOK" --seqlen 1
 expect_fail "unknown option" "unknown option" --model "$M" --tokens "$TOK" --seqlen 16 --bogus
+expect_fail "a second model argument" "unknown option 'extra'" --model "$M" --tokens "$TOK" --seqlen 16 extra
+expect_fail "negative --keep-weights-mib" "--keep-weights-mib must be in" --model "$M" --tokens "$TOK" --seqlen 16 --keep-weights-mib -1
 expect_fail "unknown backend" "unknown backend" --model "$M" --tokens "$TOK" --seqlen 16 --backend tpu
 
 finish test_eval
