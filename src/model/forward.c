@@ -497,24 +497,33 @@ static int eval_run_init(struct eval_run *R) {
   return HQ_OK;
 }
 
+/* e->hw just loaded for block b: make e->dw, the copy the forward reads (a device backend
+ * uploads it and frees the host arrays; a host backend points into them). */
+static int eval_block_place(struct eval_run *R, struct eval_block *e, int64_t b) {
+  if (!R->be->on_device) {
+    memcpy(e->dw.lin, e->hw.lin, sizeof e->dw.lin);
+    memcpy(e->dw.bias, e->hw.bias, sizeof e->dw.bias);
+    e->dw.ln_attn = e->hw.ln_attn;
+    e->dw.ln_mlp = e->hw.ln_mlp;
+    return HQ_OK;
+  }
+  const int rc = hq_block_dev_upload(R->be, &R->m->cfg, &e->hw, &e->dw);
+  hq_block_weights_free(&e->hw);
+  if (rc && R->st.plan.keep)
+    return hq_fail_ctx(rc, "block %lld, kept for the later batches (a smaller keep budget, "
+                       "e.g. hpcq eval --keep-weights-mib 0, streams the blocks): ", (long long)b);
+  return rc;
+}
+
 /* Block b's weights for the forward (*dw): loaded (and uploaded) unless kept from an earlier
- * batch. A device backend keeps only the uploaded copy. */
+ * batch. */
 static int eval_block_get(struct eval_run *R, int64_t b, const struct hq_block_dev **dw) {
   struct eval_block *e = &R->blk[R->st.plan.keep ? b : 0];
   if (!e->loaded) {
-    int rc = hq_model_load_block(R->m, b, &e->hw);
+    const int rc = hq_model_load_block(R->m, b, &e->hw);
     if (rc) return hq_fail_ctx(rc, "block %lld: ", (long long)b); /* hw freed on failure */
     R->st.block_loads++;
-    if (R->be->on_device) {
-      rc = hq_block_dev_upload(R->be, &R->m->cfg, &e->hw, &e->dw);
-      hq_block_weights_free(&e->hw);
-      if (rc) return rc;
-    } else { /* host backend: use the loaded arrays in place */
-      memcpy(e->dw.lin, e->hw.lin, sizeof e->dw.lin);
-      memcpy(e->dw.bias, e->hw.bias, sizeof e->dw.bias);
-      e->dw.ln_attn = e->hw.ln_attn;
-      e->dw.ln_mlp = e->hw.ln_mlp;
-    }
+    HQ_TRY(eval_block_place(R, e, b));
     e->loaded = 1;
   }
   *dw = &e->dw;
