@@ -51,6 +51,33 @@ if [ "${HQ_TEST_FULL_EVAL:-0}" = 1 ]; then
   check_ppl all "$(json_num perplexity "$FIX")"
 fi
 
+# ---- batches: each block loaded once (kept), or once per batch (streamed), same perplexity ----
+# json_field KEY FILE: the raw value after "KEY": (all digits, true/false)
+json_field() { grep -o "\"$1\": *[^,}]*" "$2" | head -1 | sed 's/.*: *//'; }
+NL=$(grep -o '"num_hidden_layers": *[0-9]*' "$M/config.json" | sed 's/.*: *//')
+check_batches() { # name expected-batches expected-block-loads expected-stderr-pattern args...
+  local name=$1 nb=$2 nl=$3 pat=$4
+  shift 4
+  if ! "$BIN" eval --model "$M" --tokens "$TOK" --seqlen 256 --chunk-tokens 256 --max-windows 4 \
+      --json "$@" >"$T/$name.json" 2>"$T/$name.err"; then
+    bad "eval $name failed: $(cat "$T/$name.err")"
+    return
+  fi
+  local b l
+  b=$(json_field batches "$T/$name.json")
+  l=$(json_field block_loads "$T/$name.json")
+  echo "eval $name: $b batches, $l block loads, perplexity $(json_field perplexity "$T/$name.json")"
+  [ "$b" = "$nb" ] && ok || bad "$name: $b batches, expected $nb"
+  [ "$l" = "$nl" ] && ok || bad "$name: $l block loads, expected $nl ($NL blocks)"
+  [ -z "$pat" ] || grep -q -- "$pat" "$T/$name.err" && ok || bad "$name: stderr lacks '$pat'"
+  [ "$(json_field perplexity "$T/$name.json")" = "$(json_field perplexity "$T/one.json")" ] \
+    && ok || bad "$name: perplexity differs from one batch's (must be bit-identical)"
+}
+check_batches one 1 "$NL" ""
+check_batches kept 4 "$NL" "each block is loaded once and kept" --batch-windows 1
+check_batches streamed 4 $((4 * NL)) "stream again for every batch" --batch-windows 1 --keep-weights-mib 0
+check_batches streamed-3 2 $((2 * NL)) "stream again for every batch" --batch-windows 3 --keep-weights-mib 1
+
 # ---- bad inputs: non-zero exit and a message naming the problem ----
 expect_fail "missing model" "cannot open model" "$BIN" eval --model "$T/nope" --tokens "$TOK" --seqlen 16
 expect_fail "seqlen > max_pos" "max_position_embeddings" "$BIN" eval --model "$M" --tokens "$TOK" --seqlen 513
@@ -67,6 +94,8 @@ expect_fail "no --tokens" "--tokens is required" "$BIN" eval --model "$M" --seql
 expect_fail "bad --seqlen" "--seqlen expects an integer" "$BIN" eval --model "$M" --tokens "$TOK" --seqlen abc
 expect_fail "seqlen 1" "--seqlen must be in" "$BIN" eval --model "$M" --tokens "$TOK" --seqlen 1
 expect_fail "unknown option" "unknown option" "$BIN" eval --model "$M" --tokens "$TOK" --seqlen 16 --bogus
+expect_fail "a second model argument" "unknown option 'extra'" "$BIN" eval --model "$M" --tokens "$TOK" --seqlen 16 extra
+expect_fail "negative --keep-weights-mib" "--keep-weights-mib must be in" "$BIN" eval --model "$M" --tokens "$TOK" --seqlen 16 --keep-weights-mib -1
 expect_fail "unknown backend" "unknown backend" "$BIN" eval --model "$M" --tokens "$TOK" --seqlen 16 --backend tpu
 
 finish test_eval

@@ -421,9 +421,13 @@ int main(void) {
                     "stories260K-hf");
   check_model_vs_hf("llama-sotu-5m", "fixtures/llama-sotu-5m-logits.safetensors", NULL,
                     "llama-sotu-5m");
-  /* batching: one window per chunk and per batch (blocks reloaded for each batch) */
+  /* batching: one window per chunk and per batch, the blocks of the first batch kept for the
+   * second (the default), or loaded again for each batch */
   const struct hq_eval_opts small = {.chunk_tokens = 1, .batch_windows = 1};
   check_model_vs_hf("llama-sotu-5m", "fixtures/llama-sotu-5m-logits.safetensors", &small,
                     "llama-sotu-5m (batch 1)");
+  const struct hq_eval_opts streamed = {.chunk_tokens = 1, .batch_windows = 1, .keep_bytes = -1};
+  check_model_vs_hf("llama-sotu-5m", "fixtures/llama-sotu-5m-logits.safetensors", &streamed,
+                    "llama-sotu-5m (batch 1, streamed)");
   return hq_t_done("test_forward");
 }

@@ -49,9 +49,9 @@ run_one equalize-smooth-cle --bits 4 --group-size 128 --equalize smooth,cle
 run_one act-bits-8 --bits 4 --group-size 128 --act-bits 8
 # the unquantized model, activations streamed in batches of 3 windows, A8 fake quantization
 for v in old new; do bin=$OLD; [ $v = new ] && bin=$NEW
-  "$bin" eval --model "$M" "${EVAL[@]}" --batch-windows 3 --act-bits 8 > "$W/fp.$v.eval" 2> "$W/fp.$v.log"; done
+  "$bin" eval --model "$M" "${EVAL[@]}" --batch-windows 3 --chunk-tokens 128 --act-bits 8 > "$W/fp.$v.eval" 2> "$W/fp.$v.log"; done
 if [ -s "$W/fp.new.eval" ] && [ "$(ppl_of "$W/fp.old.eval")" = "$(ppl_of "$W/fp.new.eval")" ]; then
-  note "fp eval --batch-windows 3 A8" "eval identical (ppl $(ppl_of "$W/fp.new.eval"))"
-else note "fp eval --batch-windows 3 A8" "eval DIFFERS"; fail=1; fi
+  note "fp eval 3 batches A8" "eval identical (ppl $(ppl_of "$W/fp.new.eval"))"
+else note "fp eval 3 batches A8" "eval DIFFERS"; fail=1; fi
 [ $fail -eq 0 ] && echo "same results: all identical ($W)" || echo "same results: DIFFERENCES ($W)"
 exit $fail

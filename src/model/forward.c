@@ -197,15 +197,8 @@ static void act_quant(const struct hq_backend *be, struct hq_fwd_ws *ws, float *
   if (ws->act_bits) hq_act_quant_apply(be, X, ntok, cols, ws->act_bits, ws->act_host);
 }
 
-struct hq_fwd_ws *hq_fwd_ws_new(const struct hq_backend *be, const struct hq_model_config *c,
-                                int64_t ntok) {
-  HQ_ASSERT(ntok > 0);
-  struct hq_fwd_ws *ws = calloc(1, sizeof *ws);
-  if (!ws) {
-    hq_fail(HQ_ERR_NOMEM, "forward workspace: out of host memory");
-    return NULL;
-  }
-  ws->be = be;
+/* sizes of a workspace of ntok tokens; a logits chunk holds about HQ_LOGITS_CHUNK_FLOATS */
+static void ws_dims(struct hq_fwd_ws *ws, const struct hq_model_config *c, int64_t ntok) {
   ws->cap = ntok;
   ws->hidden = c->hidden;
   ws->qdim = c->n_heads * c->head_dim;
@@ -215,41 +208,62 @@ struct hq_fwd_ws *hq_fwd_ws_new(const struct hq_backend *be, const struct hq_mod
   ws->lchunk = HQ_LOGITS_CHUNK_FLOATS / c->vocab;
   if (ws->lchunk < 1) ws->lchunk = 1;
   if (ws->lchunk > ntok) ws->lchunk = ntok;
+}
+
+/* every buffer but ones (see struct hq_fwd_ws); 0 when one does not fit */
+static int ws_alloc(struct hq_fwd_ws *ws) {
+  const struct hq_backend *be = ws->be;
+  const int64_t n = ws->cap;
   const size_t f = sizeof(float);
-  int ok = (ws->xn = be->alloc((size_t)(ntok * ws->hidden) * f)) &&
-           (ws->h = be->alloc((size_t)(ntok * ws->hidden) * f)) &&
-           (ws->q = be->alloc((size_t)(ntok * ws->qdim) * f)) &&
-           (ws->att = be->alloc((size_t)(ntok * ws->qdim) * f)) &&
-           (ws->k = be->alloc((size_t)(ntok * ws->kvdim) * f)) &&
-           (ws->v = be->alloc((size_t)(ntok * ws->kvdim) * f)) &&
-           (ws->g = be->alloc((size_t)(ntok * ws->inter) * f)) &&
-           (ws->u = be->alloc((size_t)(ntok * ws->inter) * f)) &&
-           (ws->pos = be->alloc((size_t)ntok * sizeof(int32_t))) &&
+  int ok = (ws->xn = be->alloc((size_t)(n * ws->hidden) * f)) &&
+           (ws->h = be->alloc((size_t)(n * ws->hidden) * f)) &&
+           (ws->q = be->alloc((size_t)(n * ws->qdim) * f)) &&
+           (ws->att = be->alloc((size_t)(n * ws->qdim) * f)) &&
+           (ws->k = be->alloc((size_t)(n * ws->kvdim) * f)) &&
+           (ws->v = be->alloc((size_t)(n * ws->kvdim) * f)) &&
+           (ws->g = be->alloc((size_t)(n * ws->inter) * f)) &&
+           (ws->u = be->alloc((size_t)(n * ws->inter) * f)) &&
+           (ws->pos = be->alloc((size_t)n * sizeof(int32_t))) &&
            (ws->logits = be->alloc((size_t)(ws->lchunk * ws->vocab) * f)) &&
            (ws->row_nll = malloc((size_t)ws->lchunk * sizeof(double)));
   if (ok) {
     ws->logits_host = be->on_device ? malloc((size_t)(ws->lchunk * ws->vocab) * f) : ws->logits;
     ok = ws->logits_host != NULL;
   }
-  if (ok && c->qkv_bias) {
-    float *one = malloc((size_t)ntok * f);
-    ok = one && (ws->ones = be->alloc((size_t)ntok * f));
-    if (ok) {
-      for (int64_t i = 0; i < ntok; i++) one[i] = 1.0f;
-      be->upload(ws->ones, one, (size_t)ntok * f);
-    }
-    free(one);
+  return ok;
+}
+
+/* ones [cap] of 1.0f in backend memory (the bias broadcast); 0 when out of memory */
+static int ws_alloc_ones(struct hq_fwd_ws *ws) {
+  const size_t bytes = (size_t)ws->cap * sizeof(float);
+  float *one = malloc(bytes);
+  int ok = one && (ws->ones = ws->be->alloc(bytes));
+  if (ok) {
+    for (int64_t i = 0; i < ws->cap; i++) one[i] = 1.0f;
+    ws->be->upload(ws->ones, one, bytes);
   }
-  if (!ok) {
-    hq_fwd_ws_free(ws);
-    const double mb = (double)ntok * (double)(2 * c->hidden + 2 * (c->n_heads + c->n_kv_heads) *
-                                                  c->head_dim + 2 * c->intermediate) * 4.0 / 1048576.0;
-    hq_fail(HQ_ERR_NOMEM,
-            "forward workspace for %lld tokens (~%.0f MiB of %s memory): out of memory; "
-            "use fewer tokens per chunk", (long long)ntok, mb, be->name);
+  free(one);
+  return ok;
+}
+
+struct hq_fwd_ws *hq_fwd_ws_new(const struct hq_backend *be, const struct hq_model_config *c,
+                                int64_t ntok) {
+  HQ_ASSERT(ntok > 0);
+  struct hq_fwd_ws *ws = calloc(1, sizeof *ws);
+  if (!ws) {
+    hq_fail(HQ_ERR_NOMEM, "forward workspace: out of host memory");
     return NULL;
   }
-  return ws;
+  ws->be = be;
+  ws_dims(ws, c, ntok);
+  if (ws_alloc(ws) && (!c->qkv_bias || ws_alloc_ones(ws))) return ws;
+  hq_fwd_ws_free(ws);
+  const double mb = (double)ntok * (double)(2 * c->hidden + 2 * (c->n_heads + c->n_kv_heads) *
+                                                c->head_dim + 2 * c->intermediate) * 4.0 / 1048576.0;
+  hq_fail(HQ_ERR_NOMEM,
+          "forward workspace for %lld tokens (~%.0f MiB of %s memory): out of memory; "
+          "use fewer tokens per chunk", (long long)ntok, mb, be->name);
+  return NULL;
 }
 
 /* positions t % seqlen for the first cap tokens (refilled only when seqlen changes) */
@@ -373,15 +387,27 @@ double hq_forward_nll(const struct hq_backend *be, const struct hq_model_config 
 
 /* ---------------- whole model ---------------- */
 
-#define HQ_EVAL_ACT_BUDGET (1LL << 30) /* bytes of resident activations by default */
+#define HQ_EVAL_ACT_BUDGET (1LL << 30)  /* bytes of resident activations by default */
+#define HQ_EVAL_KEEP_BUDGET (4LL << 30) /* bytes of f32 weights kept across batches by default */
 
-int hq_forward_model_nll(const struct hq_backend *be, const struct hq_model *m,
-                         const int32_t *ids, int64_t nwin, int64_t seqlen,
-                         const struct hq_eval_opts *o, double *nll_sum, float *logits_out) {
-  const struct hq_model_config *c = &m->cfg;
+/* f32 bytes of what every batch would stream: each block (7 linears [rows x cols], q/k/v
+ * biases, 2 norms) and an untied lm_head [vocab x hidden] */
+static int64_t model_weight_bytes(const struct hq_model_config *c) {
+  int64_t per_block = 2 * c->hidden;
+  for (int l = 0; l < HQ_LIN_COUNT; l++) {
+    int64_t rows, cols;
+    hq_linear_shape(c, (enum hq_linear)l, &rows, &cols);
+    per_block += rows * cols + (c->qkv_bias && l <= HQ_LIN_V ? rows : 0);
+  }
+  const int64_t head = c->tie_embeddings ? 0 : c->vocab * c->hidden;
+  return (per_block * c->n_layers + head) * (int64_t)sizeof(float);
+}
+
+int hq_forward_model_plan(const struct hq_model_config *c, int64_t nwin, int64_t seqlen,
+                          const struct hq_eval_opts *o, struct hq_eval_plan *p) {
   const struct hq_eval_opts defaults = {0};
   if (!o) o = &defaults;
-  *nll_sum = 0;
+  memset(p, 0, sizeof *p);
   if (nwin < 1 || seqlen < 2)
     return hq_fail(HQ_ERR_INPUT, "need at least one window of at least 2 tokens (got %lld x %lld)",
                    (long long)nwin, (long long)seqlen);
@@ -390,125 +416,237 @@ int hq_forward_model_nll(const struct hq_backend *be, const struct hq_model *m,
                    "seqlen %lld is longer than the model's max_position_embeddings %lld; use "
                    "a seqlen <= %lld", (long long)seqlen, (long long)c->max_pos,
                    (long long)c->max_pos);
-  const int64_t H = c->hidden, V = c->vocab, L = c->n_layers;
   int64_t cw = (o->chunk_tokens > 0 ? o->chunk_tokens : 4096) / seqlen; /* windows per chunk */
   if (cw < 1) cw = 1;
   if (cw > nwin) cw = nwin;
   int64_t bw = o->batch_windows; /* windows per batch */
-  if (bw <= 0) bw = HQ_EVAL_ACT_BUDGET / (seqlen * H * (int64_t)sizeof(float));
+  if (bw <= 0) bw = HQ_EVAL_ACT_BUDGET / (seqlen * c->hidden * (int64_t)sizeof(float));
   if (bw < cw) bw = cw;
   if (bw > nwin) bw = nwin;
+  p->chunk_windows = cw;
+  p->batch_windows = bw;
+  p->batches = (nwin + bw - 1) / bw;
   /* progress steps: one per chunk forward (block or head) */
   const int64_t nchunks = (nwin / bw) * ((bw + cw - 1) / cw) + (nwin % bw + cw - 1) / cw;
-  const int64_t total_steps = nchunks * (L + 1);
+  p->steps = nchunks * (c->n_layers + 1);
+  p->weight_bytes = model_weight_bytes(c);
+  p->keep_budget = o->keep_bytes ? o->keep_bytes : HQ_EVAL_KEEP_BUDGET;
+  p->keep = p->batches > 1 && p->weight_bytes <= p->keep_budget;
+  return HQ_OK;
+}
 
-  int rc = HQ_OK;
-  struct hq_rope_table rope = {0};
-  struct hq_fwd_ws *ws = NULL;
-  float *embed = NULL, *norm_h = NULL, *norm_d = NULL, *x = NULL;
+/* A block's weights for the forward: hw the host arrays (a host backend reads them in place
+ * through dw), dw what hq_forward_block reads (backend memory). */
+struct eval_block {
+  struct hq_block_weights hw;
+  struct hq_block_dev dw;
+  int loaded;
+};
+
+/* One hq_forward_model_nll run: its plan, the model-wide tensors and the loaded blocks. */
+struct eval_run {
+  const struct hq_backend *be;
+  const struct hq_model *m;
+  const struct hq_eval_opts *o;
+  int64_t seqlen;
+  struct hq_eval_stats st;  /* st.plan: the plan */
+  struct hq_rope_table rope;
+  struct hq_fwd_ws *ws;     /* one chunk: chunk_windows x seqlen tokens */
+  float *embed;             /* host [vocab x hidden] */
+  float *norm;              /* backend [hidden]: model.norm.weight */
+  float *x;                 /* backend [batch_windows * seqlen x hidden]: the batch's activations */
+  float *head;              /* backend [vocab x hidden] lm_head while loaded; == embed when tied
+                               on a host backend (not owned) */
+  struct eval_block *blk;   /* [n_layers] when plan.keep, else [1] reused by every block */
+  int64_t step;             /* progress steps done */
+};
+
+/* model.embed_tokens.weight (host) and model.norm.weight (uploaded) */
+static int eval_load_embed_norm(struct eval_run *R) {
+  const struct hq_model_config *c = &R->m->cfg;
+  float *norm_h = NULL;
   int64_t n = 0;
-  double total = 0;
-  rc = hq_rope_table_init(&rope, be, c, seqlen);
-  if (rc) goto done;
-  if (!(ws = hq_fwd_ws_new(be, c, cw * seqlen))) {
-    rc = HQ_ERR_NOMEM;
-    goto done;
-  }
-  rc = hq_fwd_ws_set_act_bits(ws, o->act_bits);
-  if (rc) goto done;
-  rc = hq_model_load_f32(m, "model.embed_tokens.weight", &embed, &n);
-  if (rc) goto done;
-  HQ_ASSERT(n == V * H); /* hq_model_open checked the shapes */
-  rc = hq_model_load_f32(m, "model.norm.weight", &norm_h, &n);
-  if (rc) goto done;
-  HQ_ASSERT(n == H);
-  if (!(norm_d = be->alloc((size_t)H * sizeof(float))) ||
-      !(x = be->alloc((size_t)(bw * seqlen * H) * sizeof(float)))) {
-    rc = hq_fail(HQ_ERR_NOMEM,
-                 "activations of %lld windows x %lld tokens x %lld (%.0f MiB): out of %s memory; "
-                 "use fewer windows per batch", (long long)bw, (long long)seqlen, (long long)H,
-                 (double)(bw * seqlen * H) * 4.0 / 1048576.0, be->name);
-    goto done;
-  }
-  be->upload(norm_d, norm_h, (size_t)H * sizeof(float));
+  HQ_TRY(hq_model_load_f32(R->m, "model.embed_tokens.weight", &R->embed, &n));
+  HQ_ASSERT(n == c->vocab * c->hidden); /* hq_model_open checked the shapes */
+  HQ_TRY(hq_model_load_f32(R->m, "model.norm.weight", &norm_h, &n));
+  HQ_ASSERT(n == c->hidden);
+  const size_t hb = (size_t)c->hidden * sizeof(float);
+  if ((R->norm = R->be->alloc(hb))) R->be->upload(R->norm, norm_h, hb);
+  free(norm_h);
+  if (!R->norm)
+    return hq_fail(HQ_ERR_NOMEM, "model.norm.weight [%lld]: out of %s memory",
+                   (long long)c->hidden, R->be->name);
+  return HQ_OK;
+}
 
-  int64_t step = 0;
-  for (int64_t w0 = 0; w0 < nwin; w0 += bw) {
-    const int64_t nb = nwin - w0 < bw ? nwin - w0 : bw;
-    const int32_t *bids = ids + w0 * seqlen;
-    hq_forward_embed(be, c, embed, bids, nb * seqlen, x);
-    for (int64_t b = 0; b < L; b++) {
-      struct hq_block_weights hw;
-      memset(&hw, 0, sizeof hw);
-      rc = hq_model_load_block(m, b, &hw);
-      if (rc) {
-        hq_fail_ctx(rc, "block %lld: ", (long long)b);
-        goto done;
-      }
-      struct hq_block_dev dw;
-      if (be->on_device) {
-        rc = hq_block_dev_upload(be, c, &hw, &dw);
-        if (rc) {
-          hq_block_weights_free(&hw);
-          goto done;
-        }
-      } else { /* host backend: use the loaded arrays in place */
-        memset(&dw, 0, sizeof dw);
-        memcpy(dw.lin, hw.lin, sizeof dw.lin);
-        memcpy(dw.bias, hw.bias, sizeof dw.bias);
-        dw.ln_attn = hw.ln_attn;
-        dw.ln_mlp = hw.ln_mlp;
-      }
-      for (int64_t s0 = 0; s0 < nb; s0 += cw) {
-        const int64_t ns = nb - s0 < cw ? nb - s0 : cw;
-        hq_forward_block(be, c, &dw, &rope, ws, ns, seqlen, x + s0 * seqlen * H, NULL, NULL);
-        step++;
-        if (o->progress) o->progress(o->progress_ctx, step, total_steps);
-      }
-      if (be->on_device) hq_block_dev_free(be, &dw);
-      hq_block_weights_free(&hw);
-    }
-    /* head: lm_head is the embedding when tied; loaded for this step only otherwise */
-    float *head_h = embed, *head_d = NULL;
-    if (!c->tie_embeddings) {
-      rc = hq_model_load_f32(m, "lm_head.weight", &head_h, &n);
-      if (rc) goto done;
-      HQ_ASSERT(n == V * H);
-    }
-    if (be->on_device) {
-      if (!(head_d = be->alloc((size_t)(V * H) * sizeof(float)))) {
-        if (head_h != embed) free(head_h);
-        rc = hq_fail(HQ_ERR_NOMEM, "lm_head [%lld x %lld]: out of %s memory", (long long)V,
-                     (long long)H, be->name);
-        goto done;
-      }
-      be->upload(head_d, head_h, (size_t)(V * H) * sizeof(float));
-    }
+/* Everything but the blocks and lm_head: rope table, workspace, embedding, norm, activations. */
+static int eval_run_init(struct eval_run *R) {
+  const struct hq_model_config *c = &R->m->cfg;
+  const struct hq_eval_plan *p = &R->st.plan;
+  const int64_t bw = p->batch_windows, S = R->seqlen, H = c->hidden;
+  HQ_TRY(hq_rope_table_init(&R->rope, R->be, c, S));
+  if (!(R->ws = hq_fwd_ws_new(R->be, c, p->chunk_windows * S))) return HQ_ERR_NOMEM;
+  HQ_TRY(hq_fwd_ws_set_act_bits(R->ws, R->o->act_bits));
+  HQ_TRY(eval_load_embed_norm(R));
+  if (!(R->x = R->be->alloc((size_t)(bw * S * H) * sizeof(float))))
+    return hq_fail(HQ_ERR_NOMEM,
+                   "activations of %lld windows x %lld tokens x %lld (%.0f MiB): out of %s "
+                   "memory; use fewer windows per batch", (long long)bw, (long long)S,
+                   (long long)H, (double)(bw * S * H) * 4.0 / 1048576.0, R->be->name);
+  R->blk = hq_xcalloc((size_t)(p->keep ? c->n_layers : 1), sizeof *R->blk);
+  return HQ_OK;
+}
+
+/* e->hw just loaded for block b: make e->dw, the copy the forward reads (a device backend
+ * uploads it and frees the host arrays; a host backend points into them). */
+static int eval_block_place(struct eval_run *R, struct eval_block *e, int64_t b) {
+  if (!R->be->on_device) {
+    memcpy(e->dw.lin, e->hw.lin, sizeof e->dw.lin);
+    memcpy(e->dw.bias, e->hw.bias, sizeof e->dw.bias);
+    e->dw.ln_attn = e->hw.ln_attn;
+    e->dw.ln_mlp = e->hw.ln_mlp;
+    return HQ_OK;
+  }
+  const int rc = hq_block_dev_upload(R->be, &R->m->cfg, &e->hw, &e->dw);
+  hq_block_weights_free(&e->hw);
+  if (rc && R->st.plan.keep)
+    return hq_fail_ctx(rc, "block %lld, kept for the later batches (a smaller keep budget, "
+                       "e.g. hpcq eval --keep-weights-mib 0, streams the blocks): ", (long long)b);
+  return rc;
+}
+
+/* Block b's weights for the forward (*dw): loaded (and uploaded) unless kept from an earlier
+ * batch. */
+static int eval_block_get(struct eval_run *R, int64_t b, const struct hq_block_dev **dw) {
+  struct eval_block *e = &R->blk[R->st.plan.keep ? b : 0];
+  if (!e->loaded) {
+    const int rc = hq_model_load_block(R->m, b, &e->hw);
+    if (rc) return hq_fail_ctx(rc, "block %lld: ", (long long)b); /* hw freed on failure */
+    R->st.block_loads++;
+    HQ_TRY(eval_block_place(R, e, b));
+    e->loaded = 1;
+  }
+  *dw = &e->dw;
+  return HQ_OK;
+}
+
+static void eval_block_free(const struct hq_backend *be, struct eval_block *e) {
+  if (!e->loaded) return;
+  if (be->on_device) hq_block_dev_free(be, &e->dw);
+  else hq_block_weights_free(&e->hw); /* dw pointed into hw */
+  memset(e, 0, sizeof *e);
+}
+
+static void eval_step(struct eval_run *R) {
+  R->step++;
+  if (R->o->progress) R->o->progress(R->o->progress_ctx, R->step, R->st.plan.steps);
+}
+
+/* The batch's nb windows (R->x) through every block, chunk by chunk, in place. */
+static int eval_batch_blocks(struct eval_run *R, int64_t nb) {
+  const struct hq_model_config *c = &R->m->cfg;
+  const int64_t cw = R->st.plan.chunk_windows, S = R->seqlen;
+  for (int64_t b = 0; b < c->n_layers; b++) {
+    const struct hq_block_dev *dw = NULL;
+    HQ_TRY(eval_block_get(R, b, &dw));
     for (int64_t s0 = 0; s0 < nb; s0 += cw) {
       const int64_t ns = nb - s0 < cw ? nb - s0 : cw;
-      const int64_t t0 = (w0 + s0) * seqlen;
-      total += hq_forward_nll(be, c, norm_d, be->on_device ? head_d : head_h, ws, ns, seqlen,
-                              x + s0 * seqlen * H, ids + t0, logits_out ? logits_out + t0 * V : NULL);
-      step++;
-        if (o->progress) o->progress(o->progress_ctx, step, total_steps);
+      hq_forward_block(R->be, c, dw, &R->rope, R->ws, ns, S, R->x + s0 * S * c->hidden, NULL,
+                       NULL);
+      eval_step(R);
     }
-    if (head_d) be->free(head_d);
-    if (head_h != embed) free(head_h);
+    if (!R->st.plan.keep) eval_block_free(R->be, &R->blk[0]);
   }
-  if (!isfinite(total)) {
+  return HQ_OK;
+}
+
+/* lm_head [vocab x hidden] into R->head: the embedding when tied, else lm_head.weight;
+ * a device backend uploads it (and frees a loaded host copy). */
+static int eval_head_load(struct eval_run *R) {
+  const struct hq_model_config *c = &R->m->cfg;
+  const size_t bytes = (size_t)(c->vocab * c->hidden) * sizeof(float);
+  float *h = R->embed;
+  if (!c->tie_embeddings) {
+    int64_t n = 0;
+    HQ_TRY(hq_model_load_f32(R->m, "lm_head.weight", &h, &n));
+    HQ_ASSERT(n == c->vocab * c->hidden);
+    R->st.head_loads++;
+  }
+  if (!R->be->on_device) {
+    R->head = h;
+    return HQ_OK;
+  }
+  if ((R->head = R->be->alloc(bytes))) R->be->upload(R->head, h, bytes);
+  if (h != R->embed) free(h);
+  if (!R->head)
+    return hq_fail(HQ_ERR_NOMEM, "lm_head [%lld x %lld]: out of %s memory",
+                   (long long)c->vocab, (long long)c->hidden, R->be->name);
+  return HQ_OK;
+}
+
+static void eval_head_free(struct eval_run *R) {
+  if (R->head && R->head != R->embed) {
+    if (R->be->on_device) R->be->free(R->head);
+    else free(R->head);
+  }
+  R->head = NULL;
+}
+
+/* Final norm + lm_head + next-token NLL of the batch's nb windows (the first is window w0 of
+ * ids [nwin x seqlen]), chunk by chunk, added to *total in window order. */
+static int eval_batch_head(struct eval_run *R, const int32_t *ids, int64_t w0, int64_t nb,
+                           float *logits_out, double *total) {
+  const struct hq_model_config *c = &R->m->cfg;
+  const int64_t cw = R->st.plan.chunk_windows, S = R->seqlen;
+  if (!R->head) HQ_TRY(eval_head_load(R));
+  for (int64_t s0 = 0; s0 < nb; s0 += cw) {
+    const int64_t ns = nb - s0 < cw ? nb - s0 : cw, t0 = (w0 + s0) * S;
+    *total += hq_forward_nll(R->be, c, R->norm, R->head, R->ws, ns, S, R->x + s0 * S * c->hidden,
+                             ids + t0, logits_out ? logits_out + t0 * c->vocab : NULL);
+    eval_step(R);
+  }
+  if (!R->st.plan.keep) eval_head_free(R); /* streaming: lm_head for this step only */
+  return HQ_OK;
+}
+
+static void eval_run_free(struct eval_run *R) {
+  if (R->blk)
+    for (int64_t b = 0; b < (R->st.plan.keep ? R->m->cfg.n_layers : 1); b++)
+      eval_block_free(R->be, &R->blk[b]);
+  free(R->blk);
+  eval_head_free(R);
+  if (R->x) R->be->free(R->x);
+  if (R->norm) R->be->free(R->norm);
+  free(R->embed);
+  hq_fwd_ws_free(R->ws);
+  hq_rope_table_free(&R->rope, R->be);
+}
+
+int hq_forward_model_nll(const struct hq_backend *be, const struct hq_model *m,
+                         const int32_t *ids, int64_t nwin, int64_t seqlen,
+                         const struct hq_eval_opts *o, double *nll_sum, float *logits_out) {
+  const struct hq_eval_opts defaults = {0};
+  if (!o) o = &defaults;
+  *nll_sum = 0;
+  struct eval_run R = {.be = be, .m = m, .o = o, .seqlen = seqlen};
+  int rc = hq_forward_model_plan(&m->cfg, nwin, seqlen, o, &R.st.plan);
+  if (!rc) rc = eval_run_init(&R);
+  double total = 0;
+  for (int64_t w0 = 0; !rc && w0 < nwin; w0 += R.st.plan.batch_windows) {
+    const int64_t nb = nwin - w0 < R.st.plan.batch_windows ? nwin - w0 : R.st.plan.batch_windows;
+    hq_forward_embed(be, &m->cfg, R.embed, ids + w0 * seqlen, nb * seqlen, R.x);
+    rc = eval_batch_blocks(&R, nb);
+    if (!rc) rc = eval_batch_head(&R, ids, w0, nb, logits_out, &total);
+  }
+  if (!rc && !isfinite(total))
     rc = hq_fail(HQ_ERR_NUMERIC,
                  "the next-token NLL is not finite (%g): the model produced NaN/Inf logits; "
                  "check the checkpoint's weights (e.g. fp16 overflow)", total);
-    goto done;
+  if (!rc) {
+    HQ_ASSERT(R.step == R.st.plan.steps);
+    *nll_sum = total;
   }
-  HQ_ASSERT(step == total_steps);
-  *nll_sum = total;
-done:
-  if (x) be->free(x);
-  if (norm_d) be->free(norm_d);
-  free(norm_h);
-  free(embed);
-  hq_fwd_ws_free(ws);
-  hq_rope_table_free(&rope, be);
+  if (o->stats) *o->stats = R.st;
+  eval_run_free(&R);
   return rc;
 }

@@ -64,26 +64,58 @@ double hq_forward_nll(const struct hq_backend *be, const struct hq_model_config 
                       float *logits_out /* optional host [ntok x vocab] */);
 
 /* ---------------- whole-model helper (streams the blocks) ---------------- */
+struct hq_eval_stats;
 /* Options of hq_forward_model_nll; zero-initialize for the defaults. */
 struct hq_eval_opts {
   int64_t chunk_tokens;  /* tokens per hq_forward_block call (sizes the workspace), rounded
                             down to whole windows, at least one; 0: 4096 */
   int64_t batch_windows; /* windows whose activations stay resident while the blocks stream;
                             0: as many as fit in 1 GiB of activations (at least one chunk) */
+  int64_t keep_bytes;    /* with several batches, the blocks (and an untied lm_head) loaded
+                            for the first batch are kept for the others when their f32
+                            weights take at most this many bytes (backend memory);
+                            0: 4 GiB; negative: never (every batch streams them again) */
   /* Called after each step (one chunk through a block, or through the final norm + lm_head);
    * done/total count steps (total = chunks x (n_layers + 1)). May be NULL. */
   void (*progress)(void *ctx, int64_t done, int64_t total);
   void *progress_ctx;
   int act_bits;          /* 0: off; else per-token activation fake quantization (W?A<bits>) */
+  struct hq_eval_stats *stats; /* optional out: the plan and the loads done */
 };
+
+/* How hq_forward_model_nll runs nwin windows of seqlen (hq_forward_model_plan). */
+struct hq_eval_plan {
+  int64_t chunk_windows; /* windows per hq_forward_block / hq_forward_nll call */
+  int64_t batch_windows; /* windows resident per batch (the last batch: the remainder) */
+  int64_t batches;       /* ceil(nwin / batch_windows) */
+  int64_t steps;         /* progress steps: chunks x (n_layers + 1) */
+  int64_t weight_bytes;  /* f32 bytes of every block and an untied lm_head */
+  int64_t keep_budget;   /* bytes (opts.keep_bytes or its default; negative: never) */
+  int keep;              /* 1: batches > 1 and weight_bytes <= keep_budget, so each block is
+                            loaded once and kept; 0: each batch streams the blocks */
+};
+struct hq_eval_stats {
+  struct hq_eval_plan plan;
+  int64_t block_loads;   /* hq_model_load_block calls: n_layers when kept or one batch, else
+                            batches x n_layers */
+  int64_t head_loads;    /* lm_head.weight loads (0 when tied to the embedding) */
+};
+
+/* The plan for nwin windows of seqlen under o (NULL: defaults). Returns HQ_OK, or
+ * HQ_ERR_INPUT (no window, seqlen < 2 or > max_position_embeddings). */
+int hq_forward_model_plan(const struct hq_model_config *c, int64_t nwin, int64_t seqlen,
+                          const struct hq_eval_opts *o, struct hq_eval_plan *p);
 
 /* Summed next-token NLL of nwin windows ids [nwin x seqlen] (host; each window starts at
  * position 0, tokens 1..seqlen-1 predicted from their prefixes, so nwin * (seqlen - 1)
- * predictions) through the whole model, streaming it block by block: for each batch of
- * windows, embed; for each block b: load b (hq_model_load_block), upload, forward every chunk
- * of the batch, free; then final norm + lm_head (the embedding when tied) + NLL.
- * Memory: one block's weights + the batch's activations [batch x seqlen x hidden] + one
- * chunk's workspace + the fp32 embedding (and lm_head during the last step).
+ * predictions) through the whole model, block by block: for each batch of windows, embed;
+ * for each block b: load b (hq_model_load_block) and upload it unless kept from an earlier
+ * batch, forward every chunk of the batch, free it unless kept; then final norm + lm_head
+ * (the embedding when tied) + NLL. Each window's arithmetic, and the order the chunk sums
+ * are added in, is the same whatever the batches and whether blocks are kept.
+ * Memory: the batch's activations [batch x seqlen x hidden] + one chunk's workspace + the
+ * fp32 embedding + one block's weights (and lm_head during the last step) when streaming, or
+ * plan.weight_bytes when kept (see hq_eval_opts.keep_bytes).
  * logits_out: optional host [nwin*seqlen x vocab]. Returns HQ_OK or a status + message
  * (seqlen > the rope table / max_position_embeddings, a missing tensor, out of memory,
  * non-finite NLL). Not collective. */
