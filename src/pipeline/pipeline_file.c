@@ -29,15 +29,20 @@ static void add_settings(cJSON *j, const struct setting *s) {
   }
 }
 
+/* A 64-bit fingerprint as 16 hex digits */
+static void add_hex64(cJSON *j, const char *key, uint64_t v) {
+  char hx[32];
+  snprintf(hx, sizeof hx, "%016llx", (unsigned long long)v);
+  cJSON_AddStringToObject(j, key, hx);
+}
+
 /* The calibration data: how much, how drawn, which (FNV-1a 64 of the token file) */
 static void settings_calib(cJSON *j, const struct run *R) {
   const struct hq_quant_opts *o = R->o;
   cJSON_AddNumberToObject(j, "nsamples", (double)o->nsamples);
   cJSON_AddNumberToObject(j, "seqlen", (double)R->seqlen);
   cJSON_AddNumberToObject(j, "seed", (double)o->seed);
-  char hx[32];
-  snprintf(hx, sizeof hx, "%016llx", (unsigned long long)R->calib_id);
-  cJSON_AddStringToObject(j, "calib_fnv1a64", hx);
+  add_hex64(j, "calib_fnv1a64", R->calib_id);
   cJSON_AddNumberToObject(j, "calib_tokens", (double)R->calib_tokens);
 }
 
@@ -49,9 +54,7 @@ static void settings_model(cJSON *j, const struct run *R) {
   cJSON_AddNumberToObject(j, "num_hidden_layers", (double)c->n_layers);
   cJSON_AddNumberToObject(j, "intermediate_size", (double)c->intermediate);
   cJSON_AddNumberToObject(j, "vocab_size", (double)c->vocab);
-  char hx[32];
-  snprintf(hx, sizeof hx, "%016llx", (unsigned long long)R->model_id);
-  cJSON_AddStringToObject(j, "model_fnv1a64", hx);
+  add_hex64(j, "model_fnv1a64", R->model_id);
   cJSON_AddStringToObject(j, "kernels", R->be->kernels());
   cJSON_AddStringToObject(j, "hpcq_version", HQ_VERSION);
 }
