@@ -253,6 +253,32 @@ int hq_config_parse(const char *text, size_t len, const char *what, struct hq_mo
   return HQ_OK;
 }
 
+/* The whole of fp (closed here) into *buf (the caller frees it), *len bytes: at most 16 MB. */
+static int read_config_text(FILE *fp, const char *path, char **buf, size_t *len) {
+  size_t cap = 0;
+  for (;;) {
+    if (*len == cap) {
+      if (cap >= ((size_t)16 << 20)) {
+        fclose(fp);
+        return hq_fail(HQ_ERR_INPUT, "%s is larger than 16 MB; not a config.json", path);
+      }
+      cap = cap ? cap * 2 : 4096;
+      char *nb = realloc(*buf, cap);
+      if (!nb) {
+        fclose(fp);
+        return hq_fail(HQ_ERR_NOMEM, "out of memory reading %s", path);
+      }
+      *buf = nb;
+    }
+    size_t got = fread(*buf + *len, 1, cap - *len, fp);
+    *len += got;
+    if (got == 0) break;
+  }
+  int err = ferror(fp);
+  fclose(fp);
+  return err ? hq_fail(HQ_ERR_IO, "error reading %s", path) : HQ_OK;
+}
+
 int hq_config_load(const char *dir, struct hq_model_config *c) {
   memset(c, 0, sizeof *c);
   char path[4096];
@@ -266,34 +292,9 @@ int hq_config_load(const char *dir, struct hq_model_config *c) {
   }
   if (rc0) return rc0;
   char *buf = NULL;
-  size_t len = 0, cap = 0;
-  for (;;) {
-    if (len == cap) {
-      if (cap >= ((size_t)16 << 20)) {
-        free(buf);
-        fclose(fp);
-        return hq_fail(HQ_ERR_INPUT, "%s is larger than 16 MB; not a config.json", path);
-      }
-      cap = cap ? cap * 2 : 4096;
-      char *nb = realloc(buf, cap);
-      if (!nb) {
-        free(buf);
-        fclose(fp);
-        return hq_fail(HQ_ERR_NOMEM, "out of memory reading %s", path);
-      }
-      buf = nb;
-    }
-    size_t got = fread(buf + len, 1, cap - len, fp);
-    len += got;
-    if (got == 0) break;
-  }
-  int err = ferror(fp);
-  fclose(fp);
-  if (err) {
-    free(buf);
-    return hq_fail(HQ_ERR_IO, "error reading %s", path);
-  }
-  int rc = hq_config_parse(buf, len, path, c);
+  size_t len = 0;
+  int rc = read_config_text(fp, path, &buf, &len);
+  if (rc == HQ_OK) rc = hq_config_parse(buf, len, path, c);
   free(buf);
   return rc;
 }
