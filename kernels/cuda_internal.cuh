@@ -37,18 +37,18 @@ const char *hq_cusolver_str(cusolverStatus_t s);
       HQ_DIE("CUDA error in %s: %s (%s)", #expr, cudaGetErrorString(hq_e_),                 \
              cudaGetErrorName(hq_e_));                                                      \
   } while (0)
+/* A library call returning a status of type `type` that must be `ok`; `str` names a status.
+ * `text` is the call as written (#expr of the macros below, before its macros expand). */
+#define HQ_STATUS_CHECK_(type, ok, lib, str, text, expr)                                    \
+  do {                                                                                      \
+    type hq_s_ = (expr);                                                                    \
+    if (hq_s_ != ok) HQ_DIE(lib " error in %s: %s", text, str(hq_s_));                      \
+  } while (0)
 #define HQ_CUBLAS_CHECK(expr)                                                               \
-  do {                                                                                      \
-    cublasStatus_t hq_s_ = (expr);                                                          \
-    if (hq_s_ != CUBLAS_STATUS_SUCCESS)                                                     \
-      HQ_DIE("cuBLAS error in %s: %s", #expr, hq_cublas_str(hq_s_));                        \
-  } while (0)
+  HQ_STATUS_CHECK_(cublasStatus_t, CUBLAS_STATUS_SUCCESS, "cuBLAS", hq_cublas_str, #expr, expr)
 #define HQ_CUSOLVER_CHECK(expr)                                                             \
-  do {                                                                                      \
-    cusolverStatus_t hq_s_ = (expr);                                                        \
-    if (hq_s_ != CUSOLVER_STATUS_SUCCESS)                                                   \
-      HQ_DIE("cuSOLVER error in %s: %s", #expr, hq_cusolver_str(hq_s_));                    \
-  } while (0)
+  HQ_STATUS_CHECK_(cusolverStatus_t, CUSOLVER_STATUS_SUCCESS, "cuSOLVER", hq_cusolver_str,   \
+                   #expr, expr)
 /* After every kernel launch (catches bad launch configurations at once; execution errors
  * surface at the next synchronising call, which is checked too). */
 #define HQ_LAUNCH_CHECK(name)                                                               \

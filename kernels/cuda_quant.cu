@@ -188,8 +188,7 @@ void hq_cuda_gptq_block(struct hq_grid g, int64_t rows, int64_t count, int64_t c
                         float *W1, int64_t ldw, const float *Hinv1, int64_t ldh,
                         const float *scale, const float *zero, const int32_t *col_group,
                         float *Err1, int64_t lde, uint8_t *codes, int64_t ldc, double *row_loss) {
-  HQ_ASSERT(0 <= c0 && c0 <= c1 && c1 <= count);
-  if (rows <= 0 || c0 == c1) return;
+  if (hq_gptq_block_empty(rows, count, c0, c1)) return;
   const int64_t w = count - c0, n = c1 - c0;
   float *Wb = W1 + c0;
   const float *Hb = Hinv1 + c0 * ldh + c0;

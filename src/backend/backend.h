@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "error.h"
 #include "quant.h"
 
 struct hq_backend {
@@ -112,6 +113,13 @@ struct hq_backend {
   /* y[i] += x[i] */
   void (*add)(int64_t n, float *y, const float *x);
 };
+
+/* gptq_block's preconditions, shared by every backend's implementation: 0 <= c0 <= c1 <= count
+ * (a tier-2 failure otherwise). Returns 1 when there is nothing to do (no rows, no columns). */
+static inline int hq_gptq_block_empty(int64_t rows, int64_t count, int64_t c0, int64_t c1) {
+  HQ_ASSERT(0 <= c0 && c0 <= c1 && c1 <= count);
+  return rows <= 0 || c0 == c1;
+}
 
 /* The CPU backend (always available). */
 const struct hq_backend *hq_backend_cpu(void);

@@ -98,8 +98,7 @@ void hq_cpu_gptq_block(struct hq_grid g, int64_t rows, int64_t count, int64_t c0
                        float *W1, int64_t ldw, const float *Hinv1, int64_t ldh,
                        const float *scale, const float *zero, const int32_t *col_group,
                        float *Err1, int64_t lde, uint8_t *codes, int64_t ldc, double *row_loss) {
-  HQ_ASSERT(0 <= c0 && c0 <= c1 && c1 <= count);
-  if (rows <= 0 || c0 == c1) return;
+  if (hq_gptq_block_empty(rows, count, c0, c1)) return;
   const struct blk b = {g.maxq, count, c0, c1, ldw, ldh, lde, ldc, rows, Hinv1, col_group};
   const int64_t ntiles = (rows + HQ_TILE - 1) / HQ_TILE;
   int nomem = 0;

@@ -114,39 +114,44 @@ void hq_pack_free(struct hq_packed *p) {
   p->scales = NULL;
 }
 
+/* A stream of `bits`-bit values in 32-bit words, least significant bits first: the bits not yet
+ * written (encode) or not yet read (decode) are acc's low nb bits; w is the next word. */
+struct bit_stream {
+  uint64_t mask, acc;
+  int nb;
+  int64_t w;
+};
+
+static struct bit_stream stream_start(int bits, int64_t n) {
+  HQ_ASSERT(hq_pack_unit(bits) > 0 && n % hq_pack_unit(bits) == 0);
+  return (struct bit_stream){.mask = (1u << bits) - 1u, .acc = 0, .nb = 0, .w = 0};
+}
+
 void hq_pack_stream_encode(int bits, int64_t n, const uint8_t *vals, int64_t vstride,
                            uint32_t *words, int64_t stride) {
-  HQ_ASSERT(hq_pack_unit(bits) > 0 && n % hq_pack_unit(bits) == 0);
-  const uint64_t mask = (1u << bits) - 1u;
-  uint64_t acc = 0;
-  int nb = 0;
-  int64_t w = 0;
+  struct bit_stream s = stream_start(bits, n);
   for (int64_t k = 0; k < n; k++) {
-    acc |= ((uint64_t)vals[k * vstride] & mask) << nb;
-    nb += bits;
-    if (nb >= 32) {
-      words[w++ * stride] = (uint32_t)acc;
-      acc >>= 32;
-      nb -= 32;
+    s.acc |= ((uint64_t)vals[k * vstride] & s.mask) << s.nb;
+    s.nb += bits;
+    if (s.nb >= 32) {
+      words[s.w++ * stride] = (uint32_t)s.acc;
+      s.acc >>= 32;
+      s.nb -= 32;
     }
   }
 }
 
 void hq_pack_stream_decode(int bits, int64_t n, const uint32_t *words, int64_t stride,
                            uint8_t *vals, int64_t vstride) {
-  HQ_ASSERT(hq_pack_unit(bits) > 0 && n % hq_pack_unit(bits) == 0);
-  const uint64_t mask = (1u << bits) - 1u;
-  uint64_t acc = 0;
-  int nb = 0;
-  int64_t w = 0;
+  struct bit_stream s = stream_start(bits, n);
   for (int64_t k = 0; k < n; k++) {
-    if (nb < bits) {
-      acc |= (uint64_t)words[w++ * stride] << nb;
-      nb += 32;
+    if (s.nb < bits) {
+      s.acc |= (uint64_t)words[s.w++ * stride] << s.nb;
+      s.nb += 32;
     }
-    vals[k * vstride] = (uint8_t)(acc & mask);
-    acc >>= bits;
-    nb -= bits;
+    vals[k * vstride] = (uint8_t)(s.acc & s.mask);
+    s.acc >>= bits;
+    s.nb -= bits;
   }
 }
 

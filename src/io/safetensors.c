@@ -66,23 +66,24 @@ static void free_tensors(struct hq_st_tensor *t, int64_t n) {
   free(t);
 }
 
-/* Validate one header entry into *t. Returns a status; messages name file and tensor. */
-static int parse_entry(const cJSON *e, const char *what, size_t data_len, struct hq_st_tensor *t,
-                       int64_t *begin, int64_t *end) {
+/* dtype, shape and data_offsets of a header entry: present and of the right JSON type, the
+ * dtype one hpcq reads (into t->dtype). */
+static int entry_fields(const cJSON *e, const char *what, struct hq_st_tensor *t,
+                        const cJSON **js, const cJSON **jo) {
   const char *name = e->string;
   if (!cJSON_IsObject(e))
     return hq_fail(HQ_ERR_INPUT, "%s: header entry for tensor '%s' is not a JSON object; "
                    "the file is not a valid safetensors file", what, name);
   const cJSON *jd = cJSON_GetObjectItemCaseSensitive(e, "dtype");
-  const cJSON *js = cJSON_GetObjectItemCaseSensitive(e, "shape");
-  const cJSON *jo = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
+  *js = cJSON_GetObjectItemCaseSensitive(e, "shape");
+  *jo = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
   if (!cJSON_IsString(jd))
     return hq_fail(HQ_ERR_INPUT, "%s: tensor '%s' has no \"dtype\" string in the header; "
                    "the file is not a valid safetensors file", what, name);
-  if (!cJSON_IsArray(js))
+  if (!cJSON_IsArray(*js))
     return hq_fail(HQ_ERR_INPUT, "%s: tensor '%s' has no \"shape\" array in the header; "
                    "the file is not a valid safetensors file", what, name);
-  if (!cJSON_IsArray(jo))
+  if (!cJSON_IsArray(*jo))
     return hq_fail(HQ_ERR_INPUT, "%s: tensor '%s' has no \"data_offsets\" array in the header; "
                    "the file is not a valid safetensors file", what, name);
   const char *ds = jd->valuestring;
@@ -93,6 +94,13 @@ static int parse_entry(const cJSON *e, const char *what, size_t data_len, struct
     return hq_fail(HQ_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype '%.40s', which hpcq does not "
                    "read; supported dtypes are BF16, F16 and F32 (convert the checkpoint, e.g. "
                    "with transformers' torch_dtype=torch.bfloat16)", what, name, ds);
+  return HQ_OK;
+}
+
+/* The shape array into t->ndim, t->shape (unused dimensions 0) and t->numel, whose byte size
+ * must fit int64. */
+static int entry_shape(const cJSON *js, const char *what, const char *name,
+                       struct hq_st_tensor *t) {
   int nd = cJSON_GetArraySize(js);
   if (nd > HQ_ST_MAXDIM)
     return hq_fail(HQ_ERR_UNSUPPORTED, "%s: tensor '%s' has %d dimensions; at most %d are "
@@ -117,6 +125,13 @@ static int parse_entry(const cJSON *e, const char *what, size_t data_len, struct
     return hq_fail(HQ_ERR_INPUT, "%s: tensor '%s': shape is too large (element count overflows "
                    "64 bits); the header is corrupt", what, name);
   t->numel = numel;
+  return HQ_OK;
+}
+
+/* data_offsets [begin, end) into *begin, *end: inside the data section and exactly the bytes
+ * of t's dtype and shape (t->nbytes). */
+static int entry_offsets(const cJSON *jo, const char *what, const char *name, size_t data_len,
+                         struct hq_st_tensor *t, int64_t *begin, int64_t *end) {
   if (cJSON_GetArraySize(jo) != 2 || !json_uint(jo->child, begin) ||
       !json_uint(jo->child->next, end))
     return hq_fail(HQ_ERR_INPUT, "%s: tensor '%s': \"data_offsets\" must be two non-negative "
@@ -129,55 +144,79 @@ static int parse_entry(const cJSON *e, const char *what, size_t data_len, struct
                    "of the data section (%zu bytes); the file is truncated or its header is "
                    "corrupt (re-download it)", what, name, (long long)*begin, (long long)*end,
                    data_len);
-  int64_t want = numel * (int64_t)esz;
+  int64_t want = t->numel * (int64_t)hq_dtype_size(t->dtype);
   if (*end - *begin != want)
     return hq_fail(HQ_ERR_INPUT, "%s: tensor '%s': data_offsets [%lld, %lld] hold %lld bytes but "
                    "%s shape with %lld elements needs %lld; the header is corrupt", what, name,
                    (long long)*begin, (long long)*end, (long long)(*end - *begin),
-                   hq_dtype_name(t->dtype), (long long)numel, (long long)want);
+                   hq_dtype_name(t->dtype), (long long)t->numel, (long long)want);
   t->nbytes = (size_t)want;
   return HQ_OK;
 }
 
-int hq_st_parse_header(const char *json, size_t len, const void *data, size_t data_len,
-                       int file_index, const char *what, struct hq_safetensors *st) {
-  if (!what) what = "safetensors header";
+/* Validate one header entry into *t. Returns a status; messages name file and tensor. */
+static int parse_entry(const cJSON *e, const char *what, size_t data_len, struct hq_st_tensor *t,
+                       int64_t *begin, int64_t *end) {
+  const cJSON *js = NULL, *jo = NULL;
+  HQ_TRY(entry_fields(e, what, t, &js, &jo));
+  HQ_TRY(entry_shape(js, what, e->string, t));
+  return entry_offsets(jo, what, e->string, data_len, t, begin, end);
+}
+
+/* The header text as a cJSON object (*root, the caller deletes it): valid JSON, followed by
+ * padding only. */
+static int header_root(const char *json, size_t len, const char *what, cJSON **root) {
   const char *endp = NULL;
-  cJSON *root = cJSON_ParseWithLengthOpts(json, len, &endp, 0);
-  if (!root)
+  *root = cJSON_ParseWithLengthOpts(json, len, &endp, 0);
+  if (!*root)
     return hq_fail(HQ_ERR_INPUT, "%s: the header is not valid JSON (error near byte %lld); the "
                    "file is not a safetensors file or is corrupt", what,
                    (long long)(cJSON_GetErrorPtr() && cJSON_GetErrorPtr() >= json &&
                                        cJSON_GetErrorPtr() <= json + len
                                    ? cJSON_GetErrorPtr() - json
                                    : -1));
-  /* The header may be padded with spaces (the format pads to 8 bytes); nothing else. */
-  for (const char *p = endp ? endp : json + len; p < json + len; p++) {
-    if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r' && *p != '\0') {
-      cJSON_Delete(root);
-      return hq_fail(HQ_ERR_INPUT, "%s: unexpected bytes after the JSON header (at byte %lld); "
-                     "the file is corrupt", what, (long long)(p - json));
-    }
-  }
-  if (!cJSON_IsObject(root)) {
-    cJSON_Delete(root);
-    return hq_fail(HQ_ERR_INPUT, "%s: the header is not a JSON object; the file is not a "
-                   "safetensors file", what);
-  }
-  int64_t n = 0;
-  for (const cJSON *e = root->child; e; e = e->next)
-    if (strcmp(e->string, "__metadata__") != 0) n++;
-  struct hq_st_tensor *tt = n ? calloc((size_t)n, sizeof *tt) : NULL;
-  struct span *sp = n ? calloc((size_t)n, sizeof *sp) : NULL;
-  if (n && (!tt || !sp)) {
-    free(tt);
-    free(sp);
-    cJSON_Delete(root);
-    return hq_fail(HQ_ERR_NOMEM, "%s: out of memory for %lld header entries", what, (long long)n);
-  }
   int rc = HQ_OK;
+  /* The header may be padded with spaces (the format pads to 8 bytes); nothing else. */
+  for (const char *p = endp ? endp : json + len; p < json + len && rc == HQ_OK; p++)
+    if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r' && *p != '\0')
+      rc = hq_fail(HQ_ERR_INPUT, "%s: unexpected bytes after the JSON header (at byte %lld); "
+                   "the file is corrupt", what, (long long)(p - json));
+  if (rc == HQ_OK && !cJSON_IsObject(*root))
+    rc = hq_fail(HQ_ERR_INPUT, "%s: the header is not a JSON object; the file is not a "
+                 "safetensors file", what);
+  if (rc != HQ_OK) {
+    cJSON_Delete(*root);
+    *root = NULL;
+  }
+  return rc;
+}
+
+/* No two tensors may share bytes (empty tensors own no bytes); sorts sp[n]. */
+static int check_overlap(struct span *sp, int64_t n, const struct hq_st_tensor *tt,
+                         const char *what) {
+  if (n <= 1) return HQ_OK;
+  qsort(sp, (size_t)n, sizeof *sp, cmp_span);
+  int64_t prev = -1;
+  for (int64_t k = 0; k < n; k++) {
+    if (sp[k].begin == sp[k].end) continue;
+    if (prev >= 0 && sp[k].begin < sp[prev].end)
+      return hq_fail(HQ_ERR_INPUT, "%s: tensors '%s' [%lld, %lld) and '%s' [%lld, %lld) overlap "
+                     "in the data section; the header is corrupt", what, tt[sp[prev].idx].name,
+                     (long long)sp[prev].begin, (long long)sp[prev].end, tt[sp[k].idx].name,
+                     (long long)sp[k].begin, (long long)sp[k].end);
+    if (prev < 0 || sp[k].end > sp[prev].end) prev = k;
+  }
+  return HQ_OK;
+}
+
+/* The n tensor entries of root (all but __metadata__) into tt[n], validated, with their byte
+ * ranges in sp[n]; *done: how many tt[] hold a name (to free on failure). */
+static int parse_entries(const cJSON *root, const void *data, size_t data_len, int file_index,
+                         const char *what, struct hq_st_tensor *tt, struct span *sp,
+                         int64_t *done) {
   int64_t i = 0;
-  for (const cJSON *e = root->child; e; e = e->next) {
+  int rc = HQ_OK;
+  for (const cJSON *e = root->child; e && rc == HQ_OK; e = e->next) {
     if (strcmp(e->string, "__metadata__") == 0) continue;
     struct hq_st_tensor *t = &tt[i];
     int64_t b = 0, en = 0;
@@ -193,47 +232,62 @@ int hq_st_parse_header(const char *json, size_t len, const void *data, size_t da
     sp[i] = (struct span){b, en, i};
     i++;
   }
-  cJSON_Delete(root);
-  if (rc == HQ_OK && n > 1) {
-    /* no two tensors may share bytes (empty tensors own no bytes) */
-    qsort(sp, (size_t)n, sizeof *sp, cmp_span);
-    int64_t prev = -1;
-    for (int64_t k = 0; k < n; k++) {
-      if (sp[k].begin == sp[k].end) continue;
-      if (prev >= 0 && sp[k].begin < sp[prev].end) {
-        rc = hq_fail(HQ_ERR_INPUT, "%s: tensors '%s' [%lld, %lld) and '%s' [%lld, %lld) overlap "
-                     "in the data section; the header is corrupt", what, tt[sp[prev].idx].name,
-                     (long long)sp[prev].begin, (long long)sp[prev].end, tt[sp[k].idx].name,
-                     (long long)sp[k].begin, (long long)sp[k].end);
-        break;
-      }
-      if (prev < 0 || sp[k].end > sp[prev].end) prev = k;
-    }
+  *done = i;
+  return rc;
+}
+
+/* The header's tensors as a new array (*out, n entries; NULL when n == 0). */
+static int header_tensors(const char *json, size_t len, const void *data, size_t data_len,
+                          int file_index, const char *what, struct hq_st_tensor **out,
+                          int64_t *nout) {
+  cJSON *root = NULL;
+  HQ_TRY(header_root(json, len, what, &root));
+  int64_t n = 0;
+  for (const cJSON *e = root->child; e; e = e->next)
+    if (strcmp(e->string, "__metadata__") != 0) n++;
+  struct hq_st_tensor *tt = n ? calloc((size_t)n, sizeof *tt) : NULL;
+  struct span *sp = n ? calloc((size_t)n, sizeof *sp) : NULL;
+  if (n && (!tt || !sp)) {
+    free(tt);
+    free(sp);
+    cJSON_Delete(root);
+    return hq_fail(HQ_ERR_NOMEM, "%s: out of memory for %lld header entries", what, (long long)n);
   }
+  int64_t i = 0;
+  int rc = parse_entries(root, data, data_len, file_index, what, tt, sp, &i);
+  cJSON_Delete(root);
+  if (rc == HQ_OK) rc = check_overlap(sp, n, tt, what);
   free(sp);
   if (rc != HQ_OK) {
     free_tensors(tt, i);
     return rc;
   }
-  /* names must be unique, within this header and across the files already in `st` */
+  *out = tt;
+  *nout = n;
+  return HQ_OK;
+}
+
+/* Names must be unique, within tt[n] and across the files already in st; sorts tt by name. */
+static int check_names(struct hq_st_tensor *tt, int64_t n, const struct hq_safetensors *st,
+                       const char *what) {
   if (n > 1) qsort(tt, (size_t)n, sizeof *tt, cmp_tensor_name);
-  for (int64_t k = 0; k < n && rc == HQ_OK; k++) {
+  for (int64_t k = 0; k < n; k++) {
     if (k > 0 && strcmp(tt[k - 1].name, tt[k].name) == 0)
-      rc = hq_fail(HQ_ERR_INPUT, "%s: tensor '%s' appears twice in the header; the checkpoint is "
-                   "corrupt", what, tt[k].name);
-    else {
-      const struct hq_st_tensor *o = hq_st_find(st, tt[k].name);
-      if (o)
-        rc = hq_fail(HQ_ERR_INPUT, "%s: tensor '%s' is also in %s; a tensor may be stored only "
+      return hq_fail(HQ_ERR_INPUT, "%s: tensor '%s' appears twice in the header; the checkpoint "
+                     "is corrupt", what, tt[k].name);
+    const struct hq_st_tensor *o = hq_st_find(st, tt[k].name);
+    if (o)
+      return hq_fail(HQ_ERR_INPUT, "%s: tensor '%s' is also in %s; a tensor may be stored only "
                      "once in a checkpoint", what, tt[k].name,
                      o->file >= 0 && o->file < st->nfiles ? st->files[o->file].path
                                                           : "another header");
-    }
   }
-  if (rc != HQ_OK || n == 0) {
-    free_tensors(tt, n);
-    return rc;
-  }
+  return HQ_OK;
+}
+
+/* Move tt[n] (n >= 1; freed in every case) into st's name-sorted tensor list. */
+static int append_tensors(struct hq_safetensors *st, struct hq_st_tensor *tt, int64_t n,
+                          const char *what) {
   if (st->ntensors > INT64_MAX / 2 - n) {
     free_tensors(tt, n);
     return hq_fail(HQ_ERR_INPUT, "%s: too many tensors", what);
@@ -249,6 +303,20 @@ int hq_st_parse_header(const char *json, size_t len, const void *data, size_t da
   st->ntensors += n;
   qsort(all, (size_t)st->ntensors, sizeof *all, cmp_tensor_name);
   return HQ_OK;
+}
+
+int hq_st_parse_header(const char *json, size_t len, const void *data, size_t data_len,
+                       int file_index, const char *what, struct hq_safetensors *st) {
+  if (!what) what = "safetensors header";
+  struct hq_st_tensor *tt = NULL;
+  int64_t n = 0;
+  HQ_TRY(header_tensors(json, len, data, data_len, file_index, what, &tt, &n));
+  int rc = check_names(tt, n, st, what);
+  if (rc != HQ_OK || n == 0) {
+    free_tensors(tt, n);
+    return rc;
+  }
+  return append_tensors(st, tt, n, what);
 }
 
 /* ---------------- files ---------------- */
@@ -343,80 +411,98 @@ static int file_exists(const char *p) {
   return stat(p, &sb) == 0;
 }
 
-/* index.json: {"metadata": ..., "weight_map": {"tensor": "shard file", ...}} */
-static int open_index(const char *index_path, struct hq_safetensors *st) {
+/* The index's weight_map (tensor name -> shard file name): a non-empty object in *root (the
+ * caller deletes it). */
+static int index_weight_map(const char *index_path, cJSON **root, const cJSON **wm) {
   char *text = NULL;
   size_t len = 0;
   HQ_TRY(read_text(index_path, &text, &len));
   long long at = -1;
-  cJSON *root = hq_json_parse_whole(text, len, &at);
+  *root = hq_json_parse_whole(text, len, &at);
   free(text);
-  if (!root)
+  if (!*root)
     return hq_fail(HQ_ERR_INPUT, "%s: not valid JSON (at byte %lld: a syntax error, or something "
                    "after the closing brace); the sharded checkpoint index is corrupt: download "
                    "it again", index_path, at);
-  const cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
-  if (!cJSON_IsObject(wm) || !wm->child) {
-    cJSON_Delete(root);
+  *wm = cJSON_GetObjectItemCaseSensitive(*root, "weight_map");
+  if (!cJSON_IsObject(*wm) || !(*wm)->child) {
+    cJSON_Delete(*root);
+    *root = NULL;
     return hq_fail(HQ_ERR_INPUT, "%s: no \"weight_map\" object (tensor name -> shard file); the "
                    "sharded checkpoint index is corrupt", index_path);
   }
-  /* folder of the index */
+  return HQ_OK;
+}
+
+/* The distinct shard names of the weight map, in order of first appearance (*shards, pointing
+ * into wm; the caller frees the array): plain file names in the model folder. */
+static int index_shards(const cJSON *wm, const char *index_path, const char ***shards,
+                        int *nshards) {
+  for (const cJSON *e = wm->child; e; e = e->next) {
+    if (!cJSON_IsString(e))
+      return hq_fail(HQ_ERR_INPUT, "%s: weight_map entry for '%s' is not a file name string",
+                     index_path, e->string);
+    const char *s = e->valuestring;
+    if (!s[0] || s[0] == '/' || strstr(s, ".."))
+      return hq_fail(HQ_ERR_INPUT, "%s: weight_map entry for '%s' names shard '%s'; shard names "
+                     "must be plain file names in the model folder", index_path, e->string, s);
+    int found = 0;
+    for (int k = 0; k < *nshards && !found; k++) found = strcmp((*shards)[k], s) == 0;
+    if (found) continue;
+    const char **ns = realloc(*shards, (size_t)(*nshards + 1) * sizeof *ns);
+    if (!ns) return hq_fail(HQ_ERR_NOMEM, "out of memory");
+    *shards = ns;
+    ns[(*nshards)++] = s;
+  }
+  return HQ_OK;
+}
+
+/* Map each shard, named relative to the folder of the index, as the next file of st. */
+static int index_open_shards(const char *index_path, const char **shards, int nshards,
+                             struct hq_safetensors *st) {
   char dir[4096];
   snprintf(dir, sizeof dir, "%s", index_path);
   char *slash = strrchr(dir, '/');
   if (slash) *slash = 0;
   else snprintf(dir, sizeof dir, ".");
-
-  int rc = HQ_OK;
-  int nshards = 0;
-  const char **shards = NULL; /* distinct shard names, in order of first appearance */
-  for (const cJSON *e = wm->child; e && rc == HQ_OK; e = e->next) {
-    if (!cJSON_IsString(e)) {
-      rc = hq_fail(HQ_ERR_INPUT, "%s: weight_map entry for '%s' is not a file name string",
-                   index_path, e->string);
-      break;
-    }
-    const char *s = e->valuestring;
-    if (!s[0] || s[0] == '/' || strstr(s, "..")) {
-      rc = hq_fail(HQ_ERR_INPUT, "%s: weight_map entry for '%s' names shard '%s'; shard names "
-                   "must be plain file names in the model folder", index_path, e->string, s);
-      break;
-    }
-    int found = 0;
-    for (int k = 0; k < nshards && !found; k++) found = strcmp(shards[k], s) == 0;
-    if (!found) {
-      const char **ns = realloc(shards, (size_t)(nshards + 1) * sizeof *ns);
-      if (!ns) {
-        rc = hq_fail(HQ_ERR_NOMEM, "out of memory");
-        break;
-      }
-      shards = ns;
-      shards[nshards++] = s;
-    }
-  }
-  for (int k = 0; k < nshards && rc == HQ_OK; k++) {
+  for (int k = 0; k < nshards; k++) {
     char p[8192];
     snprintf(p, sizeof p, "%s/%s", dir, shards[k]);
-    if (!file_exists(p)) {
-      rc = hq_fail(HQ_ERR_IO, "%s names shard '%s', but %s does not exist; the checkpoint "
-                   "download is incomplete (fetch every *.safetensors file)", index_path,
-                   shards[k], p);
-      break;
-    }
-    rc = add_file(st, p);
+    if (!file_exists(p))
+      return hq_fail(HQ_ERR_IO, "%s names shard '%s', but %s does not exist; the checkpoint "
+                     "download is incomplete (fetch every *.safetensors file)", index_path,
+                     shards[k], p);
+    HQ_TRY(add_file(st, p));
   }
-  /* every tensor of the map must be in the shard the map names */
-  for (const cJSON *e = wm->child; e && rc == HQ_OK; e = e->next) {
+  return HQ_OK;
+}
+
+/* Every tensor of the map must be in the shard the map names. */
+static int index_check_map(const cJSON *wm, const char *index_path, const char **shards,
+                           int nshards, const struct hq_safetensors *st) {
+  for (const cJSON *e = wm->child; e; e = e->next) {
     const struct hq_st_tensor *t = hq_st_find(st, e->string);
     int want = -1;
     for (int k = 0; k < nshards; k++)
       if (strcmp(shards[k], e->valuestring) == 0) want = k;
     if (!t || t->file != want)
-      rc = hq_fail(HQ_ERR_INPUT, "%s maps tensor '%s' to shard '%s', but that shard does not "
-                   "contain it; the index and the shards do not belong together", index_path,
-                   e->string, e->valuestring);
+      return hq_fail(HQ_ERR_INPUT, "%s maps tensor '%s' to shard '%s', but that shard does not "
+                     "contain it; the index and the shards do not belong together", index_path,
+                     e->string, e->valuestring);
   }
+  return HQ_OK;
+}
+
+/* index.json: {"metadata": ..., "weight_map": {"tensor": "shard file", ...}} */
+static int open_index(const char *index_path, struct hq_safetensors *st) {
+  cJSON *root = NULL;
+  const cJSON *wm = NULL;
+  HQ_TRY(index_weight_map(index_path, &root, &wm));
+  int nshards = 0;
+  const char **shards = NULL;
+  int rc = index_shards(wm, index_path, &shards, &nshards);
+  if (rc == HQ_OK) rc = index_open_shards(index_path, shards, nshards, st);
+  if (rc == HQ_OK) rc = index_check_map(wm, index_path, shards, nshards, st);
   free(shards);
   cJSON_Delete(root);
   return rc;

@@ -11,8 +11,9 @@
 #include "model.h"
 #include "util.h"
 
-int hq_tokens_load(const char *path, int64_t vocab, struct hq_tokens *t) {
-  memset(t, 0, sizeof *t);
+/* The whole file as int32 ids (*ids, *n; the caller frees *ids): a non-empty multiple of
+ * 4 bytes. */
+static int read_ids(const char *path, int32_t **ids, int64_t *n) {
   FILE *fp;
   HQ_TRY(hq_fopen_regular(path, "token file", &fp));
   struct stat sb;
@@ -28,34 +29,50 @@ int hq_tokens_load(const char *path, int64_t vocab, struct hq_tokens *t) {
                    ".tofile(path))", path, size,
                    size == 0 ? "it is empty" : "not a multiple of 4");
   }
-  int64_t n = (int64_t)(size / 4);
-  int32_t *ids = malloc(size);
-  if (!ids) {
+  *n = (int64_t)(size / 4);
+  *ids = malloc(size);
+  if (!*ids) {
     fclose(fp);
-    return hq_fail(HQ_ERR_NOMEM, "out of memory for %lld tokens of %s", (long long)n, path);
+    return hq_fail(HQ_ERR_NOMEM, "out of memory for %lld tokens of %s", (long long)*n, path);
   }
-  size_t got = fread(ids, 1, size, fp);
+  size_t got = fread(*ids, 1, size, fp);
   fclose(fp);
   if (got != size) {
-    free(ids);
+    free(*ids);
+    *ids = NULL;
     return hq_fail(HQ_ERR_IO, "short read of %s (%zu of %zu bytes)", path, got, size);
   }
+  return HQ_OK;
+}
+
+/* Every id must be >= 0 and, with vocab > 0, below vocab. */
+static int check_ids(const char *path, const int32_t *ids, int64_t n, int64_t vocab) {
+  for (int64_t i = 0; i < n; i++) {
+    if (ids[i] >= 0 && (vocab <= 0 || ids[i] < vocab)) continue;
+    if (vocab > 0)
+      return hq_fail(HQ_ERR_INPUT, "token file %s: token %lld (byte offset %lld) has id %d, "
+                     "outside the model's vocabulary [0, %lld); the tokens were probably made "
+                     "with another tokenizer than this model's", path, (long long)i,
+                     (long long)(4 * i), ids[i], (long long)vocab);
+    return hq_fail(HQ_ERR_INPUT, "token file %s: token %lld (byte offset %lld) has negative id "
+                   "%d; the file is not raw little-endian int32 token ids", path, (long long)i,
+                   (long long)(4 * i), ids[i]);
+  }
+  return HQ_OK;
+}
+
+int hq_tokens_load(const char *path, int64_t vocab, struct hq_tokens *t) {
+  memset(t, 0, sizeof *t);
+  int32_t *ids = NULL;
+  int64_t n = 0;
+  HQ_TRY(read_ids(path, &ids, &n));
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
   for (int64_t i = 0; i < n; i++) ids[i] = (int32_t)__builtin_bswap32((uint32_t)ids[i]);
 #endif
-  for (int64_t i = 0; i < n; i++) {
-    if (ids[i] < 0 || (vocab > 0 && ids[i] >= vocab)) {
-      int32_t v = ids[i];
-      free(ids);
-      if (vocab > 0)
-        return hq_fail(HQ_ERR_INPUT, "token file %s: token %lld (byte offset %lld) has id %d, "
-                       "outside the model's vocabulary [0, %lld); the tokens were probably made "
-                       "with another tokenizer than this model's", path, (long long)i,
-                       (long long)(4 * i), v, (long long)vocab);
-      return hq_fail(HQ_ERR_INPUT, "token file %s: token %lld (byte offset %lld) has negative id "
-                     "%d; the file is not raw little-endian int32 token ids", path, (long long)i,
-                     (long long)(4 * i), v);
-    }
+  const int rc = check_ids(path, ids, n, vocab);
+  if (rc) {
+    free(ids);
+    return rc;
   }
   t->ids = ids;
   t->n = n;

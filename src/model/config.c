@@ -127,12 +127,8 @@ int hq_config_check_seqlen(const struct hq_model_config *c, int64_t seqlen, cons
   return HQ_OK;
 }
 
-static int parse(const cJSON *root, const char *what, struct hq_model_config *c) {
-  if (!cJSON_IsObject(root))
-    return hq_fail(HQ_ERR_INPUT, "%s: not a JSON object; expected a Hugging Face config.json",
-                   what);
-  HQ_TRY(no_dup_keys(root, what));
-  /* architecture */
+/* "architectures"[0] into c->arch and c->arch_name: one of SUPPORTED_ARCHS. */
+static int parse_arch(const cJSON *root, const char *what, struct hq_model_config *c) {
   const cJSON *archs = get(root, "architectures");
   const char *an = NULL;
   if (cJSON_IsArray(archs) && cJSON_IsString(archs->child)) an = archs->child->valuestring;
@@ -146,7 +142,11 @@ static int parse(const cJSON *root, const char *what, struct hq_model_config *c)
     return hq_fail(HQ_ERR_UNSUPPORTED, "%s: architecture \"%.60s\" is not supported; hpcq "
                    "supports " SUPPORTED_ARCHS, what, an);
   snprintf(c->arch_name, sizeof c->arch_name, "%s", an);
+  return HQ_OK;
+}
 
+/* The MLP must be the SiLU-gated one without bias. */
+static int check_mlp(const cJSON *root, const char *what) {
   const cJSON *act = get(root, "hidden_act");
   if (act && (!cJSON_IsString(act) || strcmp(act->valuestring, "silu") != 0))
     return hq_fail(HQ_ERR_UNSUPPORTED, "%s: hidden_act \"%.40s\" is not supported; hpcq supports "
@@ -157,8 +157,11 @@ static int parse(const cJSON *root, const char *what, struct hq_model_config *c)
   if (mlp_bias)
     return hq_fail(HQ_ERR_UNSUPPORTED, "%s: mlp_bias true is not supported; hpcq supports MLPs "
                    "without bias", what);
-  HQ_TRY(parse_sliding_window(root, what, c));
+  return HQ_OK;
+}
 
+/* Sizes: the required ones, then the optional ones with transformers' defaults per arch. */
+static int parse_sizes(const cJSON *root, const char *what, struct hq_model_config *c) {
   HQ_TRY(get_int(root, "hidden_size", 1, &c->hidden, what));
   HQ_TRY(get_int(root, "intermediate_size", 1, &c->intermediate, what));
   HQ_TRY(get_int(root, "num_hidden_layers", 1, &c->n_layers, what));
@@ -168,9 +171,12 @@ static int parse(const cJSON *root, const char *what, struct hq_model_config *c)
   HQ_TRY(get_int(root, "num_key_value_heads", 0, &c->n_kv_heads, what));
   c->head_dim = 0;
   HQ_TRY(get_int(root, "head_dim", 0, &c->head_dim, what));
-  /* transformers' defaults per architecture */
   c->max_pos = c->arch == HQ_ARCH_LLAMA ? 2048 : c->arch == HQ_ARCH_MISTRAL ? 131072 : 32768;
-  HQ_TRY(get_int(root, "max_position_embeddings", 0, &c->max_pos, what));
+  return get_int(root, "max_position_embeddings", 0, &c->max_pos, what);
+}
+
+/* RMSNorm eps, RoPE theta and scaling, tied embeddings, q/k/v bias (always on for Qwen2). */
+static int parse_norm_rope(const cJSON *root, const char *what, struct hq_model_config *c) {
   double eps = 1e-6;
   HQ_TRY(get_num(root, "rms_norm_eps", &eps, what));
   if (!(eps > 0 && eps < 1))
@@ -185,9 +191,11 @@ static int parse(const cJSON *root, const char *what, struct hq_model_config *c)
   int ab = 0;
   HQ_TRY(get_bool(root, "attention_bias", &ab, what));
   c->qkv_bias = ab || c->arch == HQ_ARCH_QWEN2;
-  HQ_TRY(parse_rope_scaling(get(root, "rope_scaling"), what, c));
+  return parse_rope_scaling(get(root, "rope_scaling"), what, c);
+}
 
-  /* shapes must be consistent */
+/* Shapes must be consistent: head_dim (derived when absent), heads, vocab. */
+static int check_shapes(const char *what, struct hq_model_config *c) {
   if (c->head_dim == 0) {
     if (c->hidden % c->n_heads != 0)
       return hq_fail(HQ_ERR_UNSUPPORTED, "%s: num_attention_heads %lld does not divide "
@@ -208,6 +216,19 @@ static int parse(const cJSON *root, const char *what, struct hq_model_config *c)
     return hq_fail(HQ_ERR_UNSUPPORTED, "%s: vocab_size %lld does not fit int32 token ids", what,
                    (long long)c->vocab);
   return HQ_OK;
+}
+
+static int parse(const cJSON *root, const char *what, struct hq_model_config *c) {
+  if (!cJSON_IsObject(root))
+    return hq_fail(HQ_ERR_INPUT, "%s: not a JSON object; expected a Hugging Face config.json",
+                   what);
+  HQ_TRY(no_dup_keys(root, what));
+  HQ_TRY(parse_arch(root, what, c));
+  HQ_TRY(check_mlp(root, what));
+  HQ_TRY(parse_sliding_window(root, what, c));
+  HQ_TRY(parse_sizes(root, what, c));
+  HQ_TRY(parse_norm_rope(root, what, c));
+  return check_shapes(what, c);
 }
 
 int hq_config_parse(const char *text, size_t len, const char *what, struct hq_model_config *c) {
@@ -232,6 +253,32 @@ int hq_config_parse(const char *text, size_t len, const char *what, struct hq_mo
   return HQ_OK;
 }
 
+/* The whole of fp (closed here) into *buf (the caller frees it), *len bytes: at most 16 MB. */
+static int read_config_text(FILE *fp, const char *path, char **buf, size_t *len) {
+  size_t cap = 0;
+  for (;;) {
+    if (*len == cap) {
+      if (cap >= ((size_t)16 << 20)) {
+        fclose(fp);
+        return hq_fail(HQ_ERR_INPUT, "%s is larger than 16 MB; not a config.json", path);
+      }
+      cap = cap ? cap * 2 : 4096;
+      char *nb = realloc(*buf, cap);
+      if (!nb) {
+        fclose(fp);
+        return hq_fail(HQ_ERR_NOMEM, "out of memory reading %s", path);
+      }
+      *buf = nb;
+    }
+    size_t got = fread(*buf + *len, 1, cap - *len, fp);
+    *len += got;
+    if (got == 0) break;
+  }
+  int err = ferror(fp);
+  fclose(fp);
+  return err ? hq_fail(HQ_ERR_IO, "error reading %s", path) : HQ_OK;
+}
+
 int hq_config_load(const char *dir, struct hq_model_config *c) {
   memset(c, 0, sizeof *c);
   char path[4096];
@@ -245,34 +292,9 @@ int hq_config_load(const char *dir, struct hq_model_config *c) {
   }
   if (rc0) return rc0;
   char *buf = NULL;
-  size_t len = 0, cap = 0;
-  for (;;) {
-    if (len == cap) {
-      if (cap >= ((size_t)16 << 20)) {
-        free(buf);
-        fclose(fp);
-        return hq_fail(HQ_ERR_INPUT, "%s is larger than 16 MB; not a config.json", path);
-      }
-      cap = cap ? cap * 2 : 4096;
-      char *nb = realloc(buf, cap);
-      if (!nb) {
-        free(buf);
-        fclose(fp);
-        return hq_fail(HQ_ERR_NOMEM, "out of memory reading %s", path);
-      }
-      buf = nb;
-    }
-    size_t got = fread(buf + len, 1, cap - len, fp);
-    len += got;
-    if (got == 0) break;
-  }
-  int err = ferror(fp);
-  fclose(fp);
-  if (err) {
-    free(buf);
-    return hq_fail(HQ_ERR_IO, "error reading %s", path);
-  }
-  int rc = hq_config_parse(buf, len, path, c);
+  size_t len = 0;
+  int rc = read_config_text(fp, path, &buf, &len);
+  if (rc == HQ_OK) rc = hq_config_parse(buf, len, path, c);
   free(buf);
   return rc;
 }

@@ -15,41 +15,73 @@
 #include "outpath.h"
 #include "pipeline_internal.h"
 
-/* The settings that determine the result; a resume must match them exactly. */
+/* One numeric or boolean setting of the settings JSON; a list of them ends with key NULL. */
+struct setting {
+  const char *key;
+  double v;
+  int is_bool;
+};
+
+static void add_settings(cJSON *j, const struct setting *s) {
+  for (; s->key; s++) {
+    if (s->is_bool) cJSON_AddBoolToObject(j, s->key, s->v != 0.0);
+    else cJSON_AddNumberToObject(j, s->key, s->v);
+  }
+}
+
+/* A 64-bit fingerprint as 16 hex digits */
+static void add_hex64(cJSON *j, const char *key, uint64_t v) {
+  char hx[32];
+  snprintf(hx, sizeof hx, "%016llx", (unsigned long long)v);
+  cJSON_AddStringToObject(j, key, hx);
+}
+
+/* The calibration data: how much, how drawn, which (FNV-1a 64 of the token file) */
+static void settings_calib(cJSON *j, const struct run *R) {
+  const struct hq_quant_opts *o = R->o;
+  cJSON_AddNumberToObject(j, "nsamples", (double)o->nsamples);
+  cJSON_AddNumberToObject(j, "seqlen", (double)R->seqlen);
+  cJSON_AddNumberToObject(j, "seed", (double)o->seed);
+  add_hex64(j, "calib_fnv1a64", R->calib_id);
+  cJSON_AddNumberToObject(j, "calib_tokens", (double)R->calib_tokens);
+}
+
+/* The model's sizes and contents, the arithmetic (backend and its kernel family,
+ * docs/readme/reproducibility.md) and the hpcq version */
+static void settings_model(cJSON *j, const struct run *R) {
+  const struct hq_model_config *c = &R->model.cfg;
+  cJSON_AddNumberToObject(j, "hidden_size", (double)c->hidden);
+  cJSON_AddNumberToObject(j, "num_hidden_layers", (double)c->n_layers);
+  cJSON_AddNumberToObject(j, "intermediate_size", (double)c->intermediate);
+  cJSON_AddNumberToObject(j, "vocab_size", (double)c->vocab);
+  add_hex64(j, "model_fnv1a64", R->model_id);
+  cJSON_AddStringToObject(j, "kernels", R->be->kernels());
+  cJSON_AddStringToObject(j, "hpcq_version", HQ_VERSION);
+}
+
+/* The settings that determine the result; a resume must match them exactly (it compares
+ * the strings as a whole, so the keys keep this order). */
 static char *settings_json(const struct run *R) {
   const struct hq_quant_opts *o = R->o;
-  const struct hq_model_config *c = &R->model.cfg;
-  const int64_t seqlen = R->seqlen;
+  const struct hq_gptq_opts *g = &o->g;
+  const struct hq_hqq_opts *h = &o->hqq;
   cJSON *j = cJSON_CreateObject();
   cJSON_AddStringToObject(j, "method", hq_method_name(o->method));
-  cJSON_AddNumberToObject(j, "bits", o->g.bits);
-  cJSON_AddNumberToObject(j, "group_size", (double)(o->g.group_size > 0 ? o->g.group_size : -1));
-  cJSON_AddBoolToObject(j, "sym", o->g.sym);
-  cJSON_AddBoolToObject(j, "mse", o->g.mse);
-  if (o->method == HQ_METHOD_GPTQ) {
-    cJSON_AddBoolToObject(j, "act_order", o->g.act_order);
-    cJSON_AddBoolToObject(j, "static_groups", o->g.static_groups);
-    cJSON_AddNumberToObject(j, "percdamp", o->g.percdamp);
-    cJSON_AddNumberToObject(j, "block_size", o->g.block_size);
-    cJSON_AddNumberToObject(j, "damp_retries", o->g.damp_retries);
-  }
-  if (hq_pipeline_need_calib(o)) {
-    cJSON_AddNumberToObject(j, "nsamples", (double)o->nsamples);
-    cJSON_AddNumberToObject(j, "seqlen", (double)seqlen);
-    cJSON_AddNumberToObject(j, "seed", (double)o->seed);
-    char hx[32];
-    snprintf(hx, sizeof hx, "%016llx", (unsigned long long)R->calib_id);
-    cJSON_AddStringToObject(j, "calib_fnv1a64", hx);
-    cJSON_AddNumberToObject(j, "calib_tokens", (double)R->calib_tokens);
-  }
+  cJSON_AddNumberToObject(j, "bits", g->bits);
+  cJSON_AddNumberToObject(j, "group_size", (double)(g->group_size > 0 ? g->group_size : -1));
+  cJSON_AddBoolToObject(j, "sym", g->sym);
+  cJSON_AddBoolToObject(j, "mse", g->mse);
+  if (o->method == HQ_METHOD_GPTQ)
+    add_settings(j, (const struct setting[]){
+        {"act_order", g->act_order, 1}, {"static_groups", g->static_groups, 1},
+        {"percdamp", g->percdamp, 0}, {"block_size", g->block_size, 0},
+        {"damp_retries", g->damp_retries, 0}, {NULL, 0, 0}});
+  if (hq_pipeline_need_calib(o)) settings_calib(j, R);
   /* the other methods' settings, only when used (so GPTQ/RTN settings stay as they were) */
-  if (o->method == HQ_METHOD_HQQ) {
-    cJSON_AddNumberToObject(j, "hqq_lp", o->hqq.lp);
-    cJSON_AddNumberToObject(j, "hqq_beta", o->hqq.beta);
-    cJSON_AddNumberToObject(j, "hqq_kappa", o->hqq.kappa);
-    cJSON_AddNumberToObject(j, "hqq_iters", o->hqq.iters);
-    cJSON_AddBoolToObject(j, "hqq_scale", o->hqq.opt_scale);
-  }
+  if (o->method == HQ_METHOD_HQQ)
+    add_settings(j, (const struct setting[]){
+        {"hqq_lp", h->lp, 0}, {"hqq_beta", h->beta, 0}, {"hqq_kappa", h->kappa, 0},
+        {"hqq_iters", h->iters, 0}, {"hqq_scale", h->opt_scale, 1}, {NULL, 0, 0}});
   if (o->act_bits) cJSON_AddNumberToObject(j, "act_bits", o->act_bits);
   if (o->equalize) {
     cJSON_AddStringToObject(j, "equalize", hq_equalize_name(o->equalize));
@@ -57,17 +89,7 @@ static char *settings_json(const struct run *R) {
   }
   if (o->scale_from_hessian) cJSON_AddBoolToObject(j, "scale_from_hessian", 1);
   cJSON_AddStringToObject(j, "zero_convention", "gptq_v2");
-  cJSON_AddNumberToObject(j, "hidden_size", (double)c->hidden);
-  cJSON_AddNumberToObject(j, "num_hidden_layers", (double)c->n_layers);
-  cJSON_AddNumberToObject(j, "intermediate_size", (double)c->intermediate);
-  cJSON_AddNumberToObject(j, "vocab_size", (double)c->vocab);
-  /* what else makes the result: the model's contents, the arithmetic (backend and its kernel
-   * family, docs/readme/reproducibility.md) and the hpcq version */
-  char hx[32];
-  snprintf(hx, sizeof hx, "%016llx", (unsigned long long)R->model_id);
-  cJSON_AddStringToObject(j, "model_fnv1a64", hx);
-  cJSON_AddStringToObject(j, "kernels", R->be->kernels());
-  cJSON_AddStringToObject(j, "hpcq_version", HQ_VERSION);
+  settings_model(j, R);
   char *s = cJSON_PrintUnformatted(j);
   cJSON_Delete(j);
   return s;

@@ -436,13 +436,11 @@ static void group_meta(struct run *R, const struct hq_gptq_prep *prep, struct gr
   hq_comm_allreduce_max_f64(R->comm, gm->ph, PH_COUNT);
 }
 
-/* Collective: linear i's packed rows (each rank its own) and its statistics. */
-static int part_write(struct run *R, int64_t b, const struct unit *u, int i, const struct part *p,
-                      const double *sums, const struct group_meta *gm) {
+/* Collective: create linear i's datasets `name` and write its packed rows (gptq_v2 layout,
+ * pack.h), each rank its own slab. */
+static int part_write_packed(struct run *R, const char *name, const struct unit *u, int i,
+                             const struct part *p) {
   const struct hq_quant_opts *o = R->o;
-  const struct hq_comm *cm = R->comm;
-  char name[256];
-  hq_pipeline_lin_name(name, sizeof name, b, u->lins[i]);
   const int64_t gs = o->g.group_size > 0 ? o->g.group_size : -1;
   const int64_t ng = gs > 0 ? (u->cols + gs - 1) / gs : 1;
   struct hq_h5_linear_desc d = {u->rows[i], u->cols, o->g.bits, gs, ng, HQ_PACK_GPTQ_V2};
@@ -456,10 +454,18 @@ static int part_write(struct run *R, int64_t b, const struct unit *u, int i, con
     if (!rc) rc = hq_pack_encode(&pk, p->res.codes, p->res.zeros, p->res.scales, p->res.g_idx);
     if (rc) hq_fail_ctx(rc, "packing %s: ", name);
   }
-  rc = hq_comm_agree(cm, rc);
+  rc = hq_comm_agree(R->comm, rc);
   if (!rc) rc = hq_h5_linear_write(R->h5, name, have ? &pk : NULL);
   hq_pack_free(&pk);
-  if (rc) return rc;
+  return rc;
+}
+
+/* Collective: linear i's statistics (sums[NSTAT] over all rows, gm) and the rows each rank
+ * owned. */
+static int part_write_stats(struct run *R, const char *name, const struct unit *u, int i,
+                            const double *sums, const struct group_meta *gm) {
+  const struct hq_quant_opts *o = R->o;
+  const struct hq_comm *cm = R->comm;
   int64_t *owner = hq_xmalloc((size_t)cm->size * sizeof(int64_t));
   for (int r = 0; r < cm->size; r++)
     owner[r] = R->plan.rows[u->lins[i]][r].end - R->plan.rows[u->lins[i]][r].begin;
@@ -475,22 +481,39 @@ static int part_write(struct run *R, int64_t b, const struct unit *u, int i, con
       .phase_seconds = gm->ph,
       .owner_rows = owner,
       .nranks = cm->size};
-  rc = hq_h5_linear_stats(R->h5, name, &st);
+  const int rc = hq_h5_linear_stats(R->h5, name, &st);
   free(owner);
-  if (!rc && hess) {
-    char obj[300];
-    snprintf(obj, sizeof obj, "/linears/%s", name);
+  return rc;
+}
+
+/* Collective: the method's attributes of linear i: the per-row statistics' row count (with
+ * a Hessian), the mean absolute errors of HQQ and RTN (HQQ). */
+static int part_write_attrs(struct run *R, const char *name, const struct unit *u, int i,
+                            const double *sums) {
+  const struct hq_quant_opts *o = R->o;
+  char obj[300];
+  snprintf(obj, sizeof obj, "/linears/%s", name);
+  int rc = HQ_OK;
+  if (hq_pipeline_need_hessian(o)) {
     const int64_t k = stats_stride(u->rows[i], u->cols);
     rc = hq_h5_attr_set_i64(R->h5, obj, "stats_rows", (u->rows[i] + k - 1) / k);
   }
   if (!rc && o->method == HQ_METHOD_HQQ) {
-    char obj[300];
-    snprintf(obj, sizeof obj, "/linears/%s", name);
     const double numel = (double)u->rows[i] * (double)u->cols;
     rc = hq_h5_attr_set_f64(R->h5, obj, "hqq_mean_abs_error", sums[ST_METHOD] / numel);
     if (!rc) rc = hq_h5_attr_set_f64(R->h5, obj, "rtn_mean_abs_error", sums[ST_RTN] / numel);
   }
   return rc;
+}
+
+/* Collective: linear i's packed rows (each rank its own), its statistics and attributes. */
+static int part_write(struct run *R, int64_t b, const struct unit *u, int i, const struct part *p,
+                      const double *sums, const struct group_meta *gm) {
+  char name[256];
+  hq_pipeline_lin_name(name, sizeof name, b, u->lins[i]);
+  HQ_TRY(part_write_packed(R, name, u, i, p));
+  HQ_TRY(part_write_stats(R, name, u, i, sums, gm));
+  return part_write_attrs(R, name, u, i, sums);
 }
 
 /* ---- the group ----------------------------------------------------------------------------- */

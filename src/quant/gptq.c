@@ -27,18 +27,9 @@
 #include "util.h"
 
 struct hq_gptq_opts hq_gptq_opts_default(void) {
-  struct hq_gptq_opts o;
-  memset(&o, 0, sizeof o);
-  o.bits = 4;
-  o.group_size = -1;
-  o.sym = 0;
-  o.mse = 0;
-  o.act_order = 0;
-  o.static_groups = 0;
-  o.percdamp = 0.01f;
-  o.block_size = 128;
-  o.damp_retries = 6;
-  return o;
+  return (struct hq_gptq_opts){
+      .bits = 4, .group_size = -1, .sym = 0, .mse = 0, .act_order = 0, .static_groups = 0,
+      .percdamp = 0.01f, .block_size = 128, .damp_retries = 6, .hscale = 0};
 }
 
 int hq_gptq_opts_check(const struct hq_gptq_opts *o, int64_t cols) {
@@ -255,59 +246,89 @@ static float *upload_diag(const struct hq_backend *be, const float *H, int64_t c
 
 /* ------------------------------------------------------------------ RTN */
 
+void hq_gptq_result_plain_groups(struct hq_gptq_result *res, int64_t group_size) {
+  for (int64_t c = 0; c < res->cols; c++) {
+    res->g_idx[c] = (int32_t)(group_size > 0 ? c / group_size : 0);
+    res->perm[c] = (int32_t)c;
+  }
+}
+
+/* RTN's buffers: the host copy W0 of W (only with H, for the proxy loss) and backend memory for
+ * W [rows x cols], the codes, the group-major parameters [ngroups x rows] and, with hscale, the
+ * per-column weights diag(H) [cols]. */
+struct rtn_ws {
+  float *W0, *dW, *dS, *dZ, *colw;
+  uint8_t *dC;
+};
+
+static int rtn_ws_alloc(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t rows,
+                        int64_t cols, int64_t ngroups, const float *H, struct rtn_ws *w) {
+  const size_t wbytes = (size_t)rows * (size_t)cols * sizeof(float);
+  w->W0 = H ? malloc(wbytes + 1) : NULL;
+  w->dW = be->alloc(wbytes);
+  w->dC = be->alloc((size_t)rows * (size_t)cols);
+  w->dS = be->alloc((size_t)rows * (size_t)ngroups * sizeof(float));
+  w->dZ = be->alloc((size_t)rows * (size_t)ngroups * sizeof(float));
+  w->colw = o->hscale ? upload_diag(be, H, cols, NULL) : NULL;
+  if ((H && !w->W0) || !w->dW || !w->dC || !w->dS || !w->dZ || (o->hscale && !w->colw))
+    return hq_fail(HQ_ERR_NOMEM, "out of %s memory for RTN of a %lld x %lld layer", be->name,
+                   (long long)rows, (long long)cols);
+  return HQ_OK;
+}
+
+static void rtn_ws_free(const struct hq_backend *be, struct rtn_ws *w) {
+  if (w->dW) be->free(w->dW);
+  if (w->dC) be->free(w->dC);
+  if (w->dS) be->free(w->dS);
+  if (w->dZ) be->free(w->dZ);
+  if (w->colw) be->free(w->colw);
+  free(w->W0);
+}
+
+/* Keep W in W0 (when kept), quantize W group by group on the backend; W becomes the
+ * dequantized weights, res gets codes, scales and zeros. */
+static void rtn_run(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t rows,
+                    int64_t cols, float *W, const struct rtn_ws *w, struct hq_gptq_result *res) {
+  const int64_t gs = o->group_size > 0 ? o->group_size : cols, ngroups = res->ngroups;
+  const struct hq_grid g = hq_grid_make(o->bits, o->sym, o->mse);
+  const size_t wbytes = (size_t)rows * (size_t)cols * sizeof(float);
+  if (w->W0) memcpy(w->W0, W, wbytes);
+  be->upload(w->dW, W, wbytes);
+  for (int64_t k = 0; k < ngroups; k++) {
+    int64_t c0 = k * gs, n = cols - c0 < gs ? cols - c0 : gs;
+    be->quant_params(g, rows, n, w->dW + c0, cols, w->colw ? w->colw + c0 : NULL,
+                     w->dS + k * rows, w->dZ + k * rows);
+    be->rtn_cols(g, rows, n, w->dW + c0, cols, w->dS + k * rows, w->dZ + k * rows, w->dC + c0,
+                 cols);
+  }
+  be->sync();
+  be->download(W, w->dW, wbytes);
+  be->download(res->codes, w->dC, (size_t)rows * (size_t)cols);
+  download_params(be, w->dS, w->dZ, res);
+}
+
 int hq_rtn_quantize(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t rows,
                     int64_t cols, float *W, const float *H, struct hq_gptq_result *res) {
   HQ_TRY(hq_gptq_opts_check(o, cols));
   HQ_TRY(hq_check_finite("W", W, rows, cols, "the layer's weights are corrupt (check the checkpoint)"));
   HQ_TRY(hq_grid_check_fp16(o, W, rows, cols));
   if (o->hscale && !H) return hq_fail(HQ_ERR_INPUT, "--scale-from-hessian needs the Hessian (calibration data)");
-  const int64_t gs = o->group_size > 0 ? o->group_size : cols;
-  const int64_t ngroups = ngroups_of(cols, o->group_size);
-  HQ_TRY(hq_gptq_result_alloc(res, rows, cols, ngroups));
-  const struct hq_grid g = hq_grid_make(o->bits, o->sym, o->mse);
+  HQ_TRY(hq_gptq_result_alloc(res, rows, cols, ngroups_of(cols, o->group_size)));
   double t0 = hq_now();
-  float *W0 = H ? malloc((size_t)rows * (size_t)cols * sizeof(float) + 1) : NULL;
-  size_t wbytes = (size_t)rows * (size_t)cols * sizeof(float);
-  float *dW = be->alloc(wbytes);
-  uint8_t *dC = be->alloc((size_t)rows * (size_t)cols);
-  float *dS = be->alloc((size_t)rows * (size_t)ngroups * sizeof(float));
-  float *dZ = be->alloc((size_t)rows * (size_t)ngroups * sizeof(float));
-  float *colw = o->hscale ? upload_diag(be, H, cols, NULL) : NULL;
-  int rc = HQ_OK;
-  if ((H && !W0) || !dW || !dC || !dS || !dZ || (o->hscale && !colw)) {
-    rc = hq_fail(HQ_ERR_NOMEM, "out of %s memory for RTN of a %lld x %lld layer", be->name,
-                 (long long)rows, (long long)cols);
-    goto done;
+  struct rtn_ws w = {0};
+  int rc = rtn_ws_alloc(be, o, rows, cols, res->ngroups, H, &w);
+  if (rc == HQ_OK) {
+    rtn_run(be, o, rows, cols, W, &w, res);
+    hq_gptq_result_plain_groups(res, o->group_size);
+    res->t_quant = hq_now() - t0;
   }
-  if (W0) memcpy(W0, W, wbytes);
-  be->upload(dW, W, wbytes);
-  for (int64_t k = 0; k < ngroups; k++) {
-    int64_t c0 = k * gs, n = cols - c0 < gs ? cols - c0 : gs;
-    be->quant_params(g, rows, n, dW + c0, cols, colw ? colw + c0 : NULL, dS + k * rows, dZ + k * rows);
-    be->rtn_cols(g, rows, n, dW + c0, cols, dS + k * rows, dZ + k * rows, dC + c0, cols);
-  }
-  be->sync();
-  be->download(W, dW, wbytes);
-  be->download(res->codes, dC, (size_t)rows * (size_t)cols);
-  download_params(be, dS, dZ, res);
-  for (int64_t c = 0; c < cols; c++) {
-    res->g_idx[c] = (int32_t)(o->group_size > 0 ? c / gs : 0);
-    res->perm[c] = (int32_t)c;
-  }
-  res->t_quant = hq_now() - t0;
-  if (H) {
+  if (rc == HQ_OK && H) {
     double t1 = hq_now();
-    for (int64_t k = 0; k < rows * cols; k++) W0[k] -= W[k];
-    res->loss_proxy = res->loss_proxy_rtn = hq_proxy_loss(be, rows, cols, W0, H);
+    for (int64_t k = 0; k < rows * cols; k++) w.W0[k] -= W[k];
+    res->loss_proxy = res->loss_proxy_rtn = hq_proxy_loss(be, rows, cols, w.W0, H);
     res->t_stats = hq_now() - t1;
   }
-done:
-  if (dW) be->free(dW);
-  if (dC) be->free(dC);
-  if (dS) be->free(dS);
-  if (dZ) be->free(dZ);
-  if (colw) be->free(colw);
-  free(W0);
+  rtn_ws_free(be, &w);
   if (rc != HQ_OK) hq_gptq_result_free(res);
   return rc;
 }

@@ -106,6 +106,9 @@ int hq_rtn_quantize(const struct hq_backend *be, const struct hq_gptq_opts *o, i
 /* codes, scales, zeros, g_idx, perm of a rows x cols result with ngroups groups (statistics NaN). */
 int hq_gptq_result_alloc(struct hq_gptq_result *res, int64_t rows, int64_t cols, int64_t ngroups);
 void hq_gptq_result_free(struct hq_gptq_result *res);
+/* The groups of a method without act-order: g_idx[c] = c / group_size (group_size <= 0: one
+ * group, all 0) and the identity perm, for the res->cols columns. */
+void hq_gptq_result_plain_groups(struct hq_gptq_result *res, int64_t group_size);
 /* HQ_ERR_INPUT naming the first non-finite element of A [rows x cols] ("W[3, 7] is NaN ...; advice"). */
 int hq_check_finite(const char *what, const float *A, int64_t rows, int64_t cols, const char *advice);
 
