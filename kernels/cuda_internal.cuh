@@ -76,22 +76,7 @@ void hq_cuda_gemm(int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha, 
                   int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 
 /* Ops implemented in cuda_quant.cu and cuda_fwd.cu (backend.h semantics). */
-void hq_cuda_quant_params(struct hq_grid g, int64_t rows, int64_t ncols, const float *W,
-                          int64_t ldw, const float *colw, float *scale, float *zero);
-void hq_cuda_gptq_block(struct hq_grid g, int64_t rows, int64_t count, int64_t c0, int64_t c1,
-                        float *W1, int64_t ldw, const float *Hinv1, int64_t ldh,
-                        const float *scale, const float *zero, const int32_t *col_group,
-                        float *Err1, int64_t lde, uint8_t *codes, int64_t ldc, double *row_loss);
-void hq_cuda_rtn_cols(struct hq_grid g, int64_t rows, int64_t ncols, float *W, int64_t ldw,
-                      const float *scale, const float *zero, uint8_t *codes, int64_t ldc);
+HQ_BACKEND_OP_DECLS(hq_cuda);
 void hq_cuda_quant_init(void); /* kernel attributes (dynamic shared memory opt-in) */
-void hq_cuda_rmsnorm(int64_t ntok, int64_t dim, const float *x, const float *w, float eps,
-                     float *y);
-void hq_cuda_rope(int64_t ntok, int64_t nheads, int64_t head_dim, const int32_t *pos,
-                  const float *cos_t, const float *sin_t, float *x);
-void hq_cuda_attention(int64_t nseq, int64_t seqlen, int64_t nh, int64_t nkv, int64_t hd,
-                       const float *q, const float *k, const float *v, float *out);
-void hq_cuda_swiglu(int64_t n, const float *gate, const float *up, float *out);
-void hq_cuda_add(int64_t n, float *y, const float *x);
 
 #endif

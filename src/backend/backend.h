@@ -129,4 +129,25 @@ const struct hq_backend *hq_backend_cuda(void);
 /* "cpu", "cuda", or "auto" (cuda when available, else cpu). NULL + message on failure. */
 const struct hq_backend *hq_backend_by_name(const char *name);
 
+/* The quantization and forward ops as functions of one backend, declared for its prefix P
+ * (HQ_BACKEND_OP_DECLS(hq_cpu) in backend_cpu.h, (hq_cuda) in kernels/cuda_internal.cuh), so
+ * both implementations are declared from this one list; the signatures are the table's. */
+#define HQ_BACKEND_OP_DECLS(P)                                                                 \
+  void P##_quant_params(struct hq_grid g, int64_t rows, int64_t ncols, const float *W,          \
+                        int64_t ldw, const float *colw, float *scale, float *zero);             \
+  void P##_gptq_block(struct hq_grid g, int64_t rows, int64_t count, int64_t c0, int64_t c1,    \
+                      float *W1, int64_t ldw, const float *Hinv1, int64_t ldh,                  \
+                      const float *scale, const float *zero, const int32_t *col_group,          \
+                      float *Err1, int64_t lde, uint8_t *codes, int64_t ldc, double *row_loss); \
+  void P##_rtn_cols(struct hq_grid g, int64_t rows, int64_t ncols, float *W, int64_t ldw,       \
+                    const float *scale, const float *zero, uint8_t *codes, int64_t ldc);        \
+  void P##_rmsnorm(int64_t ntok, int64_t dim, const float *x, const float *w, float eps,        \
+                   float *y);                                                                    \
+  void P##_rope(int64_t ntok, int64_t nheads, int64_t head_dim, const int32_t *pos,             \
+                const float *cos_t, const float *sin_t, float *x);                              \
+  void P##_attention(int64_t nseq, int64_t seqlen, int64_t nh, int64_t nkv, int64_t hd,         \
+                     const float *q, const float *k, const float *v, float *out);               \
+  void P##_swiglu(int64_t n, const float *gate, const float *up, float *out);                   \
+  void P##_add(int64_t n, float *y, const float *x)
+
 #endif

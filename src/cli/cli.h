@@ -46,5 +46,8 @@ struct hq_opt {
  * or HQ_ERR_INPUT with a message naming the option and `hpcq CMD --help`. Later options win. */
 int hq_cli_parse(int argc, char **argv, const struct hq_opt *opts, const char *cmd,
                  const char **pos, int max_pos, int *npos);
+/* The exit status of a command whose arguments did not parse (rc != HQ_OK): 0 after --help
+ * (the usage is already printed), else 2 after "hpcq CMD: <message>" on stderr. */
+int hq_cli_args_exit(int rc, const char *cmd);
 
 #endif

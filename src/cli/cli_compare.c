@@ -208,11 +208,7 @@ static int compare_all(const struct compare_files *f, const struct compare_opts 
 int hq_cli_compare(int argc, char **argv) {
   struct compare_opts o;
   int rc = parse(argc, argv, &o);
-  if (rc == HQ_CLI_HELP) return 0;
-  if (rc) {
-    fprintf(stderr, "hpcq compare: %s\n", hq_last_error());
-    return 2;
-  }
+  if (rc) return hq_cli_args_exit(rc, "compare");
   struct compare_files f;
   int bad = 0;
   rc = files_open(&o, &f);

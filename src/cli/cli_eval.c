@@ -112,7 +112,9 @@ static int parse(int argc, char **argv, struct eval_args *a) {
       HQ_ARG_END};
   const char *pos[8] = {NULL};
   int npos = 0;
-  HQ_TRY(hq_cli_parse(argc, argv, t, "eval", pos, 8, &npos));
+  const int rc = hq_cli_parse(argc, argv, t, "eval", pos, 8, &npos);
+  if (rc == HQ_CLI_HELP) usage(stdout);
+  if (rc) return rc;
   /* the first argument that cannot be the model: after --model or a first one, or "-" */
   const int bad = npos && (a->model || !strcmp(pos[0], "-")) ? 0 : 1;
   if (npos > bad)
@@ -303,14 +305,7 @@ static int eval_model(struct eval_args *a, const struct hq_backend *be) {
 int hq_cli_eval(int argc, char **argv) {
   struct eval_args a = {.backend = "cpu", .keep_mib = -1};
   const int rc = parse(argc, argv, &a);
-  if (rc == HQ_CLI_HELP) {
-    usage(stdout);
-    return 0;
-  }
-  if (rc) {
-    fprintf(stderr, "hpcq eval: %s\n", hq_last_error());
-    return 2;
-  }
+  if (rc) return hq_cli_args_exit(rc, "eval");
   if (!a.model || !a.tokens || !a.seqlen) {
     fprintf(stderr, "hpcq eval: %s is required\n\n",
             !a.model ? "--model" : !a.tokens ? "--tokens" : "--seqlen");

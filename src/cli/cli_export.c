@@ -55,7 +55,9 @@ static int parse(int argc, char **argv, struct hq_export_opts *o, int *json, con
       HQ_ARG_FLAG("--quiet", &o->quiet),
       HQ_ARG_END};
   int npos = 0;
-  return hq_cli_parse(argc, argv, t, "export", in, 1, &npos);
+  const int rc = hq_cli_parse(argc, argv, t, "export", in, 1, &npos);
+  if (rc == HQ_CLI_HELP) usage(stdout);
+  return rc;
 }
 
 /* The one-line summary on stderr. */
@@ -94,14 +96,7 @@ int hq_cli_export(int argc, char **argv) {
   struct hq_export_opts o = {.format = HQ_PACK_GPTQ};
   int json = 0;
   int rc = parse(argc, argv, &o, &json, &format, &in, &out);
-  if (rc == HQ_CLI_HELP) {
-    usage(stdout);
-    return 0;
-  }
-  if (rc) {
-    fprintf(stderr, "hpcq export: %s\n", hq_last_error());
-    return 2;
-  }
+  if (rc) return hq_cli_args_exit(rc, "export");
   if (!in || !out) {
     fprintf(stderr, "hpcq export: %s is required\n\n", !in ? "the input FILE.h5" : "--out DIR");
     usage(stderr);

@@ -162,11 +162,7 @@ int hq_cli_inspect(int argc, char **argv) {
   const char *path = NULL;
   int json = 0;
   int rc = parse(argc, argv, &path, &json);
-  if (rc == HQ_CLI_HELP) return 0;
-  if (rc) {
-    fprintf(stderr, "hpcq inspect: %s\n", hq_last_error());
-    return 2;
-  }
+  if (rc) return hq_cli_args_exit(rc, "inspect");
   struct inspect_file f;
   rc = file_open(path, &f);
   if (!rc) rc = file_read(&f);

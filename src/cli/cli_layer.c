@@ -396,11 +396,7 @@ int hq_cli_layer(int argc, char **argv) {
   const struct hq_backend *be = NULL;
   struct layer_w w = {.lin = HQ_LIN_DOWN};
   int rc = layer_args(argc, argv, &o, &be, &w.lin);
-  if (rc == HQ_CLI_HELP) return 0;
-  if (rc != HQ_OK) {
-    fprintf(stderr, "hpcq layer: %s\n", hq_last_error());
-    return 2;
-  }
+  if (rc) return hq_cli_args_exit(rc, "layer");
   struct hq_model m;
   if (hq_model_open(o.model, &m) != HQ_OK) {
     fprintf(stderr, "hpcq layer: %s\n", hq_last_error());

@@ -1,5 +1,6 @@
 /* The options of every hpcq command (cli.h): one table-driven parser and the value checks. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,4 +91,10 @@ int hq_cli_parse(int argc, char **argv, const struct hq_opt *opts, const char *c
     if (p->given) *p->given = 1;
   }
   return HQ_OK;
+}
+
+int hq_cli_args_exit(int rc, const char *cmd) {
+  if (rc == HQ_CLI_HELP) return 0;
+  fprintf(stderr, "hpcq %s: %s\n", cmd, hq_last_error());
+  return 2;
 }

@@ -146,11 +146,7 @@ static void report_failure(const struct hq_comm *comm, int rc) {
 int hq_cli_quantize(int argc, char **argv) {
   struct hq_quant_opts o;
   int rc = quantize_args(argc, argv, &o);
-  if (rc == HQ_CLI_HELP) return 0;
-  if (rc) {
-    fprintf(stderr, "hpcq quantize: %s\n", hq_last_error());
-    return 2;
-  }
+  if (rc) return hq_cli_args_exit(rc, "quantize");
   struct hq_comm comm;
   rc = hq_comm_init(&comm, &argc, &argv);
   if (rc) {

@@ -379,6 +379,29 @@ static int damped_factor(const struct hq_backend *be, const struct hq_gptq_opts 
                  "/ --damp-retries", p->damp_used, o->damp_retries, (double)o->percdamp, info);
 }
 
+/* Dead columns (H[i,i] == 0), the processing order (act-order: descending diag), the diagonal
+ * in that order (dead ones 1) as diag0 and its mean. */
+static int order_columns(const struct hq_gptq_opts *o, int64_t cols, const float *H,
+                         struct hq_gptq_prep *p, float *diag0, double *mean) {
+  for (int64_t i = 0; i < cols; i++) {
+    p->perm[i] = (int32_t)i;
+    p->dead[i] = H[i * cols + i] == 0.0f;
+    p->dead_cols += p->dead[i];
+  }
+  if (o->act_order) HQ_TRY(hq_act_order_perm(H, cols, p->perm));
+  double m = 0.0;
+  for (int64_t i = 0; i < cols; i++) {
+    const int64_t c = p->perm[i];
+    diag0[i] = p->dead[c] ? 1.0f : H[c * cols + c];
+    m += diag0[i];
+  }
+  *mean = m / (double)cols;
+  if (!(*mean > 0.0))
+    return hq_fail(HQ_ERR_NUMERIC, "the Hessian's mean diagonal is %g (not positive): it is not "
+                   "a sum of x xᵀ; check the calibration activations", *mean);
+  return HQ_OK;
+}
+
 int hq_gptq_prepare_into(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t cols,
                          const float *H, float *Ubuf, struct hq_gptq_prep *p) {
   memset(p, 0, sizeof *p);
@@ -398,22 +421,8 @@ int hq_gptq_prepare_into(const struct hq_backend *be, const struct hq_gptq_opts 
                ? HQ_OK
                : hq_fail(HQ_ERR_NOMEM, "out of memory for the %lld x %lld inverse Hessian (%s "
                          "backend); use more ranks", (long long)cols, (long long)cols, be->name);
-  for (int64_t i = 0; !rc && i < cols; i++) {
-    p->perm[i] = (int32_t)i;
-    p->dead[i] = H[i * cols + i] == 0.0f;
-    p->dead_cols += p->dead[i];
-  }
-  if (!rc && o->act_order) rc = hq_act_order_perm(H, cols, p->perm);
   double mean = 0.0;
-  for (int64_t i = 0; !rc && i < cols; i++) {
-    const int64_t c = p->perm[i];
-    diag0[i] = p->dead[c] ? 1.0f : H[c * cols + c];
-    mean += diag0[i];
-  }
-  mean /= (double)cols;
-  if (!rc && !(mean > 0.0))
-    rc = hq_fail(HQ_ERR_NUMERIC, "the Hessian's mean diagonal is %g (not positive): it is not a "
-                 "sum of x xᵀ; check the calibration activations", mean);
+  if (!rc) rc = order_columns(o, cols, H, p, diag0, &mean);
   if (!rc) rc = damped_factor(be, o, H, diag0, mean, p);
   if (!rc && o->hscale) {
     p->colw = upload_diag(be, H, cols, NULL);
