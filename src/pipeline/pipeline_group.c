@@ -525,7 +525,11 @@ int hq_pipeline_group(struct run *R, int64_t b, enum hq_group g, struct hq_block
   if ((R->o->equalize & HQ_EQ_SMOOTH) && (g == HQ_GROUP_QKV || g == HQ_GROUP_GATEUP))
     HQ_TRY(smooth_group(R, g, bw));
   struct hbuf hb = {0};
-  if (hq_pipeline_need_hessian(R->o)) HQ_TRY(group_hessian(R, &u, bw, &hb));
+  if (hq_pipeline_need_hessian(R->o)) rc = group_hessian(R, &u, bw, &hb);
+  if (rc) {
+    hbuf_free(&hb); /* agreed failure: every rank of a node holds the same kind of buffer */
+    return rc;
+  }
   struct part parts[4];
   memset(parts, 0, sizeof parts);
   struct hq_gptq_prep prep;
