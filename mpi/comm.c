@@ -203,17 +203,19 @@ int hq_comm_node_alloc(const struct hq_comm *c, size_t bytes, struct hq_node_buf
    * cannot hold it would fault (SIGBUS) when it is touched, so refuse up front */
   int bad = c->local_rank == 0 && !shm_has_room(bytes);
   MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, c->node);
-  int err = MPI_SUCCESS;
   if (!bad) {
     const MPI_Aint mine = c->local_rank == 0 ? (MPI_Aint)(bytes ? bytes : 1) : 0;
     void *base = NULL;
-    err = MPI_Win_allocate_shared(mine, 1, MPI_INFO_NULL, c->node, &base, &b->win);
-    bad = err != MPI_SUCCESS;
-    MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, c->node);
+    const int err = MPI_Win_allocate_shared(mine, 1, MPI_INFO_NULL, c->node, &base, &b->win);
+    /* past the room check this is the MPI library failing: the ranks that got the window
+     * could not free it without the others (MPI_Win_free is collective), so stop here */
+    if (err != MPI_SUCCESS)
+      HQ_DIE("MPI_Win_allocate_shared of %.1f MB failed on %s (error %d) although /dev/shm had "
+             "room; rerun with HQ_NODE_SHARE=0 (one copy per rank)", (double)bytes / 1e6,
+             c->host, err);
   }
   MPI_Comm_set_errhandler(c->node, MPI_ERRORS_ARE_FATAL);
   if (bad) {
-    if (err == MPI_SUCCESS && b->win != MPI_WIN_NULL && b->win != 0) MPI_Win_free(&b->win);
     b->win = MPI_WIN_NULL;
     return hq_fail(HQ_ERR_NOMEM, "no room for %.1f MB of node-shared memory (MPI-3 window) in "
                    "/dev/shm on %s", (double)bytes / 1e6, c->host);

@@ -57,7 +57,7 @@ struct hq_node_buf {
 };
 /* Collective over the node. Returns HQ_OK, or HQ_ERR_NOMEM on every rank of the node when the
  * leader cannot allocate `bytes` of shared memory (/dev/shm too small or full): callers then
- * keep a copy per rank. */
+ * keep a copy per rank. Aborts (HQ_DIE) if MPI fails to make a window /dev/shm has room for. */
 int hq_comm_node_alloc(const struct hq_comm *c, size_t bytes, struct hq_node_buf *b);
 /* Collective over the node: what the leader wrote is visible to every rank of the node (memory
  * sync, then a barrier that waits without spinning so the leader's threads keep the cores). */
