@@ -379,6 +379,15 @@ static int damped_factor(const struct hq_backend *be, const struct hq_gptq_opts 
                  "/ --damp-retries", p->damp_used, o->damp_retries, (double)o->percdamp, info);
 }
 
+/* hscale: diag(H) in original and in processing order, in backend memory (p->colw, colw_p) */
+static int prep_diag(const struct hq_backend *be, const float *H, struct hq_gptq_prep *p) {
+  p->colw = upload_diag(be, H, p->cols, NULL);
+  p->colw_p = upload_diag(be, H, p->cols, p->perm);
+  if (!p->colw || !p->colw_p)
+    return hq_fail(HQ_ERR_NOMEM, "out of %s memory for the Hessian diagonal", be->name);
+  return HQ_OK;
+}
+
 /* Dead columns (H[i,i] == 0), the processing order (act-order: descending diag), the diagonal
  * in that order (dead ones 1) as diag0 and its mean. */
 static int order_columns(const struct hq_gptq_opts *o, int64_t cols, const float *H,
@@ -424,11 +433,7 @@ int hq_gptq_prepare_into(const struct hq_backend *be, const struct hq_gptq_opts 
   double mean = 0.0;
   if (!rc) rc = order_columns(o, cols, H, p, diag0, &mean);
   if (!rc) rc = damped_factor(be, o, H, diag0, mean, p);
-  if (!rc && o->hscale) {
-    p->colw = upload_diag(be, H, cols, NULL);
-    p->colw_p = upload_diag(be, H, cols, p->perm);
-    if (!p->colw || !p->colw_p) rc = hq_fail(HQ_ERR_NOMEM, "out of %s memory for the Hessian diagonal", be->name);
-  }
+  if (!rc && o->hscale) rc = prep_diag(be, H, p);
   free(diag0);
   be->sync();
   p->t_chol = hq_now() - t0;
@@ -472,11 +477,7 @@ int hq_gptq_prep_attach(const struct hq_backend *be, const struct hq_gptq_opts *
     memcpy(p->perm, m + 32, (size_t)cols * sizeof(int32_t));
     memcpy(p->dead, m + 32 + (size_t)cols * 4, (size_t)cols);
   }
-  if (!rc && o->hscale) {
-    p->colw = upload_diag(be, H, cols, NULL);
-    p->colw_p = upload_diag(be, H, cols, p->perm);
-    if (!p->colw || !p->colw_p) rc = hq_fail(HQ_ERR_NOMEM, "out of %s memory for the Hessian diagonal", be->name);
-  }
+  if (!rc && o->hscale) rc = prep_diag(be, H, p);
   if (rc) hq_gptq_prep_free(be, p);
   return rc;
 }
