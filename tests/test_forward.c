@@ -413,10 +413,97 @@ static void check_capture(void) {
   hq_model_close(&m);
 }
 
+/* keeps a copy of every group's input */
+struct cap_keep {
+  float *in[HQ_GROUP_COUNT];
+  int64_t n[HQ_GROUP_COUNT];
+};
+
+static int cap_keep_fn(void *ctx, enum hq_group g, const float *X, int64_t ntok, int64_t cols) {
+  struct cap_keep *k = ctx;
+  free(k->in[g]);
+  k->n[g] = ntok * cols;
+  k->in[g] = malloc((size_t)k->n[g] * sizeof(float));
+  memcpy(k->in[g], X, (size_t)k->n[g] * sizeof(float));
+  return 0;
+}
+
+/* The block one group at a time through hq_fwd_carry (att and act sharing memory, as the
+ * pipeline has them, O run twice) gives bit-identical group inputs and output to
+ * hq_forward_block, with and without activation quantization. */
+static void check_group_forward(int act_bits) {
+  const struct hq_backend *be = hq_backend_cpu();
+  struct hq_model m;
+  CHECK(hq_model_open(hq_t_data("llama-sotu-5m"), &m) == HQ_OK, "open: %s", hq_last_error());
+  const struct hq_model_config *c = &m.cfg;
+  const int64_t nseq = 3, S = 16, T = nseq * S, H = c->hidden, qd = c->n_heads * c->head_dim;
+  const int64_t mid = qd > c->intermediate ? qd : c->intermediate;
+  struct hq_block_weights hw;
+  struct hq_block_dev dw;
+  struct hq_rope_table rope;
+  CHECK(hq_model_load_block(&m, 2, &hw) == HQ_OK, "load block: %s", hq_last_error());
+  CHECK(hq_block_dev_upload(be, c, &hw, &dw) == HQ_OK, "upload: %s", hq_last_error());
+  CHECK(hq_rope_table_init(&rope, be, c, S) == HQ_OK, "rope: %s", hq_last_error());
+  struct hq_fwd_ws *ws = hq_fwd_ws_new(be, c, 2 * S); /* chunks of 2 windows, then 1 */
+  CHECK(ws && hq_fwd_ws_set_act_bits(ws, act_bits) == HQ_OK, "ws: %s", hq_last_error());
+  float *x0 = malloc(T * H * 4), *x = malloc(T * H * 4), *h = malloc(T * H * 4);
+  float *md = malloc(T * mid * 4);
+  hq_t_randn(x0, T * H, 11, 1.0f);
+  struct cap_keep ref = {0}, got = {0};
+  memcpy(x, x0, T * H * 4);
+  for (int64_t w = 0; w < nseq; w += 2) {
+    struct cap_keep part = {0};
+    const int64_t nb = nseq - w < 2 ? nseq - w : 2;
+    hq_forward_block(be, c, &dw, &rope, ws, nb, S, x + w * S * H, cap_keep_fn, &part);
+    for (int g = 0; g < HQ_GROUP_COUNT; g++) {
+      const int64_t cols = part.n[g] / (nb * S);
+      ref.in[g] = realloc(ref.in[g], (size_t)(T * cols) * sizeof(float));
+      memcpy(ref.in[g] + w * S * cols, part.in[g], (size_t)part.n[g] * sizeof(float));
+      ref.n[g] = T * cols;
+      free(part.in[g]);
+    }
+  }
+  float *xg = malloc(T * H * 4);
+  memcpy(xg, x0, T * H * 4);
+  const int order[] = {HQ_GROUP_QKV, HQ_GROUP_O, HQ_GROUP_O, HQ_GROUP_GATEUP, HQ_GROUP_DOWN};
+  for (size_t k = 0; k < sizeof order / sizeof order[0]; k++) {
+    const int g = order[k];
+    const int64_t cols = ref.n[g] / T;
+    float *all = malloc((size_t)ref.n[g] * sizeof(float));
+    for (int64_t w = 0; w < nseq; w += 2) {
+      const int64_t nb = nseq - w < 2 ? nseq - w : 2, t0 = w * S;
+      const struct hq_fwd_carry cr = {xg + t0 * H, md + t0 * qd, h + t0 * H,
+                                      md + t0 * c->intermediate};
+      hq_forward_group_input(be, c, &dw, &rope, ws, nb, S, (enum hq_group)g, &cr, cap_keep_fn, &got);
+      memcpy(all + t0 * cols, got.in[g], (size_t)got.n[g] * sizeof(float));
+    }
+    CHECK(memcmp(all, ref.in[g], (size_t)ref.n[g] * sizeof(float)) == 0,
+          "act bits %d: group %d input differs from the block forward's", act_bits, g);
+    free(all);
+  }
+  for (int64_t w = 0; w < nseq; w += 2) {
+    const int64_t nb = nseq - w < 2 ? nseq - w : 2, t0 = w * S;
+    const struct hq_fwd_carry cr = {xg + t0 * H, md + t0 * qd, h + t0 * H,
+                                    md + t0 * c->intermediate};
+    hq_forward_group_output(be, c, &dw, &rope, ws, nb, S, &cr);
+  }
+  CHECK(memcmp(xg, x, T * H * 4) == 0, "act bits %d: group-at-a-time output differs", act_bits);
+  CHECK(memcmp(xg, x0, T * H * 4) != 0, "the block did not change x");
+  for (int g = 0; g < HQ_GROUP_COUNT; g++) free(ref.in[g]), free(got.in[g]);
+  free(x0), free(x), free(h), free(md), free(xg);
+  hq_fwd_ws_free(ws);
+  hq_rope_table_free(&rope, be);
+  hq_block_dev_free(be, &dw);
+  hq_block_weights_free(&hw);
+  hq_model_close(&m);
+}
+
 int main(void) {
   check_ops();
   check_rope_llama3();
   check_capture();
+  check_group_forward(0);
+  check_group_forward(8);
   check_model_vs_hf("stories260K-hf", "fixtures/stories260K-hf-logits.safetensors", NULL,
                     "stories260K-hf");
   check_model_vs_hf("llama-sotu-5m", "fixtures/llama-sotu-5m-logits.safetensors", NULL,

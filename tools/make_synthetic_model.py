@@ -1,11 +1,19 @@
 #!/usr/bin/env python3
-"""Write a synthetic Llama checkpoint (random bf16 weights, HF layout) for benchmarks.
+"""Write a synthetic Llama checkpoint (random bf16 weights, HF layout) for benchmarks and the
+real-size tests.
 
 usage: make_synthetic_model.py OUTDIR [--hidden 2048] [--intermediate 5632] [--layers 2]
                                [--heads 16] [--kv-heads 4] [--vocab 4096] [--seed 0]
-Needs numpy only. Weights ~ N(0, 0.02) (o/down scaled by 1/sqrt(2*layers)), norms = 1.
+                               [--untied] [--shard-mb N]
+Needs numpy only. Weights ~ N(0, 0.02) (o/down scaled by 1/sqrt(2*layers)), norms = 1. Each
+tensor comes from its own generator (seeded by --seed and the tensor's name), so a tensor's
+values do not depend on the layout: --shard-mb N writes model-0000k-of-0000n.safetensors
+shards of at most N MB (a tensor larger than N gets a shard of its own) with
+model.safetensors.index.json, as Hugging Face does; without it one model.safetensors.
+--untied adds lm_head.weight and sets tie_word_embeddings false. Tensors are generated and
+written one at a time (memory: the largest tensor, not the model).
 """
-import argparse, json, os
+import argparse, json, os, zlib
 import numpy as np
 
 ap = argparse.ArgumentParser()
@@ -18,21 +26,19 @@ ap.add_argument("--kv-heads", type=int, default=4)
 ap.add_argument("--vocab", type=int, default=4096)
 ap.add_argument("--max-pos", type=int, default=2048)
 ap.add_argument("--seed", type=int, default=0)
+ap.add_argument("--untied", action="store_true")
+ap.add_argument("--shard-mb", type=int, default=0)
 a = ap.parse_args()
-rng = np.random.default_rng(a.seed)
 h, i, hd = a.hidden, a.intermediate, a.hidden // a.heads
 
-def bf16(x):
-    u = np.asarray(x, dtype=np.float32).view(np.uint32)
-    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-
-tensors = {}
+specs = {}  # name -> (shape, std or None for ones)
 def add(name, shape, std=0.02, ones=False):
-    x = np.ones(shape, np.float32) if ones else rng.standard_normal(shape, dtype=np.float32) * std
-    tensors[name] = bf16(x)
+    specs[name] = (tuple(shape), None if ones else std)
 
 add("model.embed_tokens.weight", (a.vocab, h))
 add("model.norm.weight", (h,), ones=True)
+if a.untied:
+    add("lm_head.weight", (a.vocab, h))
 for l in range(a.layers):
     p = f"model.layers.{l}."
     add(p + "input_layernorm.weight", (h,), ones=True)
@@ -45,23 +51,64 @@ for l in range(a.layers):
     add(p + "mlp.up_proj.weight", (i, h))
     add(p + "mlp.down_proj.weight", (h, i), 0.02 / np.sqrt(2 * a.layers))
 
+def nbytes(name):
+    return 2 * int(np.prod(specs[name][0]))
+
+def bf16_rows(name):
+    """The tensor as bf16 (uint16) bytes, produced a few rows at a time (round to nearest even)."""
+    shape, std = specs[name]
+    rng = np.random.default_rng([a.seed, zlib.crc32(name.encode())])
+    rows = shape[0]
+    cols = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    step = max(1, (1 << 24) // cols)
+    for r in range(0, rows, step):
+        n = min(step, rows - r)
+        x = np.ones((n, cols), np.float32) if std is None else \
+            rng.standard_normal((n, cols), dtype=np.float32) * np.float32(std)
+        u = x.view(np.uint32)
+        yield ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16).tobytes()
+
+def write_file(path, names):
+    hdr, off = {"__metadata__": {"format": "pt"}}, 0
+    for k in names:
+        hdr[k] = {"dtype": "BF16", "shape": list(specs[k][0]), "data_offsets": [off, off + nbytes(k)]}
+        off += nbytes(k)
+    hj = json.dumps(hdr).encode()
+    hj += b" " * ((8 - len(hj) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(len(hj).to_bytes(8, "little"))
+        f.write(hj)
+        for k in names:
+            for chunk in bf16_rows(k):
+                f.write(chunk)
+    return off
+
 os.makedirs(a.out, exist_ok=True)
-hdr, off = {"__metadata__": {"format": "pt"}}, 0
-for k in sorted(tensors):
-    n = tensors[k].nbytes
-    hdr[k] = {"dtype": "BF16", "shape": list(tensors[k].shape), "data_offsets": [off, off + n]}
-    off += n
-hj = json.dumps(hdr).encode()
-hj += b" " * ((8 - len(hj) % 8) % 8)
-with open(os.path.join(a.out, "model.safetensors"), "wb") as f:
-    f.write(len(hj).to_bytes(8, "little")); f.write(hj)
-    for k in sorted(tensors):
-        f.write(tensors[k].tobytes())
+names = sorted(specs)
+total = 0
+if a.shard_mb <= 0:
+    total = write_file(os.path.join(a.out, "model.safetensors"), names)
+else:
+    shards, cur, size = [], [], 0
+    for k in names:
+        if cur and size + nbytes(k) > a.shard_mb * 1000000:
+            shards.append(cur)
+            cur, size = [], 0
+        cur.append(k)
+        size += nbytes(k)
+    shards.append(cur)
+    wmap = {}
+    for s, ks in enumerate(shards):
+        fn = f"model-{s + 1:05d}-of-{len(shards):05d}.safetensors"
+        total += write_file(os.path.join(a.out, fn), ks)
+        wmap.update({k: fn for k in ks})
+    with open(os.path.join(a.out, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": wmap}, f, indent=2)
 cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": h,
        "intermediate_size": i, "num_hidden_layers": a.layers, "num_attention_heads": a.heads,
        "num_key_value_heads": a.kv_heads, "vocab_size": a.vocab, "max_position_embeddings": a.max_pos,
-       "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": True, "hidden_act": "silu",
-       "torch_dtype": "bfloat16", "bos_token_id": 1, "eos_token_id": 2}
+       "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": not a.untied,
+       "hidden_act": "silu", "torch_dtype": "bfloat16", "bos_token_id": 1, "eos_token_id": 2}
 with open(os.path.join(a.out, "config.json"), "w") as f:
     json.dump(cfg, f, indent=2)
-print(f"wrote {a.out}: {a.layers} layers, hidden {h}, intermediate {i}, {off/1e6:.1f} MB")
+print(f"wrote {a.out}: {a.layers} layers, hidden {h}, intermediate {i}, {total/1e6:.1f} MB")

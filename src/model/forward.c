@@ -291,45 +291,135 @@ static void linear(const struct hq_backend *be, const struct hq_fwd_ws *ws, int6
   be->gemm_rows(0, seqlen, 0, 1, ntok, rows, cols, 1.0f, X, cols, W, cols, beta, Y, rows);
 }
 
+/* ---- the block's stages: each computes one linear group's input from the previous stage's
+ * activations (struct hq_fwd_carry). hq_forward_block runs them in a row; the pipeline runs
+ * them one group at a time over all its windows, keeping the activations in between. */
+
+struct fwd_call {
+  const struct hq_backend *be;
+  const struct hq_model_config *c;
+  const struct hq_block_dev *w;
+  const struct hq_rope_table *rope;
+  struct hq_fwd_ws *ws;
+  int64_t ntok, seqlen;
+};
+
+static struct fwd_call fwd_call(const struct hq_backend *be, const struct hq_model_config *c,
+                                const struct hq_block_dev *w, const struct hq_rope_table *rope,
+                                struct hq_fwd_ws *ws, int64_t nseq, int64_t seqlen) {
+  const int64_t ntok = nseq * seqlen, qd = c->n_heads * c->head_dim;
+  HQ_ASSERT(ntok > 0 && ntok <= ws->cap && ws->hidden == c->hidden && ws->qdim == qd &&
+            ws->kvdim == c->n_kv_heads * c->head_dim && ws->inter == c->intermediate);
+  HQ_ASSERT(seqlen <= rope->max_pos && rope->half == c->head_dim / 2);
+  HQ_ASSERT(!(w->bias[HQ_LIN_Q] || w->bias[HQ_LIN_K] || w->bias[HQ_LIN_V]) || ws->ones);
+  return (struct fwd_call){be, c, w, rope, ws, ntok, seqlen};
+}
+
+static void fwd_linear(const struct fwd_call *f, enum hq_linear l, const float *X, float *Y,
+                       int accumulate) {
+  int64_t rows, cols;
+  hq_linear_shape(f->c, l, &rows, &cols);
+  linear(f->be, f->ws, f->ntok, f->seqlen, rows, cols, X, f->w->lin[l], f->w->bias[l], Y,
+         accumulate);
+}
+
+/* QKV input: ws->xn = rmsnorm(x) (activation-quantized when set) */
+static void st_attn_in(const struct fwd_call *f, const float *x) {
+  f->be->rmsnorm(f->ntok, f->c->hidden, x, f->w->ln_attn, f->c->rms_eps, f->ws->xn);
+  act_quant(f->be, f->ws, f->ws->xn, f->ntok, f->c->hidden);
+}
+
+/* O input: att = attention(rope(q), rope(k), v) of ws->xn */
+static void st_attn(const struct fwd_call *f, float *att) {
+  const struct hq_model_config *c = f->c;
+  struct hq_fwd_ws *ws = f->ws;
+  ws_positions(ws, f->seqlen);
+  fwd_linear(f, HQ_LIN_Q, ws->xn, ws->q, 0);
+  fwd_linear(f, HQ_LIN_K, ws->xn, ws->k, 0);
+  fwd_linear(f, HQ_LIN_V, ws->xn, ws->v, 0);
+  f->be->rope(f->ntok, c->n_heads, c->head_dim, ws->pos, f->rope->cos_t, f->rope->sin_t, ws->q);
+  f->be->rope(f->ntok, c->n_kv_heads, c->head_dim, ws->pos, f->rope->cos_t, f->rope->sin_t, ws->k);
+  f->be->attention(f->ntok / f->seqlen, f->seqlen, c->n_heads, c->n_kv_heads, c->head_dim, ws->q,
+                   ws->k, ws->v, att);
+  act_quant(f->be, ws, att, f->ntok, c->n_heads * c->head_dim);
+}
+
+/* GATE/UP input from the residual h: ws->xn = rmsnorm(h) */
+static void st_mlp_norm(const struct fwd_call *f, const float *h) {
+  f->be->rmsnorm(f->ntok, f->c->hidden, h, f->w->ln_mlp, f->c->rms_eps, f->ws->xn);
+  act_quant(f->be, f->ws, f->ws->xn, f->ntok, f->c->hidden);
+}
+
+/* h = x + o_proj(att), then the GATE/UP input */
+static void st_mlp_in(const struct fwd_call *f, const float *x, const float *att, float *h) {
+  f->be->copy(h, x, (size_t)(f->ntok * f->c->hidden) * sizeof(float));
+  fwd_linear(f, HQ_LIN_O, att, h, 1);
+  st_mlp_norm(f, h);
+}
+
+/* DOWN input: act = silu(gate(ws->xn)) * up(ws->xn) */
+static void st_mlp(const struct fwd_call *f, float *act) {
+  fwd_linear(f, HQ_LIN_GATE, f->ws->xn, act, 0);
+  fwd_linear(f, HQ_LIN_UP, f->ws->xn, f->ws->u, 0);
+  f->be->swiglu(f->ntok * f->c->intermediate, act, f->ws->u, act);
+  act_quant(f->be, f->ws, act, f->ntok, f->c->intermediate);
+}
+
+/* the block output: x = h + down(act) (h updated in place) */
+static void st_out(const struct fwd_call *f, const float *act, float *h, float *x) {
+  fwd_linear(f, HQ_LIN_DOWN, act, h, 1);
+  f->be->copy(x, h, (size_t)(f->ntok * f->c->hidden) * sizeof(float));
+}
+
 int hq_forward_block(const struct hq_backend *be, const struct hq_model_config *c,
                      const struct hq_block_dev *w, const struct hq_rope_table *rope,
                      struct hq_fwd_ws *ws, int64_t nseq, int64_t seqlen, float *x,
                      hq_capture_fn capture, void *ctx) {
-  const int64_t ntok = nseq * seqlen, H = c->hidden, nh = c->n_heads, nkv = c->n_kv_heads,
-                hd = c->head_dim, qd = nh * hd, kvd = nkv * hd, I = c->intermediate;
-  HQ_ASSERT(ntok > 0 && ntok <= ws->cap && ws->hidden == H && ws->qdim == qd &&
-            ws->kvdim == kvd && ws->inter == I);
-  HQ_ASSERT(seqlen <= rope->max_pos && rope->half == hd / 2);
-  HQ_ASSERT(!(w->bias[HQ_LIN_Q] || w->bias[HQ_LIN_K] || w->bias[HQ_LIN_V]) || ws->ones);
-  ws_positions(ws, seqlen);
-
-  /* attention: h = x + o_proj(attn(rope(q), rope(k), v)) of the normed x */
-  be->rmsnorm(ntok, H, x, w->ln_attn, c->rms_eps, ws->xn);
-  act_quant(be, ws, ws->xn, ntok, H);
+  const struct fwd_call f = fwd_call(be, c, w, rope, ws, nseq, seqlen);
+  const int64_t ntok = f.ntok, H = c->hidden, qd = c->n_heads * c->head_dim;
+  st_attn_in(&f, x);
   if (capture && capture(ctx, HQ_GROUP_QKV, ws->xn, ntok, H)) return 1;
-  linear(be, ws, ntok, seqlen, qd, H, ws->xn, w->lin[HQ_LIN_Q], w->bias[HQ_LIN_Q], ws->q, 0);
-  linear(be, ws, ntok, seqlen, kvd, H, ws->xn, w->lin[HQ_LIN_K], w->bias[HQ_LIN_K], ws->k, 0);
-  linear(be, ws, ntok, seqlen, kvd, H, ws->xn, w->lin[HQ_LIN_V], w->bias[HQ_LIN_V], ws->v, 0);
-  be->rope(ntok, nh, hd, ws->pos, rope->cos_t, rope->sin_t, ws->q);
-  be->rope(ntok, nkv, hd, ws->pos, rope->cos_t, rope->sin_t, ws->k);
-  be->attention(nseq, seqlen, nh, nkv, hd, ws->q, ws->k, ws->v, ws->att);
-  act_quant(be, ws, ws->att, ntok, qd);
+  st_attn(&f, ws->att);
   if (capture && capture(ctx, HQ_GROUP_O, ws->att, ntok, qd)) return 1;
-  be->copy(ws->h, x, (size_t)(ntok * H) * sizeof(float));
-  linear(be, ws, ntok, seqlen, H, qd, ws->att, w->lin[HQ_LIN_O], w->bias[HQ_LIN_O], ws->h, 1);
-
-  /* MLP: h += down(silu(gate(xn)) * up(xn)) with xn = rmsnorm(h) */
-  be->rmsnorm(ntok, H, ws->h, w->ln_mlp, c->rms_eps, ws->xn);
-  act_quant(be, ws, ws->xn, ntok, H);
+  st_mlp_in(&f, x, ws->att, ws->h);
   if (capture && capture(ctx, HQ_GROUP_GATEUP, ws->xn, ntok, H)) return 1;
-  linear(be, ws, ntok, seqlen, I, H, ws->xn, w->lin[HQ_LIN_GATE], w->bias[HQ_LIN_GATE], ws->g, 0);
-  linear(be, ws, ntok, seqlen, I, H, ws->xn, w->lin[HQ_LIN_UP], w->bias[HQ_LIN_UP], ws->u, 0);
-  be->swiglu(ntok * I, ws->g, ws->u, ws->g);
-  act_quant(be, ws, ws->g, ntok, I);
-  if (capture && capture(ctx, HQ_GROUP_DOWN, ws->g, ntok, I)) return 1;
-  linear(be, ws, ntok, seqlen, H, I, ws->g, w->lin[HQ_LIN_DOWN], w->bias[HQ_LIN_DOWN], ws->h, 1);
-  be->copy(x, ws->h, (size_t)(ntok * H) * sizeof(float));
+  st_mlp(&f, ws->g);
+  if (capture && capture(ctx, HQ_GROUP_DOWN, ws->g, ntok, c->intermediate)) return 1;
+  st_out(&f, ws->g, ws->h, x);
   return 0;
+}
+
+int hq_forward_group_input(const struct hq_backend *be, const struct hq_model_config *c,
+                           const struct hq_block_dev *w, const struct hq_rope_table *rope,
+                           struct hq_fwd_ws *ws, int64_t nseq, int64_t seqlen, enum hq_group g,
+                           const struct hq_fwd_carry *cr, hq_capture_fn capture, void *ctx) {
+  const struct fwd_call f = fwd_call(be, c, w, rope, ws, nseq, seqlen);
+  const int64_t ntok = f.ntok, H = c->hidden;
+  switch (g) {
+  case HQ_GROUP_QKV:
+    st_attn_in(&f, cr->x);
+    return capture(ctx, g, ws->xn, ntok, H);
+  case HQ_GROUP_O:
+    st_attn_in(&f, cr->x);
+    st_attn(&f, cr->att);
+    return capture(ctx, g, cr->att, ntok, c->n_heads * c->head_dim);
+  case HQ_GROUP_GATEUP:
+    st_mlp_in(&f, cr->x, cr->att, cr->h);
+    return capture(ctx, g, ws->xn, ntok, H);
+  default:
+    HQ_ASSERT(g == HQ_GROUP_DOWN);
+    st_mlp_norm(&f, cr->h);
+    st_mlp(&f, cr->act);
+    return capture(ctx, g, cr->act, ntok, c->intermediate);
+  }
+}
+
+void hq_forward_group_output(const struct hq_backend *be, const struct hq_model_config *c,
+                             const struct hq_block_dev *w, const struct hq_rope_table *rope,
+                             struct hq_fwd_ws *ws, int64_t nseq, int64_t seqlen,
+                             const struct hq_fwd_carry *cr) {
+  const struct fwd_call f = fwd_call(be, c, w, rope, ws, nseq, seqlen);
+  st_out(&f, cr->act, cr->h, cr->x);
 }
 
 /* ---------------- embedding, head ---------------- */

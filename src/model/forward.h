@@ -52,6 +52,33 @@ int hq_forward_block(const struct hq_backend *be, const struct hq_model_config *
                      struct hq_fwd_ws *ws, int64_t nseq, int64_t seqlen, float *x,
                      hq_capture_fn capture, void *ctx);
 
+/* The activations hq_forward_group_input carries from one linear input group of a block to
+ * the next, for nseq x seqlen tokens (backend memory, row-major): */
+struct hq_fwd_carry {
+  float *x;   /* [ntok x hidden] the block input; the block output after
+                 hq_forward_group_output */
+  float *att; /* [ntok x n_heads*head_dim] attention output: written for O, read for GATEUP */
+  float *h;   /* [ntok x hidden] residual after attention: written for GATEUP, read after */
+  float *act; /* [ntok x intermediate] silu(gate) * up: written for DOWN, read by the output.
+                 May be att's memory (att is dead once GATEUP has run). */
+};
+/* The block forward one group at a time, each group's input computed once from what the
+ * previous group left in the carry (the true-sequential pipeline re-quantizes the weights of
+ * group g before group g+1's input is taken): group g's input (from the carry written by
+ * group g-1 over these tokens; QKV and O from x), then capture(ctx, g, input, ntok, cols),
+ * whose return value is returned. Running QKV, O, GATEUP, DOWN then hq_forward_group_output
+ * does exactly the arithmetic of hq_forward_block, so x ends bit-identical to it. A group may
+ * be run again (same inputs, same result) before the next one. */
+int hq_forward_group_input(const struct hq_backend *be, const struct hq_model_config *c,
+                           const struct hq_block_dev *w, const struct hq_rope_table *rope,
+                           struct hq_fwd_ws *ws, int64_t nseq, int64_t seqlen, enum hq_group g,
+                           const struct hq_fwd_carry *cr, hq_capture_fn capture, void *ctx);
+/* After DOWN: x = h + down(act), the block output. */
+void hq_forward_group_output(const struct hq_backend *be, const struct hq_model_config *c,
+                             const struct hq_block_dev *w, const struct hq_rope_table *rope,
+                             struct hq_fwd_ws *ws, int64_t nseq, int64_t seqlen,
+                             const struct hq_fwd_carry *cr);
+
 /* Embedding lookup: x[t, :] = embed[ids[t], :] (embed is host fp32 [vocab x hidden]). */
 void hq_forward_embed(const struct hq_backend *be, const struct hq_model_config *c,
                       const float *embed_host, const int32_t *ids, int64_t ntok, float *x);

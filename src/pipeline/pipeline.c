@@ -56,6 +56,7 @@ void hq_quant_opts_default(struct hq_quant_opts *o) {
   o->seqlen = 2048;
   o->seed = 0;
   o->batch = 0;
+  o->keep_act_mib = 4096;
   o->hqq = hq_hqq_opts_default();
   o->act_bits = 0;
   o->equalize = HQ_EQ_NONE;
@@ -92,6 +93,44 @@ void hq_pipeline_forward_local(struct run *R, const struct hq_block_dev *dev, hq
   R->be->sync();
 }
 
+/* the carry of the nb windows from window w */
+static struct hq_fwd_carry carry_at(const struct run *R, int64_t w) {
+  const struct hq_model_config *c = &R->model.cfg;
+  const int64_t t0 = w * R->seqlen, qd = c->n_heads * c->head_dim, I = c->intermediate;
+  return (struct hq_fwd_carry){R->x + t0 * c->hidden, R->carry_mid + t0 * qd,
+                               R->carry_h + t0 * c->hidden, R->carry_mid + t0 * I};
+}
+
+void hq_pipeline_forward_group(struct run *R, const struct hq_block_dev *dev, enum hq_group g,
+                               hq_capture_fn cap, void *ctx) {
+  if (!R->carry_h || R->carry_stage < (int)g) {
+    hq_pipeline_forward_local(R, dev, cap, ctx);
+    return;
+  }
+  for (int64_t w = 0; w < R->nloc; w += R->batch) {
+    const int64_t nb = R->nloc - w < R->batch ? R->nloc - w : R->batch;
+    const struct hq_fwd_carry cr = carry_at(R, w);
+    hq_forward_group_input(R->be, &R->model.cfg, dev, &R->rope, R->ws, nb, R->seqlen, g, &cr, cap,
+                           ctx);
+  }
+  R->be->sync();
+  R->carry_stage = (int)g + 1;
+}
+
+/* Not collective: the block output from the carry after DOWN, or the whole block forward */
+static void forward_output(struct run *R, const struct hq_block_dev *dev) {
+  if (R->carry_stage != HQ_GROUP_COUNT) {
+    hq_pipeline_forward_local(R, dev, NULL, NULL);
+    return;
+  }
+  for (int64_t w = 0; w < R->nloc; w += R->batch) {
+    const int64_t nb = R->nloc - w < R->batch ? R->nloc - w : R->batch;
+    const struct hq_fwd_carry cr = carry_at(R, w);
+    hq_forward_group_output(R->be, &R->model.cfg, dev, &R->rope, R->ws, nb, R->seqlen, &cr);
+  }
+  R->be->sync();
+}
+
 /* rank 0 writes it; phases_max: the largest time of each phase over the ranks (imbalance) */
 static void write_summary(struct run *R, double total, size_t rss_max, const double *phase_max) {
   if (!R->o->json_summary || R->comm->rank != 0) return;
@@ -102,10 +141,10 @@ static void write_summary(struct run *R, double total, size_t rss_max, const dou
   }
   fprintf(f, "{\"ranks\": %d, \"method\": \"%s\", \"bits\": %d, \"group_size\": %lld, \"nsamples\": %lld, "
              "\"seqlen\": %lld, \"seconds\": %.6f, \"peak_rss_bytes_max\": %zu, \"node_share\": %s, "
-             "\"phases\": {",
+             "\"keep_activations\": %s, \"phases\": {",
           R->comm->size, hq_method_name(R->o->method), R->o->g.bits, (long long)R->o->g.group_size,
           (long long)R->o->nsamples, (long long)R->seqlen, total, rss_max,
-          R->node_share ? "true" : "false");
+          R->node_share ? "true" : "false", R->carry_h ? "true" : "false");
   for (int p = 0; p < PH_COUNT; p++)
     fprintf(f, "%s\"%s\": %.6f", p ? ", " : "", hq_phase_names[p], R->total_phase[p]);
   fprintf(f, "}, \"phases_max\": {");
@@ -216,6 +255,30 @@ static int inputs_agree(struct run *R) {
   return hq_comm_agree(R->comm, rc);
 }
 
+/* The activations kept between a block's groups when they fit o->keep_act_mib (and memory);
+ * else each group's input is recomputed from the block input (same results), said once. */
+static void carry_alloc(struct run *R) {
+  const struct hq_model_config *c = &R->model.cfg;
+  const int64_t ntok = R->nloc * R->seqlen, qd = c->n_heads * c->head_dim;
+  const int64_t mid = qd > c->intermediate ? qd : c->intermediate;
+  const double mib = (double)(ntok * (c->hidden + mid)) * 4.0 / 1048576.0;
+  const char *why = NULL;
+  int say = R->comm->rank == 0; /* over budget: the same on every rank */
+  if (ntok == 0) return;
+  if (mib > (double)R->o->keep_act_mib) why = "over --keep-activations-mib";
+  else if (!(R->carry_h = R->be->alloc((size_t)(ntok * c->hidden) * sizeof(float))) ||
+           !(R->carry_mid = R->be->alloc((size_t)(ntok * mid) * sizeof(float)))) {
+    if (R->carry_h) R->be->free(R->carry_h);
+    R->carry_h = NULL;
+    why = "out of memory";
+    say = 1;
+  }
+  if (why && say && !R->o->quiet && R->o->keep_act_mib > 0)
+    fprintf(stderr, "hpcq quantize: note (rank %d): the activations between a block's groups "
+            "(%.0f MiB) are not kept (%s), so each group's input is recomputed from the block "
+            "input (same results, more forward time)\n", R->comm->rank, mib, why);
+}
+
 /* Collective: this rank's share of the calibration windows (same sample on every rank),
  * embedded; the rope table and the forward workspace. */
 static int setup_calibration(struct run *R, const struct hq_tokens *tok) {
@@ -244,6 +307,7 @@ static int setup_calibration(struct run *R, const struct hq_tokens *tok) {
   if (!rc && !(R->ws = hq_fwd_ws_new(R->be, c, R->batch * R->seqlen)))
     rc = hq_fail(HQ_ERR_NOMEM, "cannot allocate the forward workspace; try --batch 1");
   if (!rc) rc = hq_fwd_ws_set_act_bits(R->ws, o->act_bits);
+  if (!rc && hq_pipeline_need_hessian(o)) carry_alloc(R);
   return hq_comm_agree(R->comm, rc);
 }
 
@@ -257,7 +321,8 @@ static int forward_block(struct run *R, const struct hq_block_weights *bw) {
     return rc;
   }
   const double t = hq_now();
-  hq_pipeline_forward_local(R, &dev, NULL, NULL);
+  forward_output(R, &dev);
+  R->carry_stage = 0;
   R->phase[PH_FORWARD] += hq_now() - t;
   hq_block_dev_free(R->be, &dev);
   return HQ_OK;
@@ -301,6 +366,7 @@ static void group_line(struct run *R, int64_t b, enum hq_group g) {
 static int run_block(struct run *R, int64_t b, struct hq_block_weights *bw) {
   const struct hq_quant_opts *o = R->o;
   const int done = b < R->start_block;
+  R->carry_stage = 0;
   int rc = hq_model_load_block(&R->model, b, bw);
   if (!rc && done) rc = hq_pipeline_load_done_block(R, b, bw);
   HQ_TRY(hq_comm_agree(R->comm, rc));
@@ -375,6 +441,8 @@ static int finish(struct run *R, double t_start) {
 static void run_free(struct run *R, struct hq_tokens *tok) {
   free(R->ids);
   if (R->x) R->be->free(R->x);
+  if (R->carry_h) R->be->free(R->carry_h);
+  if (R->carry_mid) R->be->free(R->carry_mid);
   if (R->ws) hq_fwd_ws_free(R->ws);
   if (R->rope.cos_t) hq_rope_table_free(&R->rope, R->be);
   hq_plan_free(&R->plan);

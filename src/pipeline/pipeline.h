@@ -22,6 +22,10 @@ struct hq_quant_opts {
   int64_t seqlen;          /* window length (default 2048, capped by max_position_embeddings) */
   uint64_t seed;           /* window sampling seed (default 0) */
   int64_t batch;           /* windows per forward call (bounds activation workspace) */
+  int64_t keep_act_mib;    /* budget (MiB per rank) for the activations kept between a block's
+                              input groups, so each group's input is computed once (default
+                              4096); over it, or 0, each group's input is recomputed from the
+                              block input. Results are the same either way. */
   int resume, overwrite;
   const char *json_summary; /* optional: write a JSON summary (phase times, memory) here */
   int quiet;

@@ -214,8 +214,8 @@ static int group_hessian(struct run *R, const struct unit *u, const struct hq_bl
   struct cap_hess cc = {R, u->g, &h, 1};
   for (int pass = 0; !rc; pass++) {
     const double t = hq_now();
-    hq_pipeline_forward_local(R, &dev, cap_hessian, &cc);
-    R->phase[PH_HESSIAN] += hq_now() - t; /* forward up to the group + XᵀX */
+    hq_pipeline_forward_group(R, &dev, u->g, cap_hessian, &cc);
+    R->phase[PH_HESSIAN] += hq_now() - t; /* the group's input + XᵀX */
     int F = 0;
     rc = hessian_reduce(R, &h, &F);
     if (rc != 1) break;

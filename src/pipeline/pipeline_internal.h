@@ -27,6 +27,12 @@ struct run {
   struct hq_rope_table rope;
   struct hq_fwd_ws *ws;
   int64_t batch;            /* windows per forward call */
+  /* the activations kept between a block's input groups (hq_fwd_carry), backend memory, or
+   * NULL when over o->keep_act_mib: carry_h [nloc*seqlen x hidden], carry_mid [nloc*seqlen x
+   * max(q dim, intermediate)] (attention output, then silu(gate)*up) */
+  float *carry_h, *carry_mid;
+  int carry_stage;          /* the group whose input the carry holds the inputs of: 0 at a
+                               block's start, g+1 once group g's input was computed from it */
   int node_share;           /* one Hessian and one Cholesky factor per node (host backend, more
                                than one rank on a node, HQ_NODE_SHARE not 0): pipeline_group.c */
   int shm_warned;           /* the node leader said that /dev/shm had no room */
@@ -52,6 +58,11 @@ void hq_pipeline_lin_name(char *buf, size_t n, int64_t b, enum hq_linear l);
 /* Not collective. Forward all local windows through the block; stop at `cap` if given. */
 void hq_pipeline_forward_local(struct run *R, const struct hq_block_dev *dev, hq_capture_fn cap,
                                void *ctx);
+/* Not collective. Group g's input for all local windows, passed to cap: from the carried
+ * activations of group g-1 when R has them (each group's input computed once per pass), else
+ * by the block forward from its input. */
+void hq_pipeline_forward_group(struct run *R, const struct hq_block_dev *dev, enum hq_group g,
+                               hq_capture_fn cap, void *ctx);
 /* Collective. Quantize input group g of block b (weights bw, replaced by the quantized ones on
  * every rank): smoothing, Hessian, the method on the rows this rank owns, gather, write. */
 int hq_pipeline_group(struct run *R, int64_t b, enum hq_group g, struct hq_block_weights *bw);
