@@ -274,7 +274,7 @@ static const char *cu_kernels(void) {
 static const struct hq_backend hq_cuda_backend = {
     "cuda", 1,
     cu_alloc, cu_free, cu_upload, cu_download, cu_copy, cu_zero, cu_sync, cu_kernels,
-    cu_gemm, cu_gemm_rows, cu_syrk, cu_symmetrize, cu_chol_inverse_upper, cu_hess_fixed_acc,
+    cu_gemm, cu_gemm_rows, cu_syrk, cu_symmetrize, cu_chol_inverse_upper, NULL /* no team */, cu_hess_fixed_acc,
     hq_cuda_quant_params, hq_cuda_gptq_block, hq_cuda_rtn_cols,
     hq_cuda_rmsnorm, hq_cuda_rope, hq_cuda_attention, hq_cuda_swiglu, hq_cuda_add,
 };

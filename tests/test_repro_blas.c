@@ -130,8 +130,54 @@ static void test_chol(int64_t n) {
   free(H), free(U1), free(U2), free(M);
 }
 
+/* A team of OpenMP threads (the inner loops then run serially): sync = omp barrier */
+static int team_v;
+static void omp_sync(void *ctx) {
+  (void)ctx;
+#pragma omp barrier
+}
+static int omp_bcast(void *ctx, int v) {
+  (void)ctx;
+  if (omp_get_thread_num() == 0) team_v = v;
+#pragma omp barrier
+  const int r = team_v;
+#pragma omp barrier
+  return r;
+}
+
+/* chol_inverse_upper_team with 1, 2 and 3 members equals chol_inverse_upper bit for bit (tiles
+ * split over the members), and every member gets the same info for an indefinite matrix. */
+static void test_chol_team(int64_t n) {
+  float *H = spd(n, 5 + (uint64_t)n), *U = malloc(sizeof(float) * (size_t)(n * n));
+  float *T = malloc(sizeof(float) * (size_t)(n * n));
+  memcpy(U, H, sizeof(float) * (size_t)(n * n));
+  omp_set_num_threads(2);
+  CHECK(be->chol_inverse_upper(n, U, n) == 0, "chol %lld failed", (long long)n);
+  for (int size = 1; size <= 3; size++)
+    for (int bad = 0; bad <= 1; bad++) {
+      memcpy(T, H, sizeof(float) * (size_t)(n * n));
+      if (bad) T[(n - 3) * n + n - 3] = -1.0f;
+      int info[3] = {-7, -7, -7};
+#pragma omp parallel num_threads(size)
+      {
+        const struct hq_team tm = {omp_get_thread_num(), size, omp_sync, omp_bcast, NULL};
+        info[tm.rank] = be->chol_inverse_upper_team(n, T, n, &tm);
+      }
+      int same = 1;
+      for (int r = 1; r < size; r++) same &= info[r] == info[0];
+      CHECK(same, "chol team %lld/%d: members got different info", (long long)n, size);
+      if (bad) CHECK(info[0] > 0, "chol team %lld/%d: indefinite matrix gave info %d", (long long)n, size, info[0]);
+      else CHECK(info[0] == 0 && !memcmp(T, U, sizeof(float) * (size_t)(n * n)),
+                 "chol team %lld/%d: info %d or a factor unlike chol_inverse_upper's", (long long)n,
+                 size, info[0]);
+    }
+  free(H), free(U), free(T);
+}
+
 int main(void) {
   be = hq_backend_cpu();
+  test_chol_team(1000); /* 4 tiles, the last 232 wide */
+  test_chol_team(200);  /* one tile */
   /* forward-like: tokens of windows; GPTQ-like: weight rows from a 32-aligned offset */
   test_gemm_rows(0, 1, 700, 300, 96, 0, 0);
   test_gemm_rows(0, 1, 3 * 100, 1100, 64, 0, 100);  /* 3 windows of 100 tokens, 2 column chunks */

@@ -20,6 +20,16 @@
 #include "error.h"
 #include "quant.h"
 
+/* Processes that share a matrix in memory and split work on it (the ranks of a node, through
+ * an MPI-3 shared window): sync = barrier + visibility of everyone's writes to the shared
+ * memory; bcast_int = member 0's value on every member (called by all). */
+struct hq_team {
+  int rank, size;
+  void (*sync)(void *ctx);
+  int (*bcast_int)(void *ctx, int v);
+  void *ctx;
+};
+
 struct hq_backend {
   const char *name;   /* "cpu" or "cuda" */
   int on_device;      /* 1: pointers are device memory */
@@ -61,6 +71,11 @@ struct hq_backend {
    * (H⁻¹ = Uᵀ U) in the upper triangle, zeros below. Returns 0, or the LAPACK/cuSOLVER info
    * (> 0: not positive definite) — then H is garbage and the caller retries from a copy. */
   int (*chol_inverse_upper)(int64_t n, float *H, int64_t ldh);
+  /* Host backends only (NULL elsewhere): the same, computed by a team of processes that all
+   * map H (a node-shared buffer) and all call it with the same n, H, ldh: the fixed tiles are
+   * split over the members, so the result is bit-identical to chol_inverse_upper's for any
+   * team size. Every member returns the same info. t NULL: alone. */
+  int (*chol_inverse_upper_team)(int64_t n, float *H, int64_t ldh, const struct hq_team *t);
   /* Exact fixed-point accumulation of a Hessian panel (src/quant/hessian.c). C holds np rows
    * (ldc) of one window's XᵀX: row p is feature j = j0 + p, its entries i = 0..j are added,
    * each as V = round(v * 2^F) (round half to even; an integer when |v| 2^F < 2^lim_bits,

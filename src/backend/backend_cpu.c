@@ -47,6 +47,7 @@ static const struct hq_backend hq_cpu_backend = {
     .syrk = hq_cpu_syrk,
     .symmetrize = hq_cpu_symmetrize,
     .chol_inverse_upper = hq_cpu_chol_inverse_upper,
+    .chol_inverse_upper_team = hq_cpu_chol_inverse_upper_team,
     .hess_fixed_acc = hq_cpu_hess_fixed_acc,
     .quant_params = hq_cpu_quant_params,
     .gptq_block = hq_cpu_gptq_block,

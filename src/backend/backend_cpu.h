@@ -15,6 +15,7 @@ void hq_cpu_syrk(int64_t n, int64_t k, float alpha, const float *X, int64_t ldx,
                  float *C, int64_t ldc);
 void hq_cpu_symmetrize(int64_t n, float *A, int64_t lda);
 int hq_cpu_chol_inverse_upper(int64_t n, float *H, int64_t ldh);
+int hq_cpu_chol_inverse_upper_team(int64_t n, float *H, int64_t ldh, const struct hq_team *t);
 double hq_cpu_hess_fixed_acc(int64_t j0, int64_t np, const float *C, int64_t ldc, int F,
                              int lim_bits, int64_t *acc);
 

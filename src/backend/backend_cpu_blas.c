@@ -164,27 +164,44 @@ void hq_cpu_syrk(int64_t n, int64_t k, float alpha, const float *X, int64_t ldx,
 
 static int64_t nb_of(int64_t n, int64_t t) { return n - t * HQ_NB < HQ_NB ? n - t * HQ_NB : HQ_NB; }
 
+/* The team's share of a loop: task t of a step belongs to member t % size (a function of the
+ * matrix size and the team size only); within a member OpenMP threads take its tasks. Every
+ * task is one fixed-shape single-threaded LAPACK/BLAS call, so who runs it changes nothing. */
+static const struct hq_team solo = {0, 1, NULL, NULL, NULL};
+static int mine(const struct hq_team *tm, int64_t t) { return t % tm->size == tm->rank; }
+static void team_sync(const struct hq_team *tm) {
+  if (tm->size > 1) tm->sync(tm->ctx);
+}
+static int team_info(const struct hq_team *tm, int info) { /* member 0's, after a sync */
+  team_sync(tm);
+  return tm->size > 1 ? tm->bcast_int(tm->ctx, info) : info;
+}
+
 /* A = L Lᵀ in place (L lower). 0, or the LAPACK-style info (> 0: minor not positive). */
-static int chol_lower(int64_t n, float *A, int64_t lda) {
+static int chol_lower(int64_t n, float *A, int64_t lda, const struct hq_team *tm) {
   const int64_t nt = (n + HQ_NB - 1) / HQ_NB;
   for (int64_t TK = 0; TK < nt; TK++) {
     const int64_t k0 = TK * HQ_NB, kb = nb_of(n, TK);
     float *Akk = A + k0 * lda + k0;
-    lapack_int info = LAPACKE_spotrf(LAPACK_COL_MAJOR, 'U', (lapack_int)kb, Akk, (lapack_int)lda);
+    lapack_int info = 0;
+    if (tm->rank == 0) info = LAPACKE_spotrf(LAPACK_COL_MAJOR, 'U', (lapack_int)kb, Akk, (lapack_int)lda);
+    info = team_info(tm, (int)info);
     if (info != 0) return (int)(info > 0 ? k0 + info : 1);
     const int64_t rest = nt - TK - 1;
     if (rest == 0) break;
     /* panel: L_IK = A_IK L_KK⁻ᵀ, one tile row each */
 #pragma omp parallel for schedule(dynamic, 1) if (rest > 1)
     for (int64_t TI = TK + 1; TI < nt; TI++)
-      cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit,
-                  (blasint)nb_of(n, TI), (blasint)kb, 1.0f, Akk, (blasint)lda,
-                  A + TI * HQ_NB * lda + k0, (blasint)lda);
+      if (mine(tm, TI))
+        cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit,
+                    (blasint)nb_of(n, TI), (blasint)kb, 1.0f, Akk, (blasint)lda,
+                    A + TI * HQ_NB * lda + k0, (blasint)lda);
+    team_sync(tm);
     /* trailing update of the lower tiles: A_IJ -= L_IK L_JKᵀ */
 #pragma omp parallel for schedule(dynamic, 1) if (rest > 1)
     for (int64_t t = 0; t < rest * rest; t++) {
       const int64_t TI = TK + 1 + t / rest, TJ = TK + 1 + t % rest;
-      if (TJ > TI) continue;
+      if (TJ > TI || !mine(tm, t)) continue;
       const float *LI = A + TI * HQ_NB * lda + k0, *LJ = A + TJ * HQ_NB * lda + k0;
       float *Aij = A + TI * HQ_NB * lda + TJ * HQ_NB;
       if (TI == TJ)
@@ -195,42 +212,50 @@ static int chol_lower(int64_t n, float *A, int64_t lda) {
                     (blasint)nb_of(n, TJ), (blasint)kb, -1.0f, LI, (blasint)lda, LJ, (blasint)lda,
                     1.0f, Aij, (blasint)lda);
     }
+    team_sync(tm);
   }
   return 0;
+}
+
+/* P_I = -(X_II L_IK + Σ_{TK < TJ < TI} X_IJ L_JK) L_KK⁻¹ for tile row TI (Pi: ni x kb, ld HQ_NB) */
+static void tri_panel_row(int64_t n, const float *A, int64_t lda, int64_t TK, int64_t TI,
+                          float *Pi) {
+  const int64_t k0 = TK * HQ_NB, kb = nb_of(n, TK), i0 = TI * HQ_NB, ni = nb_of(n, TI);
+  for (int64_t r = 0; r < ni; r++)
+    memcpy(Pi + r * HQ_NB, A + (i0 + r) * lda + k0, (size_t)kb * sizeof(float));
+  cblas_strmm(CblasRowMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit,
+              (blasint)ni, (blasint)kb, 1.0f, A + i0 * lda + i0, (blasint)lda, Pi, HQ_NB);
+  for (int64_t TJ = TK + 1; TJ < TI; TJ++)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)ni, (blasint)kb,
+                (blasint)nb_of(n, TJ), 1.0f, A + i0 * lda + TJ * HQ_NB, (blasint)lda,
+                A + TJ * HQ_NB * lda + k0, (blasint)lda, 1.0f, Pi, HQ_NB);
+  cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit,
+              (blasint)ni, (blasint)kb, -1.0f, A + k0 * lda + k0, (blasint)lda, Pi, HQ_NB);
 }
 
 /* L (lower, non-unit) -> L⁻¹ in place, right to left by tile columns (LAPACK strtri's order):
  * with the trailing part already inverted (X_TT), the panel becomes
  * L_TK <- -X_TT L_TK L_KK⁻¹, then L_KK <- L_KK⁻¹. */
-static int tri_inverse_lower(int64_t n, float *A, int64_t lda) {
+static int tri_inverse_lower(int64_t n, float *A, int64_t lda, const struct hq_team *tm) {
   const int64_t nt = (n + HQ_NB - 1) / HQ_NB;
   float *P = malloc((size_t)n * HQ_NB * sizeof(float) + 1); /* the panel's new values */
   if (!P) return -1;
   for (int64_t TK = nt - 1; TK >= 0; TK--) {
-    const int64_t k0 = TK * HQ_NB, kb = nb_of(n, TK), rest = nt - TK - 1;
-    float *Akk = A + k0 * lda + k0;
+    const int64_t k0 = TK * HQ_NB, kb = nb_of(n, TK), rest = nt - TK - 1, t0 = k0 + kb;
     if (rest > 0) {
-      const int64_t t0 = k0 + kb; /* first row of the trailing part */
 #pragma omp parallel for schedule(dynamic, 1) if (rest > 1)
-      for (int64_t TI = TK + 1; TI < nt; TI++) {
-        const int64_t i0 = TI * HQ_NB, ni = nb_of(n, TI);
-        float *Pi = P + (i0 - t0) * HQ_NB;
-        /* P_I = X_II L_IK + Σ_{TK < TJ < TI} X_IJ L_JK, then P_I <- -P_I L_KK⁻¹ */
-        for (int64_t r = 0; r < ni; r++)
-          memcpy(Pi + r * HQ_NB, A + (i0 + r) * lda + k0, (size_t)kb * sizeof(float));
-        cblas_strmm(CblasRowMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit,
-                    (blasint)ni, (blasint)kb, 1.0f, A + i0 * lda + i0, (blasint)lda, Pi, HQ_NB);
-        for (int64_t TJ = TK + 1; TJ < TI; TJ++)
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)ni, (blasint)kb,
-                      (blasint)nb_of(n, TJ), 1.0f, A + i0 * lda + TJ * HQ_NB, (blasint)lda,
-                      A + TJ * HQ_NB * lda + k0, (blasint)lda, 1.0f, Pi, HQ_NB);
-        cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit,
-                    (blasint)ni, (blasint)kb, -1.0f, Akk, (blasint)lda, Pi, HQ_NB);
-      }
-      for (int64_t r = t0; r < n; r++)
-        memcpy(A + r * lda + k0, P + (r - t0) * HQ_NB, (size_t)kb * sizeof(float));
+      for (int64_t TI = TK + 1; TI < nt; TI++)
+        if (mine(tm, TI)) tri_panel_row(n, A, lda, TK, TI, P + (TI * HQ_NB - t0) * HQ_NB);
+      team_sync(tm); /* every member has read the panel and L_KK */
+      for (int64_t TI = TK + 1; TI < nt; TI++)
+        if (mine(tm, TI))
+          for (int64_t r = TI * HQ_NB; r < TI * HQ_NB + nb_of(n, TI); r++)
+            memcpy(A + r * lda + k0, P + (r - t0) * HQ_NB, (size_t)kb * sizeof(float));
     }
-    lapack_int info = LAPACKE_strtri(LAPACK_COL_MAJOR, 'U', 'N', (lapack_int)kb, Akk, (lapack_int)lda);
+    lapack_int info = 0;
+    if (tm->rank == 0)
+      info = LAPACKE_strtri(LAPACK_COL_MAJOR, 'U', 'N', (lapack_int)kb, A + k0 * lda + k0, (lapack_int)lda);
+    info = team_info(tm, (int)info);
     if (info != 0) {
       free(P);
       return (int)(info > 0 ? k0 + info : 1);
@@ -241,9 +266,10 @@ static int tri_inverse_lower(int64_t n, float *A, int64_t lda) {
 }
 
 /* Reverse a row-major n x n matrix in both indices: A[i][j] <-> A[n-1-i][n-1-j] (J A J). */
-static void reverse_both(int64_t n, float *A, int64_t lda) {
+static void reverse_both(int64_t n, float *A, int64_t lda, const struct hq_team *tm) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < (n + 1) / 2; i++) {
+    if (!mine(tm, i)) continue;
     float *r = A + i * lda, *q = A + (n - 1 - i) * lda;
     int64_t jend = (i == n - 1 - i) ? n / 2 : n; /* middle row: swap within itself once */
     for (int64_t j = 0; j < jend; j++) {
@@ -252,25 +278,34 @@ static void reverse_both(int64_t n, float *A, int64_t lda) {
       q[n - 1 - j] = t;
     }
   }
+  team_sync(tm);
 }
 
 /* Upper Cholesky factor of H⁻¹ in 2/3 n³ flops instead of the 4/3 n³ of potrf+potri+potrf:
  * with J the reversal, J H J = L Lᵀ (L lower) gives H = U Uᵀ with U = J L J upper, hence
  * H⁻¹ = (U⁻¹)ᵀ U⁻¹ and the wanted factor (unique with a positive diagonal) is
  * V = U⁻¹ = J L⁻¹ J. */
-int hq_cpu_chol_inverse_upper(int64_t n, float *H, int64_t ldh) {
+int hq_cpu_chol_inverse_upper_team(int64_t n, float *H, int64_t ldh, const struct hq_team *tm) {
   if (n == 0) return 0;
+  if (!tm) tm = &solo;
   hq_cpu_blas_init();
-  reverse_both(n, H, ldh);
-  int info = chol_lower(n, H, ldh);
-  if (info == 0) info = tri_inverse_lower(n, H, ldh);
+  team_sync(tm); /* H complete on every member */
+  reverse_both(n, H, ldh, tm);
+  int info = chol_lower(n, H, ldh, tm);
+  if (info == 0) info = tri_inverse_lower(n, H, ldh, tm);
   if (info < 0) HQ_DIE("out of memory for the %lld x %d Cholesky panel", (long long)n, HQ_NB);
   if (info != 0) return info;
-  reverse_both(n, H, ldh);
+  reverse_both(n, H, ldh, tm);
   /* zero the row-major strict lower triangle (it held the untouched upper one) */
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 1; i < n; i++) memset(H + i * ldh, 0, (size_t)i * sizeof(float));
+  for (int64_t i = 1; i < n; i++)
+    if (mine(tm, i)) memset(H + i * ldh, 0, (size_t)i * sizeof(float));
+  team_sync(tm);
   return 0;
+}
+
+int hq_cpu_chol_inverse_upper(int64_t n, float *H, int64_t ldh) {
+  return hq_cpu_chol_inverse_upper_team(n, H, ldh, NULL);
 }
 
 /* ---- exact Hessian accumulation ------------------------------------------------------- */

@@ -343,31 +343,32 @@ static int part_quantize(struct run *R, const struct unit *u, int i,
   return rc;
 }
 
-/* Collective over the node (R->node_share): the node leader factorises into the node-shared
- * U, the others attach to it with the leader's permutation and damping. */
+/* The node's ranks as a team over one node-shared buffer (hq_team) */
+struct node_team {
+  const struct hq_comm *comm;
+  struct hq_node_buf *buf;
+};
+static void node_team_sync(void *ctx) {
+  const struct node_team *t = ctx;
+  hq_comm_node_publish(t->comm, t->buf);
+}
+static int node_team_bcast_int(void *ctx, int v) {
+  const struct node_team *t = ctx;
+  hq_comm_node_bcast(t->comm, &v, sizeof v);
+  return v;
+}
+
+/* Collective over the node (R->node_share): the node's ranks factorise together, each its
+ * share of the tiles, into the node-shared U. Every rank gets the same prep (or error). */
 static int prepare_shared(struct run *R, const struct unit *u, const float *H,
                           struct hq_gptq_prep *prep, struct hq_node_buf *ushm) {
   const int64_t n = u->cols;
-  const size_t mb = hq_gptq_prep_meta_bytes(n);
   if (node_buf(R, (size_t)(n * n) * sizeof(float), ushm))
     return unit_owns_rows(u) ? hq_gptq_prepare(R->be, &R->g, n, H, prep) : HQ_OK;
-  char *meta = hq_xmalloc(mb + sizeof(int)); /* the leader's status, then its prep */
-  int rc = HQ_OK;
-  if (R->comm->local_rank == 0) {
-    rc = hq_gptq_prepare_into(R->be, &R->g, n, H, ushm->ptr, prep);
-    if (!rc) hq_gptq_prep_meta_pack(prep, meta + sizeof(int));
-    memcpy(meta, &rc, sizeof rc);
-  }
-  hq_comm_node_publish(R->comm, ushm);
-  hq_comm_node_bcast(R->comm, meta, mb + sizeof(int));
-  if (R->comm->local_rank != 0) {
-    memcpy(&rc, meta, sizeof rc);
-    rc = rc ? hq_fail(rc, "the node leader (rank %d) could not factorise the Hessian",
-                      R->comm->rank - R->comm->local_rank)
-            : hq_gptq_prep_attach(R->be, &R->g, n, H, ushm->ptr, meta + sizeof(int), prep);
-  }
-  free(meta);
-  return rc;
+  struct node_team nt = {R->comm, ushm};
+  const struct hq_team team = {R->comm->local_rank, R->comm->local_size, node_team_sync,
+                               node_team_bcast_int, &nt};
+  return hq_gptq_prepare_into(R->be, &R->g, n, H, ushm->ptr, &team, prep);
 }
 
 /* The group's factor for GPTQ: one per node when shared, else one per rank that owns rows. */

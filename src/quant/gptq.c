@@ -345,9 +345,11 @@ void hq_gptq_prep_free(const struct hq_backend *be, struct hq_gptq_prep *p) {
 }
 
 /* U = factor of (H[perm][:, perm] + damp I)⁻¹ with damping raised x10 until the Cholesky
- * succeeds; each try stages the permuted, dead-fixed H afresh (the inverse overwrites it). */
+ * succeeds; each try stages the permuted, dead-fixed H afresh (the inverse overwrites it).
+ * With a team, every member stages its share of the rows and takes part in the factor. */
 static int damped_factor(const struct hq_backend *be, const struct hq_gptq_opts *o,
-                         const float *H, const float *diag0, double mean, struct hq_gptq_prep *p) {
+                         const float *H, const float *diag0, double mean,
+                         const struct hq_team *team, struct hq_gptq_prep *p) {
   const int64_t cols = p->cols;
   const size_t hbytes = (size_t)cols * (size_t)cols * sizeof(float);
   float *Hs = be->on_device ? malloc(hbytes) : p->U;
@@ -358,6 +360,7 @@ static int damped_factor(const struct hq_backend *be, const struct hq_gptq_opts 
     const float damp = (float)(pd * mean);
 #pragma omp parallel for schedule(static) if (cols > 256)
     for (int64_t i = 0; i < cols; i++) {
+      if (team && i % team->size != team->rank) continue;
       const float *src = H + (int64_t)p->perm[i] * cols;
       float *dst = Hs + i * cols;
       if (o->act_order)
@@ -367,7 +370,8 @@ static int damped_factor(const struct hq_backend *be, const struct hq_gptq_opts 
       dst[i] = diag0[i] + damp;
     }
     if (be->on_device) be->upload(p->U, Hs, hbytes);
-    info = be->chol_inverse_upper(cols, p->U, cols);
+    info = team ? be->chol_inverse_upper_team(cols, p->U, cols, team)
+                : be->chol_inverse_upper(cols, p->U, cols);
     p->damp_used = pd;
     p->damp_abs = damp;
     if (info == 0) break;
@@ -412,27 +416,30 @@ static int order_columns(const struct hq_gptq_opts *o, int64_t cols, const float
 }
 
 int hq_gptq_prepare_into(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t cols,
-                         const float *H, float *Ubuf, struct hq_gptq_prep *p) {
+                         const float *H, float *Ubuf, const struct hq_team *team,
+                         struct hq_gptq_prep *p) {
   memset(p, 0, sizeof *p);
   HQ_ASSERT(!Ubuf || !be->on_device);
+  HQ_ASSERT(!team || (Ubuf && be->chol_inverse_upper_team));
   HQ_TRY(hq_gptq_opts_check(o, cols));
   HQ_TRY(hq_check_finite("H", H, cols, cols,
                       "the calibration activations overflowed or are corrupt (check the "
                       "calibration tokens and the forward of the previous blocks)"));
   const double t0 = hq_now();
   p->cols = cols;
-  p->perm = malloc((size_t)cols * sizeof(int32_t));
-  p->dead = calloc((size_t)cols, 1);
+  /* small: a team must not part ways over them (a failure ends the process) */
+  p->perm = hq_xmalloc((size_t)cols * sizeof(int32_t));
+  p->dead = hq_xcalloc((size_t)cols, 1);
   p->U = Ubuf ? Ubuf : be->alloc((size_t)cols * (size_t)cols * sizeof(float));
   p->U_borrowed = Ubuf != NULL;
-  float *diag0 = malloc((size_t)cols * sizeof(float));
-  int rc = p->perm && p->dead && p->U && diag0
+  float *diag0 = hq_xmalloc((size_t)cols * sizeof(float));
+  int rc = p->U
                ? HQ_OK
                : hq_fail(HQ_ERR_NOMEM, "out of memory for the %lld x %lld inverse Hessian (%s "
                          "backend); use more ranks", (long long)cols, (long long)cols, be->name);
   double mean = 0.0;
   if (!rc) rc = order_columns(o, cols, H, p, diag0, &mean);
-  if (!rc) rc = damped_factor(be, o, H, diag0, mean, p);
+  if (!rc) rc = damped_factor(be, o, H, diag0, mean, team, p);
   if (!rc && o->hscale) rc = prep_diag(be, H, p);
   free(diag0);
   be->sync();
@@ -443,43 +450,7 @@ int hq_gptq_prepare_into(const struct hq_backend *be, const struct hq_gptq_opts 
 
 int hq_gptq_prepare(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t cols,
                     const float *H, struct hq_gptq_prep *p) {
-  return hq_gptq_prepare_into(be, o, cols, H, NULL, p);
-}
-
-/* meta: [dead_cols, damp_used, damp_abs, t_chol] as 4 x 8 bytes, perm [cols] int32, dead [cols] */
-size_t hq_gptq_prep_meta_bytes(int64_t cols) { return 32 + (size_t)cols * 5; }
-
-void hq_gptq_prep_meta_pack(const struct hq_gptq_prep *p, void *meta) {
-  char *m = meta;
-  const double d[3] = {p->damp_used, p->damp_abs, p->t_chol};
-  memcpy(m, &p->dead_cols, 8);
-  memcpy(m + 8, d, sizeof d);
-  memcpy(m + 32, p->perm, (size_t)p->cols * sizeof(int32_t));
-  memcpy(m + 32 + (size_t)p->cols * 4, p->dead, (size_t)p->cols);
-}
-
-int hq_gptq_prep_attach(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t cols,
-                        const float *H, float *U, const void *meta, struct hq_gptq_prep *p) {
-  HQ_ASSERT(!be->on_device);
-  memset(p, 0, sizeof *p);
-  const char *m = meta;
-  double d[3];
-  p->cols = cols;
-  p->U = U;
-  p->U_borrowed = 1;
-  memcpy(&p->dead_cols, m, 8);
-  memcpy(d, m + 8, sizeof d);
-  p->damp_used = d[0], p->damp_abs = d[1], p->t_chol = d[2];
-  p->perm = malloc((size_t)cols * sizeof(int32_t));
-  p->dead = malloc((size_t)cols);
-  int rc = p->perm && p->dead ? HQ_OK : hq_fail(HQ_ERR_NOMEM, "out of memory for a %lld-column permutation", (long long)cols);
-  if (!rc) {
-    memcpy(p->perm, m + 32, (size_t)cols * sizeof(int32_t));
-    memcpy(p->dead, m + 32 + (size_t)cols * 4, (size_t)cols);
-  }
-  if (!rc && o->hscale) rc = prep_diag(be, H, p);
-  if (rc) hq_gptq_prep_free(be, p);
-  return rc;
+  return hq_gptq_prepare_into(be, o, cols, H, NULL, NULL, p);
 }
 
 /* ------------------------------------------------------------------ GPTQ: solve */

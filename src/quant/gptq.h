@@ -71,16 +71,14 @@ int hq_gptq_prepare(const struct hq_backend *be, const struct hq_gptq_opts *o, i
                     const float *H, struct hq_gptq_prep *p);
 void hq_gptq_prep_free(const struct hq_backend *be, struct hq_gptq_prep *p);
 
-/* One factor per node (host backends only): the node leader prepares with U in caller memory
- * Ubuf [cols x cols] (a node-shared buffer; not freed by hq_gptq_prep_free) and packs the rest
- * of its prep (permutation, dead columns, damping: hq_gptq_prep_meta_bytes) for the other ranks,
- * which attach to the shared U and the same H. Every prep then solves exactly as the leader's. */
+/* One factor per node (host backends only): U in caller memory Ubuf [cols x cols] (a
+ * node-shared buffer; not freed by hq_gptq_prep_free). With a team (the node's ranks, all
+ * calling with the same H, which they all map, and the same Ubuf), each member stages its
+ * share of the rows and of the Cholesky tiles (chol_inverse_upper_team); every member gets the
+ * same permutation, damping and U, bit-identical to hq_gptq_prepare's. team NULL: alone. */
 int hq_gptq_prepare_into(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t cols,
-                         const float *H, float *Ubuf, struct hq_gptq_prep *p);
-size_t hq_gptq_prep_meta_bytes(int64_t cols);
-void hq_gptq_prep_meta_pack(const struct hq_gptq_prep *p, void *meta);
-int hq_gptq_prep_attach(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t cols,
-                        const float *H, float *U, const void *meta, struct hq_gptq_prep *p);
+                         const float *H, float *Ubuf, const struct hq_team *team,
+                         struct hq_gptq_prep *p);
 
 /* GPTQ of the rows x cols block W (row-major host memory; on return the dequantized weights in
  * original column order) with the prepared factor. row0 is the index of W's first row in its
