@@ -81,9 +81,9 @@ static double phys_bytes(void) {
 static int check_memory(const struct hq_quant_opts *o, const struct hq_model_config *c,
                         int nranks, int64_t seqlen) {
   const double nloc = (double)((o->nsamples + nranks - 1) / nranks), S = (double)seqlen;
-  const double batch = o->batch > 0 ? (double)o->batch : (nloc < 8 ? nloc : 8);
-  const double per_tok = 2.0 * (double)(c->hidden + c->intermediate +
-                                        (c->n_heads + c->n_kv_heads) * c->head_dim);
+  const double batch = (double)(o->batch > 0 ? o->batch
+                                              : hq_pipeline_default_batch(c, (int64_t)nloc, seqlen));
+  const double per_tok = (double)hq_pipeline_ws_floats_per_token(c);
   const double host = 4.0 * ((double)o->nsamples * S + nloc * S);
   const int dev = o->backend && strcmp(o->backend, "cpu") != 0;
   const double act = 4.0 * nloc * S * (double)c->hidden, ws = 4.0 * batch * S * per_tok;

@@ -64,6 +64,18 @@ void hq_quant_opts_default(struct hq_quant_opts *o) {
   o->scale_from_hessian = 0;
 }
 
+int64_t hq_pipeline_ws_floats_per_token(const struct hq_model_config *c) {
+  return 2 * (c->hidden + c->intermediate + (c->n_heads + c->n_kv_heads) * c->head_dim);
+}
+
+int64_t hq_pipeline_default_batch(const struct hq_model_config *c, int64_t nloc, int64_t seqlen) {
+  const int64_t win = 4 * seqlen * hq_pipeline_ws_floats_per_token(c); /* bytes per window */
+  int64_t b = ((int64_t)1 << 30) / (win > 0 ? win : 1);
+  if (b > 8) b = 8;
+  if (b > nloc) b = nloc;
+  return b > 0 ? b : 1;
+}
+
 int hq_pipeline_need_hessian(const struct hq_quant_opts *o) {
   return o->method == HQ_METHOD_GPTQ || o->scale_from_hessian;
 }
@@ -289,7 +301,7 @@ static int setup_calibration(struct run *R, const struct hq_tokens *tok) {
                : hq_fail(HQ_ERR_NOMEM, "calibration windows");
   const struct hq_row_range wr = hq_plan_windows(o->nsamples, R->comm->size, R->comm->rank);
   R->nloc = wr.end - wr.begin;
-  R->batch = o->batch > 0 ? o->batch : (R->nloc < 8 ? (R->nloc > 0 ? R->nloc : 1) : 8);
+  R->batch = o->batch > 0 ? o->batch : hq_pipeline_default_batch(c, R->nloc, R->seqlen);
   const int64_t ntok = R->nloc * R->seqlen;
   if (!rc && !(R->ids = malloc((size_t)(ntok ? ntok : 1) * sizeof(int32_t))))
     rc = hq_fail(HQ_ERR_NOMEM, "cannot allocate %lld calibration windows", (long long)R->nloc);

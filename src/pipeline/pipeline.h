@@ -8,6 +8,7 @@
 #include "comm.h"
 #include "gptq.h"
 #include "hqq.h"
+#include "model.h"
 
 enum hq_method { HQ_METHOD_GPTQ = 0, HQ_METHOD_RTN = 1, HQ_METHOD_HQQ = 2 };
 
@@ -21,7 +22,8 @@ struct hq_quant_opts {
   int64_t nsamples;        /* calibration windows (default 128) */
   int64_t seqlen;          /* window length (default 2048, capped by max_position_embeddings) */
   uint64_t seed;           /* window sampling seed (default 0) */
-  int64_t batch;           /* windows per forward call (bounds activation workspace) */
+  int64_t batch;           /* windows per forward call (bounds activation workspace); 0: 8,
+                              or fewer to keep the workspace under 1 GiB */
   int64_t keep_act_mib;    /* budget (MiB per rank) for the activations kept between a block's
                               input groups, so each group's input is computed once (default
                               4096); over it, or 0, each group's input is recomputed from the
@@ -39,6 +41,11 @@ struct hq_quant_opts {
 };
 
 void hq_quant_opts_default(struct hq_quant_opts *o);
+/* The forward workspace's floats per token (src/model/forward.c) */
+int64_t hq_pipeline_ws_floats_per_token(const struct hq_model_config *c);
+/* Windows per forward call without --batch: 8, fewer when 8 would make the forward workspace
+ * larger than 1 GiB (at least 1, at most nloc). Results do not depend on it. */
+int64_t hq_pipeline_default_batch(const struct hq_model_config *c, int64_t nloc, int64_t seqlen);
 const char *hq_method_name(enum hq_method m);
 
 /* Collective. Returns HQ_OK, or an error status agreed by all ranks (message in

@@ -241,9 +241,11 @@ static int64_t stats_stride(int64_t rows, int64_t cols) {
   return rows * cols >= ((int64_t)1 << 20) ? HQ_STATS_STRIDE : 1;
 }
 
-/* proxy losses d H dᵀ of the rows [r0, n) step k of D = W0 - Q into st[r][slot] */
+/* proxy losses d H dᵀ of the rows 0, k, 2k, ... < n of D = W0 - Q into st[r][slot]; Q holds
+ * those rows every qk-th row (qk = k: all rows; 1: the sampled rows only) */
 static int sampled_proxy(struct run *R, const struct unit *u, int i, const float *W0,
-                         const float *Q, const float *H, int64_t k, int slot, struct part *p) {
+                         const float *Q, int64_t qk, const float *H, int64_t k, int slot,
+                         struct part *p) {
   const int64_t n = u->myn[i], cols = u->cols, ns = (n + k - 1) / k;
   float *D = calloc((size_t)(ns * cols) + 1, sizeof(float));
   double *row = malloc((size_t)ns * sizeof(double) + 1);
@@ -252,7 +254,7 @@ static int sampled_proxy(struct run *R, const struct unit *u, int i, const float
     return hq_fail(HQ_ERR_NOMEM, "cannot allocate statistics buffers");
   }
   for (int64_t s = 0; s < ns; s++)
-    for (int64_t j = 0; j < cols; j++) D[s * cols + j] = W0[s * k * cols + j] - Q[s * k * cols + j];
+    for (int64_t j = 0; j < cols; j++) D[s * cols + j] = W0[s * k * cols + j] - Q[s * qk * cols + j];
   hq_proxy_loss_rows(R->be, u->my0[i] / k, ns, cols, D, H, row);
   for (int64_t s = 0; s < ns; s++) p->st[s * k * NSTAT + slot] = row[s] * (double)k;
   free(D), free(row);
@@ -271,17 +273,20 @@ static int part_proxy_stats(struct run *R, const struct unit *u, int i, const fl
     for (int64_t r = 0; r < n; r++) p->st[r * NSTAT + ST_METHOD] = row[r];
     free(row);
   } else {
-    HQ_TRY(sampled_proxy(R, u, i, W0, p->W, H, k, ST_METHOD, p));
+    HQ_TRY(sampled_proxy(R, u, i, W0, p->W, k, H, k, ST_METHOD, p));
   }
-  float *Wr = malloc((size_t)(n * cols) * sizeof(float) + 1);
+  /* RTN of the sampled rows only (RTN treats every row on its own) */
+  const int64_t ns = (n + k - 1) / k;
+  float *Wr = malloc((size_t)(ns * cols) * sizeof(float) + 1);
   if (!Wr) return hq_fail(HQ_ERR_NOMEM, "cannot allocate statistics buffers");
-  memcpy(Wr, W0, (size_t)(n * cols) * sizeof(float));
+  for (int64_t s = 0; s < ns; s++)
+    memcpy(Wr + s * cols, W0 + s * k * cols, (size_t)cols * sizeof(float));
   struct hq_gptq_result rr;
   struct hq_gptq_opts ro = R->o->g;
   ro.hscale = 0;
-  int rc = hq_rtn_quantize(R->be, &ro, n, cols, Wr, NULL, &rr);
-  hq_gptq_result_free(&rr);
-  if (!rc) rc = sampled_proxy(R, u, i, W0, Wr, H, k, ST_RTN, p);
+  int rc = ns ? hq_rtn_quantize(R->be, &ro, ns, cols, Wr, NULL, &rr) : HQ_OK;
+  if (ns) hq_gptq_result_free(&rr);
+  if (!rc) rc = sampled_proxy(R, u, i, W0, Wr, 1, H, k, ST_RTN, p);
   free(Wr);
   return rc;
 }
