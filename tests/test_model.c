@@ -5,6 +5,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "backend.h"
+#include "forward.h"
 #include "model.h"
 #include "model_fixtures.h"
 #include "st_testlib.h"
@@ -55,6 +57,46 @@ static void test_linear_table(void) {
     CHECK(r == shp[l][0] && k == shp[l][1], "shape of %s: [%lld, %lld]", names[l], (long long)r,
           (long long)k);
   }
+}
+
+/* hq_model_embed_rows = the rows of the whole table (BF16 and F32 checkpoints) */
+static void check_embed_rows(const char *dir) {
+  struct hq_model m;
+  if (hq_model_open(dir, &m) != HQ_OK) {
+    CHECK(0, "open %s: %s", dir, hq_last_error());
+    return;
+  }
+  const int64_t H = m.cfg.hidden, V = m.cfg.vocab;
+  const int32_t ids[5] = {0, (int32_t)(V - 1), 7, 7, (int32_t)(V / 2)};
+  float *all = NULL, *rows = malloc(sizeof(float) * (size_t)(5 * H));
+  int64_t n = 0;
+  CHECK(hq_model_load_f32(&m, "model.embed_tokens.weight", &all, &n) == HQ_OK && n == V * H, "table");
+  CHECK(hq_model_embed_rows(&m, ids, 5, rows) == HQ_OK, "rows: %s", hq_last_error());
+  int bad = 0;
+  for (int t = 0; t < 5 && all; t++)
+    bad += memcmp(rows + t * H, all + (int64_t)ids[t] * H, sizeof(float) * (size_t)H) != 0;
+  CHECK(bad == 0, "%s: %d embedding rows differ from the table's", dir, bad);
+  free(all), free(rows);
+  hq_model_close(&m);
+}
+
+/* an untied model whose lm_head holds the embedding's values evaluates exactly as the tied one
+ * (eval looks up the untied model's embedding rows instead of holding the table) */
+static void check_untied_eval(const char *untied, const char *tied) {
+  struct hq_model a, b;
+  if (hq_model_open(untied, &a) != HQ_OK || hq_model_open(tied, &b) != HQ_OK) {
+    CHECK(0, "open: %s", hq_last_error());
+    return;
+  }
+  int32_t ids[2 * 24];
+  for (int i = 0; i < 48; i++) ids[i] = (int32_t)((i * 37 + 5) % a.cfg.vocab);
+  double na = 0, nb = 0;
+  const struct hq_eval_opts o = {.batch_windows = 1};
+  CHECK(hq_forward_model_nll(hq_backend_cpu(), &a, ids, 2, 24, &o, &na, NULL) == HQ_OK, "untied: %s", hq_last_error());
+  CHECK(hq_forward_model_nll(hq_backend_cpu(), &b, ids, 2, 24, &o, &nb, NULL) == HQ_OK, "tied: %s", hq_last_error());
+  CHECK(na == nb && na > 0, "untied NLL %.17g != tied %.17g", na, nb);
+  hq_model_close(&a);
+  hq_model_close(&b);
 }
 
 static void test_bundled(void) {
@@ -265,6 +307,7 @@ static void test_mismatch(void) {
   CHECK(rc == HQ_OK && !m.cfg.tie_embeddings && hq_st_find(&m.st, "lm_head.weight"),
         "untied model opens: %s", hq_last_error());
   if (rc == HQ_OK) hq_model_close(&m);
+  check_untied_eval(dir, hq_t_data("stories260K-hf"));
   /* lm_head with the wrong shape */
   l[nt].shape[0] = 256, l[nt].shape[1] = 128;
   tl_st_write(p, l, nt + 1);
@@ -277,6 +320,8 @@ static void test_mismatch(void) {
 }
 
 int main(void) {
+  check_embed_rows(hq_t_data("llama-sotu-5m"));
+  check_embed_rows(hq_t_data("stories260K-hf"));
   test_linear_table();
   test_bundled();
   test_mismatch();

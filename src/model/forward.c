@@ -551,13 +551,16 @@ struct eval_run {
   int64_t step;             /* progress steps done */
 };
 
-/* model.embed_tokens.weight (host) and model.norm.weight (uploaded) */
+/* model.embed_tokens.weight (host) when it is also the head of a host backend (else the batches
+ * look up their rows: hq_model_embed_rows), and model.norm.weight (uploaded) */
 static int eval_load_embed_norm(struct eval_run *R) {
   const struct hq_model_config *c = &R->m->cfg;
   float *norm_h = NULL;
   int64_t n = 0;
-  HQ_TRY(hq_model_load_f32(R->m, "model.embed_tokens.weight", &R->embed, &n));
-  HQ_ASSERT(n == c->vocab * c->hidden); /* hq_model_open checked the shapes */
+  if (c->tie_embeddings && !R->be->on_device) {
+    HQ_TRY(hq_model_load_f32(R->m, "model.embed_tokens.weight", &R->embed, &n));
+    HQ_ASSERT(n == c->vocab * c->hidden); /* hq_model_open checked the shapes */
+  }
   HQ_TRY(hq_model_load_f32(R->m, "model.norm.weight", &norm_h, &n));
   HQ_ASSERT(n == c->hidden);
   const size_t hb = (size_t)c->hidden * sizeof(float);
@@ -656,11 +659,11 @@ static int eval_head_load(struct eval_run *R) {
   const struct hq_model_config *c = &R->m->cfg;
   const size_t bytes = (size_t)(c->vocab * c->hidden) * sizeof(float);
   float *h = R->embed;
-  if (!c->tie_embeddings) {
+  if (!h) { /* untied (lm_head.weight), or tied on a device backend (the embedding) */
     int64_t n = 0;
-    HQ_TRY(hq_model_load_f32(R->m, "lm_head.weight", &h, &n));
+    HQ_TRY(hq_model_load_f32(R->m, c->tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight", &h, &n));
     HQ_ASSERT(n == c->vocab * c->hidden);
-    R->st.head_loads++;
+    R->st.head_loads += !c->tie_embeddings;
   }
   if (!R->be->on_device) {
     R->head = h;
@@ -699,6 +702,24 @@ static int eval_batch_head(struct eval_run *R, const int32_t *ids, int64_t w0, i
   return HQ_OK;
 }
 
+/* x = the embedding of the batch's ntok tokens */
+static int eval_embed(struct eval_run *R, const int32_t *ids, int64_t ntok) {
+  const struct hq_model_config *c = &R->m->cfg;
+  if (R->embed) {
+    hq_forward_embed(R->be, c, R->embed, ids, ntok, R->x);
+    return HQ_OK;
+  }
+  const size_t bytes = (size_t)(ntok * c->hidden) * sizeof(float);
+  float *rows = R->be->on_device ? malloc(bytes + 1) : R->x;
+  if (!rows) return hq_fail(HQ_ERR_NOMEM, "out of host memory staging %lld embeddings", (long long)ntok);
+  const int rc = hq_model_embed_rows(R->m, ids, ntok, rows);
+  if (R->be->on_device) {
+    if (!rc) R->be->upload(R->x, rows, bytes);
+    free(rows);
+  }
+  return rc;
+}
+
 static void eval_run_free(struct eval_run *R) {
   if (R->blk)
     for (int64_t b = 0; b < (R->st.plan.keep ? R->m->cfg.n_layers : 1); b++)
@@ -724,8 +745,8 @@ int hq_forward_model_nll(const struct hq_backend *be, const struct hq_model *m,
   double total = 0;
   for (int64_t w0 = 0; !rc && w0 < nwin; w0 += R.st.plan.batch_windows) {
     const int64_t nb = nwin - w0 < R.st.plan.batch_windows ? nwin - w0 : R.st.plan.batch_windows;
-    hq_forward_embed(be, &m->cfg, R.embed, ids + w0 * seqlen, nb * seqlen, R.x);
-    rc = eval_batch_blocks(&R, nb);
+    rc = eval_embed(&R, ids + w0 * seqlen, nb * seqlen);
+    if (!rc) rc = eval_batch_blocks(&R, nb);
     if (!rc) rc = eval_batch_head(&R, ids, w0, nb, logits_out, &total);
   }
   if (!rc && !isfinite(total))

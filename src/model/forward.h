@@ -141,7 +141,8 @@ int hq_forward_model_plan(const struct hq_model_config *c, int64_t nwin, int64_t
  * (the embedding when tied) + NLL. Each window's arithmetic, and the order the chunk sums
  * are added in, is the same whatever the batches and whether blocks are kept.
  * Memory: the batch's activations [batch x seqlen x hidden] + one chunk's workspace + the
- * fp32 embedding + one block's weights (and lm_head during the last step) when streaming, or
+ * fp32 embedding when it is also the head on a host backend (else each batch converts only its
+ * tokens' rows, hq_model_embed_rows) + one block's weights (and lm_head during the last step) when streaming, or
  * plan.weight_bytes when kept (see hq_eval_opts.keep_bytes).
  * logits_out: optional host [nwin*seqlen x vocab]. Returns HQ_OK or a status + message
  * (seqlen > the rope table / max_position_embeddings, a missing tensor, out of memory,

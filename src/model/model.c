@@ -166,6 +166,33 @@ int hq_model_load_f32(const struct hq_model *m, const char *name, float **out, i
   return HQ_OK;
 }
 
+int hq_model_embed_rows(const struct hq_model *m, const int32_t *ids, int64_t ntok, float *out) {
+  const char *name = "model.embed_tokens.weight";
+  const int64_t H = m->cfg.hidden, V = m->cfg.vocab;
+  const struct hq_st_tensor *t = m->h5 ? NULL : hq_st_find(&m->st, name);
+  float *all = NULL;
+  if (!t) { /* an .h5 result: the whole table */
+    int64_t n = 0;
+    HQ_TRY(hq_model_load_f32(m, name, &all, &n));
+    HQ_ASSERT(n == V * H);
+  }
+  const size_t es = t && t->dtype != HQ_DTYPE_F32 ? 2 : 4;
+  for (int64_t i = 0; i < ntok; i++) {
+    HQ_ASSERT(ids[i] >= 0 && ids[i] < V); /* token files are checked on load */
+    if (all) {
+      memcpy(out + i * H, all + (int64_t)ids[i] * H, (size_t)H * sizeof(float));
+      continue;
+    }
+    struct hq_st_tensor row = *t;
+    row.data = (const unsigned char *)t->data + (size_t)ids[i] * (size_t)H * es;
+    row.numel = H;
+    row.nbytes = (size_t)H * es;
+    hq_st_to_f32(&row, out + i * H);
+  }
+  free(all);
+  return HQ_OK;
+}
+
 int hq_model_load_block(const struct hq_model *m, int64_t b, struct hq_block_weights *w) {
   memset(w, 0, sizeof *w);
   if (b < 0 || b >= m->cfg.n_layers)

@@ -138,6 +138,10 @@ int hq_model_load_block(const struct hq_model *m, int64_t b, struct hq_block_wei
 void hq_block_weights_free(struct hq_block_weights *w);
 /* Any tensor by name as fp32 (malloc'ed, caller frees); numel out. */
 int hq_model_load_f32(const struct hq_model *m, const char *name, float **out, int64_t *numel);
+/* The embedding rows of ntok tokens ids (each in [0, vocab)) as fp32 into out [ntok x hidden]
+ * (host): converted row by row from the checkpoint, without the whole table in memory (an .h5
+ * result loads the table once). The same values as rows of hq_model_load_f32's table. */
+int hq_model_embed_rows(const struct hq_model *m, const int32_t *ids, int64_t ntok, float *out);
 
 /* ---------------- tokens ---------------- */
 struct hq_tokens {
