@@ -11,7 +11,9 @@
 # export (one shard over 4 GiB) -> a numpy check of the export from the published layout
 # against the result's own dequantized weights. Prints phase times, peak memory and sizes.
 # env: HQ_SCALE_DIR (default /tmp): where the ~25 GB go; HQ_SCALE_CALIB="NSAMPLES SEQLEN"
-# (default "2 512"); HQ_SCALE_NP (default 2).
+# (default "2 512"); HQ_SCALE_NP (default 2); for a quick dry run of the script itself,
+# HQ_SCALE_SHAPE (make_synthetic_model.py shape options, e.g. "--hidden 512 --intermediate 1536
+# --heads 8 --kv-heads 2 --vocab 8192"), HQ_SCALE_SHARD_MB and HQ_SCALE_EXPORT_SHARD (6GB).
 set -u
 . "$(dirname "$0")/testlib.sh"
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,17 +22,21 @@ if [ "${HQ_SCALE_TESTS:-0}" != 1 ]; then
   exit 77
 fi
 D=${HQ_SCALE_DIR:-/tmp}
-avail_gb=$(df -P -BG "$D" | awk 'NR == 2 {print int($4)}')
-mem_gb=$(awk '/MemAvailable/ {print int($2 / 1048576)}' /proc/meminfo)
-[ "$avail_gb" -ge 26 ] || { echo "FAIL: $D has ${avail_gb} GB free, the run needs 26 (HQ_SCALE_DIR)"; exit 1; }
-[ "$mem_gb" -ge 18 ] || { echo "FAIL: ${mem_gb} GB of memory available, the run needs 18"; exit 1; }
+SHAPE=${HQ_SCALE_SHAPE:---hidden 8192 --intermediate 28672 --heads 64 --kv-heads 8 --vocab 128256}
+if [ -z "${HQ_SCALE_SHAPE:-}" ]; then
+  avail_gb=$(df -P -BG "$D" | awk 'NR == 2 {print int($4)}')
+  mem_gb=$(awk '/MemAvailable/ {print int($2 / 1048576)}' /proc/meminfo)
+  [ "$avail_gb" -ge 26 ] || { echo "FAIL: $D has ${avail_gb} GB free, the run needs 26 (HQ_SCALE_DIR)"; exit 1; }
+  [ "$mem_gb" -ge 18 ] || { echo "FAIL: ${mem_gb} GB of memory available, the run needs 18"; exit 1; }
+fi
 T=$(mktemp -d "$D/hq_scale70b.XXXXXX"); trap 'rm -rf "$T"' EXIT
 read -r NS SL <<< "${HQ_SCALE_CALIB:-2 512}"
 NP=${HQ_SCALE_NP:-2}
 PSS=$SRC/bench/peak_pss.sh
 t0=$(date +%s)
-python3 "$SRC/tools/make_synthetic_model.py" "$T/m" --hidden 8192 --intermediate 28672 --layers 2 \
-  --heads 64 --kv-heads 8 --vocab 128256 --untied --shard-mb 5000 > "$T/gen.log" 2>&1 \
+read -r -a shape <<< "$SHAPE"
+python3 "$SRC/tools/make_synthetic_model.py" "$T/m" "${shape[@]}" --layers 2 --untied \
+  --shard-mb "${HQ_SCALE_SHARD_MB:-5000}" > "$T/gen.log" 2>&1 \
   && ok "70B-shaped model written in $(( $(date +%s) - t0 )) s: $(ls "$T/m" | tr '\n' ' ')" \
   || { bad "model generation: $(tail -2 "$T/gen.log")"; finish scale_70b; exit 1; }
 
@@ -67,7 +73,7 @@ python3 -c "import math,sys; f,q=float(sys.argv[1]),float(sys.argv[2]); sys.exit
   || bad "eval: fp '$pf' quantized '$pq' (within 2 %?): $(tail -2 "$T/fp.log" "$T/qe.log")"
 
 t0=$(date +%s)
-"$PSS" "$BIN" export "$T/q.h5" --format gptq --out "$T/ckpt" --max-shard-size 6GB --quiet > "$T/ex.out" 2> "$T/ex.log" \
+"$PSS" "$BIN" export "$T/q.h5" --format gptq --out "$T/ckpt" --max-shard-size "${HQ_SCALE_EXPORT_SHARD:-6GB}" --quiet > "$T/ex.out" 2> "$T/ex.log" \
   && ok "export: $(( $(date +%s) - t0 )) s, $(grep -o 'peak_pss_mb [0-9]*' "$T/ex.log"), $(cd "$T/ckpt" && ls -l *.safetensors | awk '{printf "%s %.2f GB; ", $9, $5 / 1e9}')" \
   || bad "export: $(tail -3 "$T/ex.log")"
 python3 - "$SRC/tools" "$T/m" "$T/ckpt" "$T/q.h5" <<'PY' && ok "export = result (numpy, published layout): $(cat "$T/excheck")" || bad "export check"
