@@ -38,12 +38,17 @@ def hq64(a):
     """hq64 checksum (docs/readme/output-format.md, "Checksums") of a dataset's content."""
     flat = np.ascontiguousarray(a).reshape(-1)
     v = flat.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[flat.dtype.itemsize])
-    x = v.astype(np.uint64) ^ (np.arange(v.size, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
-    for k in (0xff51afd7ed558ccd, 0xc4ceb9fe1a85ec53):
+    total = 0
+    step = 1 << 24  # chunks: a 1e9-element embedding would need 16 GB of uint64 at once
+    for i0 in range(0, v.size, step):
+        x = v[i0:i0 + step].astype(np.uint64) ^ (
+            np.arange(i0, min(i0 + step, v.size), dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+        for k in (0xff51afd7ed558ccd, 0xc4ceb9fe1a85ec53):
+            x ^= x >> np.uint64(33)
+            x *= np.uint64(k)
         x ^= x >> np.uint64(33)
-        x *= np.uint64(k)
-    x ^= x >> np.uint64(33)
-    return int(x.sum(dtype=np.uint64)) & M64
+        total += int(x.sum(dtype=np.uint64))
+    return total & M64
 
 
 def check_sum(d, what):
