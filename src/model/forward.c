@@ -438,6 +438,19 @@ void hq_forward_embed(const struct hq_backend *be, const struct hq_model_config 
   }
 }
 
+int hq_forward_embed_rows(const struct hq_backend *be, const struct hq_model *m,
+                          const int32_t *ids, int64_t ntok, float *x) {
+  const size_t bytes = (size_t)(ntok * m->cfg.hidden) * sizeof(float);
+  float *rows = be->on_device ? malloc(bytes + 1) : x;
+  if (!rows) return hq_fail(HQ_ERR_NOMEM, "out of host memory staging %lld embeddings", (long long)ntok);
+  const int rc = hq_model_embed_rows(m, ids, ntok, rows);
+  if (be->on_device) {
+    if (!rc) be->upload(x, rows, bytes);
+    free(rows);
+  }
+  return rc;
+}
+
 double hq_forward_nll(const struct hq_backend *be, const struct hq_model_config *c,
                       const float *norm_w, const float *lm_head, struct hq_fwd_ws *ws,
                       int64_t nseq, int64_t seqlen, const float *x, const int32_t *ids,
@@ -709,15 +722,7 @@ static int eval_embed(struct eval_run *R, const int32_t *ids, int64_t ntok) {
     hq_forward_embed(R->be, c, R->embed, ids, ntok, R->x);
     return HQ_OK;
   }
-  const size_t bytes = (size_t)(ntok * c->hidden) * sizeof(float);
-  float *rows = R->be->on_device ? malloc(bytes + 1) : R->x;
-  if (!rows) return hq_fail(HQ_ERR_NOMEM, "out of host memory staging %lld embeddings", (long long)ntok);
-  const int rc = hq_model_embed_rows(R->m, ids, ntok, rows);
-  if (R->be->on_device) {
-    if (!rc) R->be->upload(R->x, rows, bytes);
-    free(rows);
-  }
-  return rc;
+  return hq_forward_embed_rows(R->be, R->m, ids, ntok, R->x);
 }
 
 static void eval_run_free(struct eval_run *R) {

@@ -83,6 +83,11 @@ void hq_forward_group_output(const struct hq_backend *be, const struct hq_model_
 void hq_forward_embed(const struct hq_backend *be, const struct hq_model_config *c,
                       const float *embed_host, const int32_t *ids, int64_t ntok, float *x);
 
+/* The same from the checkpoint's rows (hq_model_embed_rows), without the whole table in
+ * memory. Returns HQ_OK, or HQ_ERR_NOMEM (device backends stage the rows on the host). */
+int hq_forward_embed_rows(const struct hq_backend *be, const struct hq_model *m,
+                          const int32_t *ids, int64_t ntok, float *x);
+
 /* Final norm + lm_head, and the summed next-token NLL of every window (tokens 1..seqlen-1
  * predicted from their prefixes). norm/lm_head in backend memory, lm_head [vocab x hidden]. */
 double hq_forward_nll(const struct hq_backend *be, const struct hq_model_config *c,

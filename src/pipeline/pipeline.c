@@ -291,20 +291,6 @@ static void carry_alloc(struct run *R) {
             "input (same results, more forward time)\n", R->comm->rank, mib, why);
 }
 
-/* x = the embedding rows of the local windows' tokens (not the whole table: 4 GiB of fp32 at
- * vocab 128256 x hidden 8192) */
-static int embed_windows(struct run *R, int64_t ntok) {
-  const size_t bytes = (size_t)(ntok * R->model.cfg.hidden) * sizeof(float);
-  float *rows = R->be->on_device ? malloc(bytes + 1) : R->x;
-  if (!rows) return hq_fail(HQ_ERR_NOMEM, "out of host memory staging the calibration embeddings");
-  const int rc = hq_model_embed_rows(&R->model, R->ids, ntok, rows);
-  if (R->be->on_device) {
-    if (!rc) R->be->upload(R->x, rows, bytes);
-    free(rows);
-  }
-  return rc;
-}
-
 /* Collective: this rank's share of the calibration windows (same sample on every rank),
  * embedded; the rope table and the forward workspace. */
 static int setup_calibration(struct run *R, const struct hq_tokens *tok) {
@@ -324,7 +310,7 @@ static int setup_calibration(struct run *R, const struct hq_tokens *tok) {
   if (!rc && !(R->x = R->be->alloc((size_t)(ntok ? ntok : 1) * (size_t)c->hidden * sizeof(float))))
     rc = hq_fail(HQ_ERR_NOMEM, "cannot allocate activations of %lld tokens x %lld; use more ranks "
                  "or fewer --nsamples", (long long)ntok, (long long)c->hidden);
-  if (!rc) rc = embed_windows(R, ntok);
+  if (!rc) rc = hq_forward_embed_rows(R->be, &R->model, R->ids, ntok, R->x);
   if (!rc) rc = hq_rope_table_init(&R->rope, R->be, c, R->seqlen);
   if (!rc && !(R->ws = hq_fwd_ws_new(R->be, c, R->batch * R->seqlen)))
     rc = hq_fail(HQ_ERR_NOMEM, "cannot allocate the forward workspace; try --batch 1");
