@@ -126,7 +126,23 @@ oom:
   return hq_fail(HQ_ERR_NOMEM, "uploading a block's weights: out of %s memory", be->name);
 }
 
+int hq_block_dev_borrow(const struct hq_backend *be, const struct hq_model_config *c,
+                        const struct hq_block_weights *w, struct hq_block_dev *d) {
+  if (be->on_device) return hq_block_dev_upload(be, c, w, d);
+  memset(d, 0, sizeof *d);
+  memcpy(d->lin, w->lin, sizeof d->lin);
+  memcpy(d->bias, w->bias, sizeof d->bias);
+  d->ln_attn = w->ln_attn;
+  d->ln_mlp = w->ln_mlp;
+  d->borrowed = 1;
+  return HQ_OK;
+}
+
 void hq_block_dev_free(const struct hq_backend *be, struct hq_block_dev *d) {
+  if (d->borrowed) {
+    memset(d, 0, sizeof *d);
+    return;
+  }
   for (int l = 0; l < HQ_LIN_COUNT; l++) {
     if (d->lin[l]) be->free(d->lin[l]);
     if (d->bias[l]) be->free(d->bias[l]);

@@ -27,8 +27,14 @@ struct hq_block_dev {
   float *lin[HQ_LIN_COUNT];
   float *bias[HQ_LIN_COUNT];
   float *ln_attn, *ln_mlp;
+  int borrowed; /* the host weights themselves (hq_block_dev_borrow): free leaves them */
 };
 int hq_block_dev_upload(const struct hq_backend *be, const struct hq_model_config *c,
+                        const struct hq_block_weights *w, struct hq_block_dev *d);
+/* The same for a caller that keeps w alive and unchanged while d is used: on a host backend d
+ * points at w's arrays (no copy; a linear w no longer holds stays NULL), on a device it is an
+ * upload. */
+int hq_block_dev_borrow(const struct hq_backend *be, const struct hq_model_config *c,
                         const struct hq_block_weights *w, struct hq_block_dev *d);
 void hq_block_dev_free(const struct hq_backend *be, struct hq_block_dev *d);
 

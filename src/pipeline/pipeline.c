@@ -322,7 +322,7 @@ static int setup_calibration(struct run *R, const struct hq_tokens *tok) {
 /* Collective: the windows through block b (its quantized weights) to the next block's input */
 static int forward_block(struct run *R, const struct hq_block_weights *bw) {
   struct hq_block_dev dev;
-  const int urc = hq_block_dev_upload(R->be, &R->model.cfg, bw, &dev);
+  const int urc = hq_block_dev_borrow(R->be, &R->model.cfg, bw, &dev);
   const int rc = hq_comm_agree(R->comm, urc);
   if (rc) {
     if (!urc) hq_block_dev_free(R->be, &dev); /* another rank failed */

@@ -106,7 +106,7 @@ static int smooth_group(struct run *R, enum hq_group g, struct hq_block_weights 
   struct hq_block_dev dev;
   memset(&dev, 0, sizeof dev);
   int rc = ac.amax && am ? HQ_OK : hq_fail(HQ_ERR_NOMEM, "smoothing: out of memory");
-  if (!rc) rc = hq_block_dev_upload(R->be, c, bw, &dev);
+  if (!rc) rc = hq_block_dev_borrow(R->be, c, bw, &dev);
   rc = hq_comm_agree(R->comm, rc);
   if (!rc) {
     const double t = hq_now();
@@ -209,7 +209,7 @@ static int group_hessian(struct run *R, const struct unit *u, const struct hq_bl
   struct hq_block_dev dev;
   memset(&dev, 0, sizeof dev);
   int rc = hq_hessian_init(&h, R->be, u->cols, R->o->nsamples);
-  if (!rc) rc = hq_block_dev_upload(R->be, &R->model.cfg, bw, &dev);
+  if (!rc) rc = hq_block_dev_borrow(R->be, &R->model.cfg, bw, &dev);
   rc = hq_comm_agree(R->comm, rc);
   struct cap_hess cc = {R, u->g, &h, 1};
   for (int pass = 0; !rc; pass++) {
@@ -229,6 +229,20 @@ static int group_hessian(struct run *R, const struct unit *u, const struct hq_bl
   hq_block_dev_free(R->be, &dev);
   hq_hessian_free(&h);
   return hq_comm_agree(R->comm, rc);
+}
+
+/* With the activations carried (host backend), once group g's input is computed neither the
+ * later groups' inputs nor the block's output need the linears of the groups before g: free
+ * them (at real shapes the block's fp32 copy is one of the largest buffers). Smoothing the
+ * gate-up norm runs the whole block forward, so QKV and O stay until then. */
+static void release_done_groups(struct run *R, enum hq_group g, struct hq_block_weights *bw) {
+  if (!R->carry_h || R->be->on_device || R->carry_stage != (int)g + 1) return;
+  if ((R->o->equalize & HQ_EQ_SMOOTH) && g < HQ_GROUP_GATEUP) return;
+  for (int l = 0; l < HQ_LIN_COUNT; l++)
+    if (hq_linear_group((enum hq_linear)l) < g) {
+      free(bw->lin[l]);
+      bw->lin[l] = NULL;
+    }
 }
 
 /* ---- stage: the method on this rank's rows, with per-row statistics ---------------------- */
@@ -325,13 +339,11 @@ static int part_quantize(struct run *R, const struct unit *u, int i,
   const size_t bytes = (size_t)(n * cols) * sizeof(float);
   p->W = malloc(bytes + 1);
   p->st = calloc((size_t)(n * NSTAT) + 1, sizeof(double));
-  float *W0 = malloc(bytes + 1);
-  int rc = p->W && p->st && W0 ? HQ_OK : hq_fail(HQ_ERR_NOMEM, "cannot allocate %lld x %lld weights",
-                                                  (long long)n, (long long)cols);
-  if (!rc) {
-    memcpy(p->W, bw->lin[u->lins[i]] + u->my0[i] * cols, bytes);
-    memcpy(W0, p->W, bytes);
-  }
+  /* the original rows stay in bw until the gather replaces them */
+  const float *W0 = bw->lin[u->lins[i]] + u->my0[i] * cols;
+  int rc = p->W && p->st ? HQ_OK : hq_fail(HQ_ERR_NOMEM, "cannot allocate %lld x %lld weights",
+                                           (long long)n, (long long)cols);
+  if (!rc) memcpy(p->W, W0, bytes);
   double t = hq_now();
   const enum hq_method m = R->o->method;
   if (!rc && m == HQ_METHOD_GPTQ) rc = hq_gptq_solve(R->be, &R->g, prep, u->my0[i], n, p->W, &p->res);
@@ -344,7 +356,6 @@ static int part_quantize(struct run *R, const struct unit *u, int i,
   if (!rc && H) rc = part_proxy_stats(R, u, i, W0, H, prep, p);
   if (!rc && m == HQ_METHOD_HQQ) rc = part_l1_stats(R, u, i, W0, p);
   R->phase[PH_STATS] += hq_now() - t;
-  free(W0);
   return rc;
 }
 
@@ -536,6 +547,7 @@ int hq_pipeline_group(struct run *R, int64_t b, enum hq_group g, struct hq_block
     hbuf_free(&hb); /* agreed failure: every rank of a node holds the same kind of buffer */
     return rc;
   }
+  release_done_groups(R, g, bw);
   struct part parts[4];
   memset(parts, 0, sizeof parts);
   struct hq_gptq_prep prep;
