@@ -50,7 +50,16 @@ int hq_comm_init(struct hq_comm *c, int *argc, char ***argv) {
   MPI_Comm_size(c->comm, &c->size);
   MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &c->node);
   MPI_Comm_rank(c->node, &c->local_rank);
+  const char *k = getenv("HQ_TEST_RANKS_PER_NODE"); /* test hook: several "nodes" per host */
+  if (k && atoi(k) > 0) {
+    MPI_Comm sub;
+    MPI_Comm_split(c->node, c->local_rank / atoi(k), c->local_rank, &sub);
+    MPI_Comm_free(&c->node);
+    c->node = sub;
+    MPI_Comm_rank(c->node, &c->local_rank);
+  }
   MPI_Comm_size(c->node, &c->local_size);
+  MPI_Comm_split(c->comm, c->local_rank == 0 ? 0 : MPI_UNDEFINED, c->rank, &c->leaders);
   if (gethostname(c->host, sizeof c->host - 1) != 0) strcpy(c->host, "?");
   c->host[sizeof c->host - 1] = 0;
   hq_error_set_rank(c->rank);
@@ -62,9 +71,10 @@ void hq_comm_finalize(struct hq_comm *c) {
   int fin = 0;
   MPI_Finalized(&fin);
   if (fin) return;
+  if (c->leaders != MPI_COMM_NULL && c->leaders != 0) MPI_Comm_free(&c->leaders);
   if (c->node != MPI_COMM_NULL && c->node != 0) MPI_Comm_free(&c->node);
   if (c->comm != MPI_COMM_NULL && c->comm != 0) MPI_Comm_free(&c->comm);
-  c->comm = c->node = MPI_COMM_NULL;
+  c->comm = c->node = c->leaders = MPI_COMM_NULL;
   if (c->owns_mpi) MPI_Finalize();
   c->owns_mpi = 0;
 }
@@ -96,14 +106,24 @@ int hq_comm_agree(const struct hq_comm *c, int status) {
   return m.status;
 }
 
-static void allreduce_chunked(const struct hq_comm *c, void *buf, int64_t count, size_t esize,
-                              MPI_Datatype type, MPI_Op op) {
+static void allreduce_on(MPI_Comm comm, void *buf, int64_t count, size_t esize,
+                         MPI_Datatype type, MPI_Op op) {
   HQ_ASSERT(count >= 0);
   char *p = (char *)buf;
   for (int64_t off = 0; off < count; off += hq_comm_chunk) {
     int64_t n = count - off < hq_comm_chunk ? count - off : hq_comm_chunk;
-    MPI_Allreduce(MPI_IN_PLACE, p + (size_t)off * esize, (int)n, type, op, c->comm);
+    MPI_Allreduce(MPI_IN_PLACE, p + (size_t)off * esize, (int)n, type, op, comm);
   }
+}
+static void allreduce_chunked(const struct hq_comm *c, void *buf, int64_t count, size_t esize,
+                              MPI_Datatype type, MPI_Op op) {
+  allreduce_on(c->comm, buf, count, esize, type, op);
+}
+
+/* Collective over the node leaders. */
+void hq_comm_leaders_allreduce_i64(const struct hq_comm *c, int64_t *buf, int64_t count) {
+  HQ_ASSERT(c->local_rank == 0);
+  allreduce_on(c->leaders, buf, count, sizeof(int64_t), MPI_INT64_T, MPI_SUM);
 }
 
 /* Collective. */

@@ -15,12 +15,15 @@ struct hq_comm {
   MPI_Comm node;      /* the ranks of this node (MPI_Comm_split_type SHARED), in rank order */
   int local_rank;     /* rank among the ranks of this node (-> GPU index); 0: the node leader */
   int local_size;
+  MPI_Comm leaders;   /* the node leaders (local_rank 0), in rank order; MPI_COMM_NULL elsewhere */
   char host[256];
   int owns_mpi;       /* hq_comm_init called MPI_Init */
 };
 
 /* Collective. MPI_Init_thread (FUNNELED) if needed, node-local rank via
- * MPI_Comm_split_type(SHARED), sets the rank used in error messages. */
+ * MPI_Comm_split_type(SHARED) (test hook: HQ_TEST_RANKS_PER_NODE=k cuts each host's ranks into
+ * "nodes" of k, to exercise the inter-node paths on one machine), the leaders' communicator;
+ * sets the rank used in error messages. */
 int hq_comm_init(struct hq_comm *c, int *argc, char ***argv);
 /* Collective. Frees the communicator; MPI_Finalize if hq_comm_init initialised MPI. */
 void hq_comm_finalize(struct hq_comm *c);
@@ -68,6 +71,9 @@ void hq_comm_node_free(struct hq_node_buf *b);
 void hq_comm_node_bcast(const struct hq_comm *c, void *buf, size_t bytes);
 /* Collective over the node. A barrier whose waiting ranks sleep instead of spinning. */
 void hq_comm_node_barrier(const struct hq_comm *c);
+/* Collective over the node leaders (called by them only): in-place sum of a buffer, e.g. a
+ * node-shared one that holds the node's share. */
+void hq_comm_leaders_allreduce_i64(const struct hq_comm *c, int64_t *buf, int64_t count);
 
 /* Not collective. Test hook: cut every collective above into MPI calls of at most `elems`
  * elements (default and <= 0: INT_MAX). Set the same value on every rank. */

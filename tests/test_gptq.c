@@ -14,6 +14,7 @@
  * W; loss_ref matches the reference's Σ (w-q)²/Hinv_jj/2; loss_proxy and loss_proxy_rtn match
  * a plain double tr(ΔW H ΔWᵀ) (RTN written plainly here too); RTN codes match. */
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -456,7 +457,73 @@ static void run_combo(int64_t rows, int64_t cols, const float *W0, const float *
   free(W);
 }
 
+/* hq_gptq_prepare_in_place (H's memory becomes U), alone and as teams of 2 and 3 members on one
+ * shared H, gives hq_gptq_prepare's order, damping, dead columns, hscale diagonals and U (upper
+ * triangle) bit for bit, and GPTQ with it the same codes; `indef` makes H need two damping
+ * raises (a 2 x 2 minor 1.1 x past singular), which restage H from its kept lower half. */
+static void test_in_place(int64_t rows, int64_t cols, int act_order, int hscale, int indef) {
+  const struct hq_backend *be = hq_backend_cpu();
+  float *W0 = malloc(sizeof(float) * (size_t)(rows * cols)), *H = malloc(sizeof(float) * (size_t)(cols * cols));
+  make_problem(rows, cols, 555 + (uint64_t)cols, 1, W0, H);
+  if (indef) H[2 * cols + 3] = H[3 * cols + 2] = 1.1f * sqrtf(H[2 * cols + 2] * H[3 * cols + 3]);
+  struct hq_gptq_opts o = hq_gptq_opts_default();
+  o.act_order = act_order;
+  o.hscale = hscale;
+  o.group_size = 32;
+  struct hq_gptq_prep ref;
+  CHECK(hq_gptq_prepare(be, &o, cols, H, &ref) == HQ_OK, "prepare: %s", hq_last_error());
+  CHECK(!indef || ref.damp_used > 10.0 * o.percdamp, "indefinite H took no raise (damp %g)", ref.damp_used);
+  struct hq_gptq_result rres;
+  float *Wr = malloc(sizeof(float) * (size_t)(rows * cols)), *Hs = malloc(sizeof(float) * (size_t)(cols * cols));
+  memcpy(Wr, W0, sizeof(float) * (size_t)(rows * cols));
+  HQ_ASSERT(hq_gptq_solve(be, &o, &ref, 0, rows, Wr, &rres) == HQ_OK);
+  for (int size = 0; size <= 3; size++) { /* 0: alone (team NULL) */
+    memcpy(Hs, H, sizeof(float) * (size_t)(cols * cols));
+    struct hq_gptq_prep p[3];
+    int rc[3] = {-1, -1, -1};
+#pragma omp parallel num_threads(size ? size : 1)
+    {
+      const struct hq_team tm = hq_t_omp_team();
+      const int me = omp_get_thread_num();
+      rc[me] = hq_gptq_prepare_in_place(be, &o, cols, Hs, size ? &tm : NULL, &p[me]);
+    }
+    for (int m = 0; m < (size ? size : 1); m++) {
+      const char *what = "";
+      if (rc[m]) what = hq_last_error();
+      else if (p[m].U != Hs || memcmp(p[m].perm, ref.perm, sizeof(int32_t) * (size_t)cols)) what = "U or order";
+      else if (memcmp(p[m].dead, ref.dead, (size_t)cols) || p[m].dead_cols != ref.dead_cols) what = "dead columns";
+      else if (p[m].damp_used != ref.damp_used || p[m].damp_abs != ref.damp_abs) what = "damping";
+      else if (hscale && (memcmp(p[m].colw, ref.colw, sizeof(float) * (size_t)cols) ||
+                          memcmp(p[m].colw_p, ref.colw_p, sizeof(float) * (size_t)cols))) what = "hscale diagonal";
+      for (int64_t i = 0; !*what && i < cols; i++)
+        if (memcmp(Hs + i * cols + i, ref.U + i * cols + i, sizeof(float) * (size_t)(cols - i))) what = "U";
+      CHECK(!*what, "in place %lld act%d hscale%d indef%d team %d member %d: %s", (long long)cols,
+            act_order, hscale, indef, size, m, what);
+    }
+    if (!rc[0]) {
+      struct hq_gptq_result res;
+      float *W = malloc(sizeof(float) * (size_t)(rows * cols));
+      memcpy(W, W0, sizeof(float) * (size_t)(rows * cols));
+      CHECK(hq_gptq_solve(be, &o, &p[0], 0, rows, W, &res) == HQ_OK &&
+                !memcmp(res.codes, rres.codes, (size_t)(rows * cols)) && !memcmp(W, Wr, sizeof(float) * (size_t)(rows * cols)),
+            "in place %lld team %d: GPTQ with it differs", (long long)cols, size);
+      hq_gptq_result_free(&res);
+      free(W);
+    }
+    for (int m = 0; m < (size ? size : 1); m++)
+      if (!rc[m]) hq_gptq_prep_free(be, &p[m]);
+  }
+  hq_gptq_result_free(&rres);
+  hq_gptq_prep_free(be, &ref);
+  free(W0), free(H), free(Wr), free(Hs);
+}
+
 int main(void) {
+  for (int ao = 0; ao < 2; ao++)
+    for (int hs = 0; hs < 2; hs++) test_in_place(16, 300, ao, hs, 0);
+  test_in_place(8, 1100, 1, 0, 0); /* 5 Cholesky tiles of 256, the last partial */
+  test_in_place(8, 300, 1, 0, 1);
+  test_in_place(8, 300, 0, 0, 1);
   const int64_t rows = 64, cols = 200;
   float *W0 = malloc(sizeof(float) * rows * cols), *H = malloc(sizeof(float) * cols * cols);
   make_problem(rows, cols, 1234, 2, W0, H);

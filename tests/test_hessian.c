@@ -6,7 +6,9 @@
  *    (what the all-reduce does), give bit-identical H — also with 2 OpenMP threads;
  *  - a window 2^20 times larger than window 0 is detected (check returns 1 and an F), and
  *    accumulating again with that F gives the right H; a NaN gives HQ_ERR_NUMERIC;
- *  - reset; bad sizes. */
+ *  - reset; bad sizes;
+ *  - finalized in the sums' own memory = finalized into a new buffer, bit for bit;
+ *  - sharers adding into one accumulator at once (panel locks) = one accumulator. */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -131,8 +133,73 @@ static void test_range_and_errors(void) {
   free(x0), free(x1);
 }
 
+/* The windows' H through hq_hessian_finalize_in_place (the floats written over the sums) is
+ * bit for bit hq_hessian_finalize's; n = 3000 needs three chunks (4.5 M entries, 4 M a chunk). */
+static void test_in_place(int64_t n) {
+  const int64_t seqlen = 9;
+  float *x = malloc(sizeof(float) * (size_t)(seqlen * n));
+  hq_t_randn(x, seqlen * n, 31 + (uint64_t)n, 1.0f);
+  for (int64_t t = 0; t < seqlen; t++) x[t * n + n / 2] = 0.0f; /* a dead feature */
+  struct hq_hessian a, b;
+  HQ_ASSERT(hq_hessian_init(&a, be, n, 2) == HQ_OK && hq_hessian_init(&b, be, n, 2) == HQ_OK);
+  hq_hessian_accumulate(&a, x, seqlen, n);
+  hq_hessian_set_scale(&b, a.F);
+  hq_hessian_accumulate(&b, x, seqlen, n);
+  float *H = NULL;
+  CHECK(hq_hessian_finalize(&a, &H) == HQ_OK, "finalize %lld", (long long)n);
+  float *Hi = hq_hessian_finalize_in_place(&b);
+  CHECK(!memcmp(H, Hi, sizeof(float) * (size_t)(n * n)), "in place %lld: H unlike finalize's", (long long)n);
+  CHECK(b.acc == NULL && b.panels == NULL, "in place %lld: h still holds buffers", (long long)n);
+  free(H);
+  be->free(Hi);
+  free(x);
+}
+
+/* Three sharers (OpenMP threads standing for a node's ranks) add their own windows into one
+ * shared accumulator under the panel locks, all at once: the sums are those of one
+ * accumulator of all windows; reset leaves shared sums alone; free leaves the memory. */
+static void test_shared(int64_t n) {
+  const int64_t seqlen = 16;
+  float *win[6];
+  for (int w = 0; w < 6; w++) {
+    win[w] = malloc(sizeof(float) * (size_t)(seqlen * n));
+    hq_t_randn(win[w], seqlen * n, 60 + (uint64_t)w, 1.0f + (float)w);
+  }
+  struct hq_hessian one;
+  HQ_ASSERT(hq_hessian_init(&one, be, n, 6) == HQ_OK);
+  hq_hessian_accumulate(&one, win[0], seqlen, n);
+  for (int w = 1; w < 6; w++) hq_hessian_accumulate(&one, win[w], seqlen, n);
+  const size_t bytes = hq_hessian_shared_bytes(n);
+  CHECK(bytes >= (size_t)(n * n) * sizeof(float), "shared bytes %zu cannot hold H", bytes);
+  void *mem = calloc(1, bytes);
+  int64_t count = 0;
+#pragma omp parallel num_threads(3) reduction(+ : count)
+  {
+    struct hq_hessian h;
+    const int me = omp_get_thread_num(), k = omp_get_num_threads();
+    HQ_ASSERT(hq_hessian_init_at(&h, be, n, 6, mem, me, k) == HQ_OK);
+    hq_hessian_set_scale(&h, one.F);
+    for (int w = me; w < 6; w += k) hq_hessian_accumulate(&h, win[w], seqlen, n);
+    count += h.count;
+    if (me == 0) hq_hessian_reset(&h); /* counters only */
+    hq_hessian_free(&h);
+  }
+  CHECK(count == one.count, "shared: %lld tokens, not %lld", (long long)count, (long long)one.count);
+  CHECK(!memcmp(mem, one.acc, (size_t)one.ntri * sizeof(int64_t)),
+        "shared %lld: sums unlike one accumulator's", (long long)n);
+  hq_hessian_free(&one);
+  free(mem);
+  for (int w = 0; w < 6; w++) free(win[w]);
+}
+
 int main(void) {
   be = hq_backend_cpu();
+  test_in_place(1);
+  test_in_place(2);
+  test_in_place(300);
+  test_in_place(3000);
+  test_shared(37);
+  test_shared(1100); /* 5 panels */
   test_exact(37);
   test_exact(256);
   test_exact(700); /* 3 panels, the last partial */

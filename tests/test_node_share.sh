@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One Hessian and one Cholesky factor per node (README "Memory"): with several ranks on this
-# node the run shares them (node_share in the JSON summary) and its result equals the one-rank
-# run and the unshared run exactly; when /dev/shm cannot hold them (a 16 MiB tmpfs mounted over
+# One Hessian (accumulated, finalised and factorised in one node-shared buffer) per node (README
+# "Memory"): with several ranks on this node the run shares it (node_share in the JSON summary)
+# and its result equals the one-rank run and the unshared run exactly, also over several
+# (emulated) nodes; when /dev/shm cannot hold them (a 16 MiB tmpfs mounted over
 # it in a private mount namespace) the run says so once, keeps a copy per rank and still gives
 # the same result.
 set -u
@@ -20,6 +21,16 @@ same "np 3 shared = np 1" "$T/np1.h5" "$T/np3.h5"
 HQ_NODE_SHARE=0 "$MPIEXEC" -np 3 "$BIN" "${Q[@]}" --out "$T/off.h5" --json-summary "$T/off.json" 2> "$T/off.log" || bad "HQ_NODE_SHARE=0 run: $(tail -2 "$T/off.log")"
 [ "$(share_of "$T/off.json")" = false ] && ok "HQ_NODE_SHARE=0 turns it off" || bad "HQ_NODE_SHARE=0 node_share $(share_of "$T/off.json")"
 same "np 3 unshared = np 1" "$T/np1.h5" "$T/off.h5"
+
+# several nodes (HQ_TEST_RANKS_PER_NODE cuts this host's ranks into "nodes"): each node adds into
+# its own shared Hessian, the node leaders sum them, every node factorises its own copy
+for spec in "4 2" "3 2"; do # 3 in 2: a node of two and a node of one
+  set -- $spec
+  HQ_TEST_RANKS_PER_NODE=$2 "$MPIEXEC" -np $1 "$BIN" "${Q[@]}" --out "$T/nodes$1.h5" --json-summary "$T/nodes$1.json" 2> "$T/nodes$1.log" \
+    || bad "np $1 in nodes of $2: $(tail -2 "$T/nodes$1.log")"
+  [ "$(share_of "$T/nodes$1.json")" = true ] && ok "np $1 in nodes of $2 share" || bad "np $1 nodes node_share $(share_of "$T/nodes$1.json")"
+  same "np $1 in nodes of $2 = np 1" "$T/np1.h5" "$T/nodes$1.h5"
+done
 
 # /dev/shm too small: needs a private mount namespace (root, unshare)
 if unshare -m true 2> /dev/null; then

@@ -130,23 +130,9 @@ static void test_chol(int64_t n) {
   free(H), free(U1), free(U2), free(M);
 }
 
-/* A team of OpenMP threads (the inner loops then run serially): sync = omp barrier */
-static int team_v;
-static void omp_sync(void *ctx) {
-  (void)ctx;
-#pragma omp barrier
-}
-static int omp_bcast(void *ctx, int v) {
-  (void)ctx;
-  if (omp_get_thread_num() == 0) team_v = v;
-#pragma omp barrier
-  const int r = team_v;
-#pragma omp barrier
-  return r;
-}
-
-/* chol_inverse_upper_team with 1, 2 and 3 members equals chol_inverse_upper bit for bit (tiles
- * split over the members), and every member gets the same info for an indefinite matrix. */
+/* chol_inverse_upper_team with 1, 2 and 3 members equals chol_inverse_upper bit for bit in the
+ * upper triangle (tiles split over the members), leaves the strict lower triangle as it was
+ * (also when it fails), and every member gets the same info for an indefinite matrix. */
 static void test_chol_team(int64_t n) {
   float *H = spd(n, 5 + (uint64_t)n), *U = malloc(sizeof(float) * (size_t)(n * n));
   float *T = malloc(sizeof(float) * (size_t)(n * n));
@@ -160,16 +146,22 @@ static void test_chol_team(int64_t n) {
       int info[3] = {-7, -7, -7};
 #pragma omp parallel num_threads(size)
       {
-        const struct hq_team tm = {omp_get_thread_num(), size, omp_sync, omp_bcast, NULL};
+        const struct hq_team tm = hq_t_omp_team();
         info[tm.rank] = be->chol_inverse_upper_team(n, T, n, &tm);
       }
       int same = 1;
       for (int r = 1; r < size; r++) same &= info[r] == info[0];
       CHECK(same, "chol team %lld/%d: members got different info", (long long)n, size);
       if (bad) CHECK(info[0] > 0, "chol team %lld/%d: indefinite matrix gave info %d", (long long)n, size, info[0]);
-      else CHECK(info[0] == 0 && !memcmp(T, U, sizeof(float) * (size_t)(n * n)),
-                 "chol team %lld/%d: info %d or a factor unlike chol_inverse_upper's", (long long)n,
-                 size, info[0]);
+      int upper = 1, lower = 1; /* U above (and on) the diagonal; H's strict lower half kept */
+      for (int64_t i = 0; i < n; i++) {
+        upper &= bad || !memcmp(T + i * n + i, U + i * n + i, sizeof(float) * (size_t)(n - i));
+        lower &= !memcmp(T + i * n, H + i * n, sizeof(float) * (size_t)i);
+      }
+      CHECK(bad || (info[0] == 0 && upper), "chol team %lld/%d: info %d or a factor unlike "
+            "chol_inverse_upper's", (long long)n, size, info[0]);
+      CHECK(lower, "chol team %lld/%d (%s): the strict lower triangle changed", (long long)n, size,
+            bad ? "failed" : "succeeded");
     }
   free(H), free(U), free(T);
 }

@@ -5,6 +5,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "backend.h"
+
 extern int hq_t_fail, hq_t_pass;
 
 #define CHECK(cond, ...)                                                                   \
@@ -25,5 +27,8 @@ int hq_t_done(const char *name);
 const char *hq_t_data(const char *rel);
 /* Fill with N(0, sigma) from a seeded generator. */
 void hq_t_randn(float *x, int64_t n, uint64_t seed, float sigma);
+/* Inside an OpenMP parallel region: the region's threads as a team (backend.h struct hq_team,
+ * standing for a node's ranks; their inner OpenMP loops then run serially), sync = barrier. */
+struct hq_team hq_t_omp_team(void);
 
 #endif

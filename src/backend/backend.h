@@ -71,10 +71,13 @@ struct hq_backend {
    * (H⁻¹ = Uᵀ U) in the upper triangle, zeros below. Returns 0, or the LAPACK/cuSOLVER info
    * (> 0: not positive definite) — then H is garbage and the caller retries from a copy. */
   int (*chol_inverse_upper)(int64_t n, float *H, int64_t ldh);
-  /* Host backends only (NULL elsewhere): the same, computed by a team of processes that all
-   * map H (a node-shared buffer) and all call it with the same n, H, ldh: the fixed tiles are
-   * split over the members, so the result is bit-identical to chol_inverse_upper's for any
-   * team size. Every member returns the same info. t NULL: alone. */
+  /* Host backends only (NULL elsewhere): the same factor in the upper triangle (diagonal
+   * included), computed by a team of processes that all map H (a node-shared buffer) and all
+   * call it with the same n, H, ldh: the fixed tiles are split over the members, so U is
+   * bit-identical to chol_inverse_upper's for any team size. Only the upper triangle is read;
+   * the strict lower triangle is left as it was, also when the factor fails (so a caller that
+   * keeps H's lower half there can restage it: H factorised in place). Every member returns
+   * the same info. t NULL: alone. */
   int (*chol_inverse_upper_team)(int64_t n, float *H, int64_t ldh, const struct hq_team *t);
   /* Exact fixed-point accumulation of a Hessian panel (src/quant/hessian.c). C holds np rows
    * (ldc) of one window's XᵀX: row p is feature j = j0 + p, its entries i = 0..j are added,

@@ -294,18 +294,17 @@ int hq_cpu_chol_inverse_upper_team(int64_t n, float *H, int64_t ldh, const struc
   int info = chol_lower(n, H, ldh, tm);
   if (info == 0) info = tri_inverse_lower(n, H, ldh, tm);
   if (info < 0) HQ_DIE("out of memory for the %lld x %d Cholesky panel", (long long)n, HQ_NB);
-  if (info != 0) return info;
-  reverse_both(n, H, ldh, tm);
-  /* zero the row-major strict lower triangle (it held the untouched upper one) */
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 1; i < n; i++)
-    if (mine(tm, i)) memset(H + i * ldh, 0, (size_t)i * sizeof(float));
-  team_sync(tm);
-  return 0;
+  reverse_both(n, H, ldh, tm); /* also after a failure: the strict lower triangle back in place */
+  return info;
 }
 
 int hq_cpu_chol_inverse_upper(int64_t n, float *H, int64_t ldh) {
-  return hq_cpu_chol_inverse_upper_team(n, H, ldh, NULL);
+  const int info = hq_cpu_chol_inverse_upper_team(n, H, ldh, NULL);
+  if (info) return info;
+  /* zero the row-major strict lower triangle (it held the untouched upper one) */
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 1; i < n; i++) memset(H + i * ldh, 0, (size_t)i * sizeof(float));
+  return 0;
 }
 
 /* ---- exact Hessian accumulation ------------------------------------------------------- */

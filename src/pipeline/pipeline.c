@@ -221,13 +221,14 @@ static int plan_work(struct run *R) {
   return hq_plan_make(c, R->comm->size, &R->plan);
 }
 
-/* Collective: node sharing where it helps (several ranks of a node on the host backend), the
- * same decision on every rank; HQ_NODE_SHARE=0 turns it off (one copy per rank, as before). */
+/* Collective: node sharing where it helps (some node with several ranks, host backend), the
+ * same decision on every rank (a node of one rank then shares with itself: the nodes' sums
+ * are added by the leaders); HQ_NODE_SHARE=0 turns it off (one copy per rank, as before). */
 static int node_share_wanted(const struct run *R) {
   const char *e = getenv("HQ_NODE_SHARE");
-  double off = (e && !strcmp(e, "0")) || R->be->on_device || R->comm->local_size < 2 ? 1.0 : 0.0;
-  hq_comm_allreduce_max_f64(R->comm, &off, 1);
-  return off == 0.0;
+  double v[2] = {(e && !strcmp(e, "0")) || R->be->on_device ? 1.0 : 0.0, (double)R->comm->local_size};
+  hq_comm_allreduce_max_f64(R->comm, v, 2);
+  return v[0] == 0.0 && v[1] >= 2.0;
 }
 
 /* Collective: the model, the options against it, the calibration tokens, the work plan */

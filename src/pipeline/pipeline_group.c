@@ -152,15 +152,18 @@ static int cap_hessian(void *ctx, enum hq_group g, const float *X, int64_t ntok,
   return 1;
 }
 
-/* A group's Hessian: malloc'ed, or one node-shared copy (R->node_share) */
+/* A group's Hessian, made where its sums were: the node's one copy in a node-shared buffer
+ * (R->node_share), this rank's own backend memory (host backends), or malloc'ed (device). */
 struct hbuf {
   float *H; /* [cols x cols] */
   struct hq_node_buf shm;
+  const struct hq_backend *be; /* H is this backend's memory */
 };
 
 /* Collective over the node when shared (every rank frees at the same point). */
 static void hbuf_free(struct hbuf *hb) {
   if (hb->shm.ptr) hq_comm_node_free(&hb->shm);
+  else if (hb->be) hb->be->free(hb->H);
   else free(hb->H);
   memset(hb, 0, sizeof *hb);
 }
@@ -176,24 +179,51 @@ static int node_buf(struct run *R, size_t bytes, struct hq_node_buf *b) {
   return rc;
 }
 
-/* H from the reduced sums: the node leader's in a node-shared buffer that every rank of the
- * node then reads, or this rank's own. Frees h. */
-static int hessian_finalize(struct run *R, struct hq_hessian *h, struct hbuf *hb) {
-  const int64_t n = h->n;
-  if (!R->node_share || node_buf(R, (size_t)(n * n) * sizeof(float), &hb->shm))
-    return hq_hessian_finalize(h, &hb->H);
-  if (R->comm->local_rank == 0) hq_hessian_finalize_into(h, hb->shm.ptr);
-  hq_hessian_free(h);
+/* Collective over the node when shared: the leader zeroes the node's sums. */
+static void shared_zero(struct run *R, struct hbuf *hb) {
+  if (R->comm->local_rank == 0) memset(hb->shm.ptr, 0, hb->shm.bytes);
   hq_comm_node_publish(R->comm, &hb->shm);
-  hb->H = hb->shm.ptr;
+}
+
+/* The group's accumulator: one per node (R->node_share; all its ranks add into it), else this
+ * rank's own — on every node alike (a node without room makes all keep their own: the sums
+ * are reduced one way). Collective. */
+static int hessian_init(struct run *R, int64_t n, struct hq_hessian *h, struct hbuf *hb) {
+  double miss = R->node_share && node_buf(R, hq_hessian_shared_bytes(n), &hb->shm) ? 1.0 : 0.0;
+  if (R->node_share) hq_comm_allreduce_max_f64(R->comm, &miss, 1);
+  if (miss > 0.0 && hb->shm.ptr) hq_comm_node_free(&hb->shm); /* room here, not elsewhere */
+  if (!hb->shm.ptr) return hq_hessian_init(h, R->be, n, R->o->nsamples);
+  shared_zero(R, hb);
+  return hq_hessian_init_at(h, R->be, n, R->o->nsamples, hb->shm.ptr, R->comm->local_rank,
+                            R->comm->local_size);
+}
+
+/* H from the reduced sums, in their own memory (host), read by every rank of the node when
+ * shared. Frees h. Collective over the node when shared. */
+static int hessian_finalize(struct run *R, struct hq_hessian *h, struct hbuf *hb) {
+  if (hb->shm.ptr) {
+    if (R->comm->local_rank == 0) hq_hessian_finalize_in_place(h);
+    else hq_hessian_free(h);
+    hq_comm_node_publish(R->comm, &hb->shm);
+    hb->H = hb->shm.ptr;
+    return HQ_OK;
+  }
+  if (R->be->on_device) return hq_hessian_finalize(h, &hb->H);
+  hb->H = hq_hessian_finalize_in_place(h);
+  hb->be = R->be;
   return HQ_OK;
 }
 
-/* Sum the sums over the ranks (exact: integers), then check the range. Collective. */
-static int hessian_reduce(struct run *R, struct hq_hessian *h, int *F_retry) {
+/* Sum the sums over the ranks (exact: integers; a shared copy holds its node's already, the
+ * leaders add the nodes'), then check the range. Collective. */
+static int hessian_reduce(struct run *R, struct hq_hessian *h, struct hbuf *hb, int *F_retry) {
   const double t = hq_now();
-  int64_t *sums = hq_hessian_sums(h);
-  hq_comm_allreduce_i64(R->comm, sums, h->ntri);
+  if (hb->shm.ptr) {
+    hq_comm_node_publish(R->comm, &hb->shm); /* every rank's panels added */
+    if (R->comm->local_rank == 0) hq_comm_leaders_allreduce_i64(R->comm, h->acc, h->ntri);
+  } else {
+    hq_comm_allreduce_i64(R->comm, hq_hessian_sums(h), h->ntri);
+  }
   hq_comm_allreduce_i64(R->comm, &h->count, 1);
   double mx[2] = {isnan(h->vmax) ? 0.0 : h->vmax, isnan(h->vmax) ? 1.0 : 0.0};
   hq_comm_allreduce_max_f64(R->comm, mx, 2);
@@ -208,7 +238,7 @@ static int group_hessian(struct run *R, const struct unit *u, const struct hq_bl
   struct hq_hessian h;
   struct hq_block_dev dev;
   memset(&dev, 0, sizeof dev);
-  int rc = hq_hessian_init(&h, R->be, u->cols, R->o->nsamples);
+  int rc = hessian_init(R, u->cols, &h, hb);
   if (!rc) rc = hq_block_dev_borrow(R->be, &R->model.cfg, bw, &dev);
   rc = hq_comm_agree(R->comm, rc);
   struct cap_hess cc = {R, u->g, &h, 1};
@@ -217,11 +247,12 @@ static int group_hessian(struct run *R, const struct unit *u, const struct hq_bl
     hq_pipeline_forward_group(R, &dev, u->g, cap_hessian, &cc);
     R->phase[PH_HESSIAN] += hq_now() - t; /* the group's input + XᵀX */
     int F = 0;
-    rc = hessian_reduce(R, &h, &F);
+    rc = hessian_reduce(R, &h, hb, &F);
     if (rc != 1) break;
     /* an entry beyond F's range: again with F from the largest entry of all windows */
     HQ_ASSERT(pass == 0);
     hq_hessian_reset(&h);
+    if (hb->shm.ptr) shared_zero(R, hb);
     hq_hessian_set_scale(&h, F);
     rc = HQ_OK;
   }
@@ -275,21 +306,25 @@ static int sampled_proxy(struct run *R, const struct unit *u, int i, const float
   return HQ_OK;
 }
 
-/* st[r][ST_METHOD]: the method's proxy loss (GPTQ: exact, from its error terms; otherwise by
- * GEMM); st[r][ST_RTN]: plain RTN's on the same grid. Both on sampled rows when large. */
-static int part_proxy_stats(struct run *R, const struct unit *u, int i, const float *W0,
-                            const float *H, const struct hq_gptq_prep *prep, struct part *p) {
+/* st[r][ST_METHOD]: the method's proxy loss (GPTQ: exact, from its error terms, H not
+ * needed; otherwise by GEMM with H), on sampled rows when large. */
+static int part_method_stats(struct run *R, const struct unit *u, int i, const float *W0,
+                             const float *H, const struct hq_gptq_prep *prep, struct part *p) {
+  const int64_t n = u->myn[i], k = stats_stride(u->rows[i], u->cols);
+  if (R->o->method != HQ_METHOD_GPTQ) return sampled_proxy(R, u, i, W0, p->W, k, H, k, ST_METHOD, p);
+  double *row = malloc((size_t)n * sizeof(double) + 1);
+  if (!row) return hq_fail(HQ_ERR_NOMEM, "cannot allocate statistics buffers");
+  hq_gptq_proxy_rows(prep, p->res.row_loss_ref, n, W0, p->W, row);
+  for (int64_t r = 0; r < n; r++) p->st[r * NSTAT + ST_METHOD] = row[r];
+  free(row);
+  return HQ_OK;
+}
+
+/* st[r][ST_RTN]: plain RTN's proxy loss on the same grid, of the sampled rows only (RTN treats
+ * every row on its own). Before the method: GPTQ's factor is made in H's memory. */
+static int part_rtn_stats(struct run *R, const struct unit *u, int i, const float *W0,
+                          const float *H, struct part *p) {
   const int64_t n = u->myn[i], cols = u->cols, k = stats_stride(u->rows[i], cols);
-  if (R->o->method == HQ_METHOD_GPTQ) {
-    double *row = malloc((size_t)n * sizeof(double) + 1);
-    if (!row) return hq_fail(HQ_ERR_NOMEM, "cannot allocate statistics buffers");
-    hq_gptq_proxy_rows(prep, p->res.row_loss_ref, n, W0, p->W, row);
-    for (int64_t r = 0; r < n; r++) p->st[r * NSTAT + ST_METHOD] = row[r];
-    free(row);
-  } else {
-    HQ_TRY(sampled_proxy(R, u, i, W0, p->W, k, H, k, ST_METHOD, p));
-  }
-  /* RTN of the sampled rows only (RTN treats every row on its own) */
   const int64_t ns = (n + k - 1) / k;
   float *Wr = malloc((size_t)(ns * cols) * sizeof(float) + 1);
   if (!Wr) return hq_fail(HQ_ERR_NOMEM, "cannot allocate statistics buffers");
@@ -331,29 +366,43 @@ static int part_l1_stats(struct run *R, const struct unit *u, int i, const float
   return rc;
 }
 
-/* The method on rows [my0, my0 + myn) of linear i (GPTQ: with the group's prepared factor). */
+/* This rank's rows of linear i: the copy the method works on (the original rows stay in bw
+ * until the gather replaces them), and the statistics that need H while it is whole. */
+static int part_begin(struct run *R, const struct unit *u, int i, const struct hq_block_weights *bw,
+                      const float *H, struct part *p) {
+  const int64_t n = u->myn[i], cols = u->cols;
+  const size_t bytes = (size_t)(n * cols) * sizeof(float);
+  const float *W0 = bw->lin[u->lins[i]] + u->my0[i] * cols;
+  p->W = malloc(bytes + 1);
+  p->st = calloc((size_t)(n * NSTAT) + 1, sizeof(double));
+  if (!p->W || !p->st)
+    return hq_fail(HQ_ERR_NOMEM, "cannot allocate %lld x %lld weights", (long long)n, (long long)cols);
+  memcpy(p->W, W0, bytes);
+  if (!H) return HQ_OK;
+  const double t = hq_now();
+  const int rc = part_rtn_stats(R, u, i, W0, H, p);
+  R->phase[PH_STATS] += hq_now() - t;
+  return rc;
+}
+
+/* The method on rows [my0, my0 + myn) of linear i (GPTQ: with the group's prepared factor,
+ * H consumed; otherwise H as made). */
 static int part_quantize(struct run *R, const struct unit *u, int i,
                          const struct hq_block_weights *bw, const float *H,
                          const struct hq_gptq_prep *prep, struct part *p) {
   const int64_t n = u->myn[i], cols = u->cols;
-  const size_t bytes = (size_t)(n * cols) * sizeof(float);
-  p->W = malloc(bytes + 1);
-  p->st = calloc((size_t)(n * NSTAT) + 1, sizeof(double));
-  /* the original rows stay in bw until the gather replaces them */
   const float *W0 = bw->lin[u->lins[i]] + u->my0[i] * cols;
-  int rc = p->W && p->st ? HQ_OK : hq_fail(HQ_ERR_NOMEM, "cannot allocate %lld x %lld weights",
-                                           (long long)n, (long long)cols);
-  if (!rc) memcpy(p->W, W0, bytes);
   double t = hq_now();
   const enum hq_method m = R->o->method;
-  if (!rc && m == HQ_METHOD_GPTQ) rc = hq_gptq_solve(R->be, &R->g, prep, u->my0[i], n, p->W, &p->res);
-  else if (!rc && m == HQ_METHOD_HQQ) rc = hq_hqq_quantize(&R->g, &R->o->hqq, n, cols, p->W, &p->res, NULL);
-  else if (!rc) rc = hq_rtn_quantize(R->be, &R->g, n, cols, p->W, R->g.hscale ? H : NULL, &p->res);
+  int rc;
+  if (m == HQ_METHOD_GPTQ) rc = hq_gptq_solve(R->be, &R->g, prep, u->my0[i], n, p->W, &p->res);
+  else if (m == HQ_METHOD_HQQ) rc = hq_hqq_quantize(&R->g, &R->o->hqq, n, cols, p->W, &p->res, NULL);
+  else rc = hq_rtn_quantize(R->be, &R->g, n, cols, p->W, R->g.hscale ? H : NULL, &p->res);
   R->phase[PH_GPTQ] += hq_now() - t;
   t = hq_now();
   if (!rc && m == HQ_METHOD_GPTQ)
     for (int64_t r = 0; r < n; r++) p->st[r * NSTAT + ST_REF] = p->res.row_loss_ref[r];
-  if (!rc && H) rc = part_proxy_stats(R, u, i, W0, H, prep, p);
+  if (!rc && H) rc = part_method_stats(R, u, i, W0, H, prep, p);
   if (!rc && m == HQ_METHOD_HQQ) rc = part_l1_stats(R, u, i, W0, p);
   R->phase[PH_STATS] += hq_now() - t;
   return rc;
@@ -374,40 +423,42 @@ static int node_team_bcast_int(void *ctx, int v) {
   return v;
 }
 
-/* Collective over the node (R->node_share): the node's ranks factorise together, each its
- * share of the tiles, into the node-shared U. Every rank gets the same prep (or error). */
-static int prepare_shared(struct run *R, const struct unit *u, const float *H,
-                          struct hq_gptq_prep *prep, struct hq_node_buf *ushm) {
-  const int64_t n = u->cols;
-  if (node_buf(R, (size_t)(n * n) * sizeof(float), ushm))
-    return unit_owns_rows(u) ? hq_gptq_prepare(R->be, &R->g, n, H, prep) : HQ_OK;
-  struct node_team nt = {R->comm, ushm};
-  const struct hq_team team = {R->comm->local_rank, R->comm->local_size, node_team_sync,
-                               node_team_bcast_int, &nt};
-  return hq_gptq_prepare_into(R->be, &R->g, n, H, ushm->ptr, &team, prep);
-}
-
-/* The group's factor for GPTQ: one per node when shared, else one per rank that owns rows. */
-static int group_prepare(struct run *R, const struct unit *u, const float *H,
-                         struct hq_gptq_prep *prep, struct hq_node_buf *ushm) {
+/* The group's factor for GPTQ, made in H's memory on a host backend: one per node when H is
+ * node-shared (all its ranks factorise together, each its share of the tiles; collective over
+ * the node), else one per rank that owns rows. Every rank of a node gets the same prep. */
+static int group_prepare(struct run *R, const struct unit *u, struct hbuf *hb,
+                         struct hq_gptq_prep *prep) {
   if (R->o->method != HQ_METHOD_GPTQ) return HQ_OK;
+  const int64_t n = u->cols;
   int rc = HQ_OK;
-  if (R->node_share) rc = prepare_shared(R, u, H, prep, ushm);
-  else if (unit_owns_rows(u)) rc = hq_gptq_prepare(R->be, &R->g, u->cols, H, prep);
+  if (hb->shm.ptr) {
+    struct node_team nt = {R->comm, &hb->shm};
+    const struct hq_team team = {R->comm->local_rank, R->comm->local_size, node_team_sync,
+                                 node_team_bcast_int, &nt};
+    rc = hq_gptq_prepare_in_place(R->be, &R->g, n, hb->H, &team, prep);
+  } else if (unit_owns_rows(u)) {
+    rc = R->be->on_device ? hq_gptq_prepare(R->be, &R->g, n, hb->H, prep)
+                          : hq_gptq_prepare_in_place(R->be, &R->g, n, hb->H, NULL, prep);
+  }
   R->phase[PH_CHOL] += prep->t_chol;
   return rc;
 }
 
-/* Not collective (but for the node-shared factor): Hessian-side preparation and every owned
- * block of the group. */
+/* Collective: every owned block of the group with its statistics; the ranks agree first that
+ * all have their rows (a node's ranks then factorise H together). */
 static int group_quantize(struct run *R, int64_t b, const struct unit *u,
-                          const struct hq_block_weights *bw, const float *H, struct part *parts,
-                          struct hq_gptq_prep *prep, struct hq_node_buf *ushm) {
-  int rc = group_prepare(R, u, H, prep, ushm);
+                          const struct hq_block_weights *bw, struct hbuf *hb, struct part *parts,
+                          struct hq_gptq_prep *prep) {
+  int rc = HQ_OK;
   for (int i = 0; i < u->nl && !rc; i++)
-    if (u->myn[i]) rc = part_quantize(R, u, i, bw, H, prep, &parts[i]);
+    if (u->myn[i]) rc = part_begin(R, u, i, bw, hb->H, &parts[i]);
   if (rc) hq_fail_ctx(rc, "block %lld %s: ", (long long)b, hq_linear_name(u->lins[0]));
-  return rc;
+  HQ_TRY(hq_comm_agree(R->comm, rc));
+  rc = group_prepare(R, u, hb, prep);
+  for (int i = 0; i < u->nl && !rc; i++)
+    if (u->myn[i]) rc = part_quantize(R, u, i, bw, hb->H, prep, &parts[i]);
+  if (rc) hq_fail_ctx(rc, "block %lld %s: ", (long long)b, hq_linear_name(u->lins[0]));
+  return hq_comm_agree(R->comm, rc);
 }
 
 /* ---- stage: gather ----------------------------------------------------------------------- */
@@ -445,8 +496,8 @@ struct group_meta { /* identical on every rank */
 
 /* Collective: damping and dead columns from the ranks that prepared, slowest phase times. */
 static void group_meta(struct run *R, const struct hq_gptq_prep *prep, struct group_meta *gm) {
-  gm->damp = prep->U ? prep->damp_abs : 0.0;
-  gm->dead = prep->U ? (double)prep->dead_cols : 0.0;
+  gm->damp = prep->perm ? prep->damp_abs : 0.0; /* perm: this rank prepared */
+  gm->dead = prep->perm ? (double)prep->dead_cols : 0.0;
   hq_comm_allreduce_max_f64(R->comm, &gm->damp, 1);
   hq_comm_allreduce_max_f64(R->comm, &gm->dead, 1);
   memcpy(gm->ph, R->phase, sizeof gm->ph);
@@ -552,9 +603,8 @@ int hq_pipeline_group(struct run *R, int64_t b, enum hq_group g, struct hq_block
   memset(parts, 0, sizeof parts);
   struct hq_gptq_prep prep;
   memset(&prep, 0, sizeof prep);
-  struct hq_node_buf ushm = {0};
-  rc = hq_comm_agree(R->comm, group_quantize(R, b, &u, bw, hb.H, parts, &prep, &ushm));
-  hbuf_free(&hb);
+  rc = group_quantize(R, b, &u, bw, &hb, parts, &prep);
+  hbuf_free(&hb); /* with U, when made in place */
   struct group_meta gm;
   if (!rc) {
     double t = hq_now();
@@ -567,7 +617,6 @@ int hq_pipeline_group(struct run *R, int64_t b, enum hq_group g, struct hq_block
     R->phase[PH_WRITE] += hq_now() - t;
   }
   hq_gptq_prep_free(R->be, &prep);
-  hq_comm_node_free(&ushm);
   for (int i = 0; i < u.nl; i++) part_free(&parts[i]);
   return rc;
 }

@@ -88,8 +88,8 @@ static int perm_cmp(const void *a, const void *b) {
 }
 
 int hq_act_order_perm(const float *H, int64_t cols, int32_t *perm) {
-  struct perm_key *keys = malloc((size_t)cols * sizeof *keys);
-  if (!keys) return hq_fail(HQ_ERR_NOMEM, "out of memory for the act-order permutation");
+  /* small; a team member must not fail here alone (the others would wait for it) */
+  struct perm_key *keys = hq_xmalloc((size_t)cols * sizeof *keys);
   for (int64_t j = 0; j < cols; j++) {
     const float d = H[j * cols + j];
     keys[j].d = d == 0.0f ? 1.0f : d; /* dead columns as GPTQ fixes them */
@@ -335,6 +335,9 @@ int hq_rtn_quantize(const struct hq_backend *be, const struct hq_gptq_opts *o, i
 
 /* ------------------------------------------------------------------ GPTQ: prepare */
 
+#define H_ADVICE "the calibration activations overflowed or are corrupt (check the calibration " \
+                 "tokens and the forward of the previous blocks)"
+
 void hq_gptq_prep_free(const struct hq_backend *be, struct hq_gptq_prep *p) {
   if (p->U && !p->U_borrowed) be->free(p->U);
   if (p->colw) be->free(p->colw);
@@ -344,12 +347,17 @@ void hq_gptq_prep_free(const struct hq_backend *be, struct hq_gptq_prep *p) {
   memset(p, 0, sizeof *p);
 }
 
+static int not_pd(const struct hq_gptq_opts *o, const struct hq_gptq_prep *p, int info) {
+  return hq_fail(HQ_ERR_NUMERIC, "the Hessian is not positive definite even with damping %g (raised "
+                 "%d times x10 from %g; LAPACK info %d); check the calibration data or raise --damp "
+                 "/ --damp-retries", p->damp_used, o->damp_retries, (double)o->percdamp, info);
+}
+
 /* U = factor of (H[perm][:, perm] + damp I)⁻¹ with damping raised x10 until the Cholesky
- * succeeds; each try stages the permuted, dead-fixed H afresh (the inverse overwrites it).
- * With a team, every member stages its share of the rows and takes part in the factor. */
+ * succeeds; each try stages the permuted, dead-fixed H afresh (the inverse overwrites it). */
 static int damped_factor(const struct hq_backend *be, const struct hq_gptq_opts *o,
                          const float *H, const float *diag0, double mean,
-                         const struct hq_team *team, struct hq_gptq_prep *p) {
+                         struct hq_gptq_prep *p) {
   const int64_t cols = p->cols;
   const size_t hbytes = (size_t)cols * (size_t)cols * sizeof(float);
   float *Hs = be->on_device ? malloc(hbytes) : p->U;
@@ -360,7 +368,6 @@ static int damped_factor(const struct hq_backend *be, const struct hq_gptq_opts 
     const float damp = (float)(pd * mean);
 #pragma omp parallel for schedule(static) if (cols > 256)
     for (int64_t i = 0; i < cols; i++) {
-      if (team && i % team->size != team->rank) continue;
       const float *src = H + (int64_t)p->perm[i] * cols;
       float *dst = Hs + i * cols;
       if (o->act_order)
@@ -370,17 +377,13 @@ static int damped_factor(const struct hq_backend *be, const struct hq_gptq_opts 
       dst[i] = diag0[i] + damp;
     }
     if (be->on_device) be->upload(p->U, Hs, hbytes);
-    info = team ? be->chol_inverse_upper_team(cols, p->U, cols, team)
-                : be->chol_inverse_upper(cols, p->U, cols);
+    info = be->chol_inverse_upper(cols, p->U, cols);
     p->damp_used = pd;
     p->damp_abs = damp;
     if (info == 0) break;
   }
   if (be->on_device) free(Hs);
-  if (info == 0) return HQ_OK;
-  return hq_fail(HQ_ERR_NUMERIC, "the Hessian is not positive definite even with damping %g (raised "
-                 "%d times x10 from %g; LAPACK info %d); check the calibration data or raise --damp "
-                 "/ --damp-retries", p->damp_used, o->damp_retries, (double)o->percdamp, info);
+  return info == 0 ? HQ_OK : not_pd(o, p, info);
 }
 
 /* hscale: diag(H) in original and in processing order, in backend memory (p->colw, colw_p) */
@@ -415,23 +418,16 @@ static int order_columns(const struct hq_gptq_opts *o, int64_t cols, const float
   return HQ_OK;
 }
 
-int hq_gptq_prepare_into(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t cols,
-                         const float *H, float *Ubuf, const struct hq_team *team,
-                         struct hq_gptq_prep *p) {
+int hq_gptq_prepare(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t cols,
+                    const float *H, struct hq_gptq_prep *p) {
   memset(p, 0, sizeof *p);
-  HQ_ASSERT(!Ubuf || !be->on_device);
-  HQ_ASSERT(!team || (Ubuf && be->chol_inverse_upper_team));
   HQ_TRY(hq_gptq_opts_check(o, cols));
-  HQ_TRY(hq_check_finite("H", H, cols, cols,
-                      "the calibration activations overflowed or are corrupt (check the "
-                      "calibration tokens and the forward of the previous blocks)"));
+  HQ_TRY(hq_check_finite("H", H, cols, cols, H_ADVICE));
   const double t0 = hq_now();
   p->cols = cols;
-  /* small: a team must not part ways over them (a failure ends the process) */
   p->perm = hq_xmalloc((size_t)cols * sizeof(int32_t));
   p->dead = hq_xcalloc((size_t)cols, 1);
-  p->U = Ubuf ? Ubuf : be->alloc((size_t)cols * (size_t)cols * sizeof(float));
-  p->U_borrowed = Ubuf != NULL;
+  p->U = be->alloc((size_t)cols * (size_t)cols * sizeof(float));
   float *diag0 = hq_xmalloc((size_t)cols * sizeof(float));
   int rc = p->U
                ? HQ_OK
@@ -439,7 +435,7 @@ int hq_gptq_prepare_into(const struct hq_backend *be, const struct hq_gptq_opts 
                          "backend); use more ranks", (long long)cols, (long long)cols, be->name);
   double mean = 0.0;
   if (!rc) rc = order_columns(o, cols, H, p, diag0, &mean);
-  if (!rc) rc = damped_factor(be, o, H, diag0, mean, team, p);
+  if (!rc) rc = damped_factor(be, o, H, diag0, mean, p);
   if (!rc && o->hscale) rc = prep_diag(be, H, p);
   free(diag0);
   be->sync();
@@ -448,9 +444,93 @@ int hq_gptq_prepare_into(const struct hq_backend *be, const struct hq_gptq_opts 
   return rc;
 }
 
-int hq_gptq_prepare(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t cols,
-                    const float *H, struct hq_gptq_prep *p) {
-  return hq_gptq_prepare_into(be, o, cols, H, NULL, NULL, p);
+/* ---- in place: H's own memory becomes U ---- */
+
+static void team_sync(const struct hq_team *t) {
+  if (t && t->size > 1) t->sync(t->ctx);
+}
+
+/* A <- A[perm][:, perm] in place (n x n): every member gathers the columns of its share of the
+ * rows, then each cycle of perm moves its rows (row k <- row perm[k]) by one member. */
+static void permute_sym_in_place(float *A, int64_t n, const int32_t *perm, const struct hq_team *t) {
+  const int size = t ? t->size : 1, me = t ? t->rank : 0;
+  const int64_t r0 = n * me / size, r1 = n * (me + 1) / size;
+  if (permute_rows_f32(A + r0 * n, r1 - r0, n, perm, 0)) HQ_DIE("%s", hq_last_error());
+  team_sync(t);
+  uint8_t *seen = hq_xcalloc((size_t)n, 1);
+  float *tmp = hq_xmalloc((size_t)n * sizeof(float));
+  const size_t rb = (size_t)n * sizeof(float);
+  int64_t cycles = 0;
+  for (int64_t s = 0; s < n; s++) {
+    if (seen[s] || perm[s] == s) continue;
+    const int mine = cycles++ % size == me;
+    if (mine) memcpy(tmp, A + s * n, rb);
+    for (int64_t k = s;; k = perm[k]) {
+      seen[k] = 1;
+      const float *from = perm[k] == s ? tmp : A + (int64_t)perm[k] * n;
+      if (mine) memcpy(A + k * n, from, rb);
+      if (perm[k] == s) break;
+    }
+  }
+  free(seen);
+  free(tmp);
+  team_sync(t);
+}
+
+/* The factor's input in A's upper triangle (a member's tiles): the strict upper from the strict
+ * lower (which the factor leaves alone) when `restage`, the diagonal diag0 + damp. */
+static void stage_upper(float *A, int64_t n, const float *diag0, float damp, int restage,
+                        const struct hq_team *t) {
+  enum { TB = 64 };
+  const int64_t nt = (n + TB - 1) / TB;
+#pragma omp parallel for schedule(dynamic, 1) if (n > 256)
+  for (int64_t ti = 0; ti < nt; ti++) {
+    if (t && ti % t->size != t->rank) continue;
+    const int64_t i0 = ti * TB, i1 = i0 + TB < n ? i0 + TB : n;
+    for (int64_t j0 = i0; restage && j0 < n; j0 += TB) {
+      const int64_t j1 = j0 + TB < n ? j0 + TB : n;
+      for (int64_t i = i0; i < i1; i++)
+        for (int64_t j = (j0 > i + 1 ? j0 : i + 1); j < j1; j++) A[i * n + j] = A[j * n + i];
+    }
+    for (int64_t i = i0; i < i1; i++) A[i * n + i] = diag0[i] + damp;
+  }
+  team_sync(t);
+}
+
+int hq_gptq_prepare_in_place(const struct hq_backend *be, const struct hq_gptq_opts *o,
+                             int64_t cols, float *H, const struct hq_team *team,
+                             struct hq_gptq_prep *p) {
+  memset(p, 0, sizeof *p);
+  HQ_ASSERT(!be->on_device && be->chol_inverse_upper_team);
+  HQ_TRY(hq_gptq_opts_check(o, cols)); /* the same verdicts on every member: the same H */
+  HQ_TRY(hq_check_finite("H", H, cols, cols, H_ADVICE));
+  const double t0 = hq_now();
+  p->cols = cols;
+  p->perm = hq_xmalloc((size_t)cols * sizeof(int32_t));
+  p->dead = hq_xcalloc((size_t)cols, 1);
+  float *diag0 = hq_xmalloc((size_t)cols * sizeof(float));
+  double mean = 0.0;
+  int rc = order_columns(o, cols, H, p, diag0, &mean);
+  if (!rc && o->hscale && prep_diag(be, H, p)) HQ_DIE("%s", hq_last_error()); /* tiny */
+  team_sync(team); /* every member has read H's diagonal */
+  if (!rc && o->act_order) permute_sym_in_place(H, cols, p->perm, team);
+  p->U = H;
+  p->U_borrowed = 1;
+  double pd = o->percdamp;
+  int info = 1;
+  for (int t = 0; !rc && t <= o->damp_retries; t++, pd *= 10.0) {
+    const float damp = (float)(pd * mean);
+    stage_upper(H, cols, diag0, damp, t > 0, team);
+    info = be->chol_inverse_upper_team(cols, H, cols, team);
+    p->damp_used = pd;
+    p->damp_abs = damp;
+    if (info == 0) break;
+  }
+  if (!rc && info) rc = not_pd(o, p, info);
+  free(diag0);
+  p->t_chol = hq_now() - t0;
+  if (rc) hq_gptq_prep_free(be, p);
+  return rc;
 }
 
 /* ------------------------------------------------------------------ GPTQ: solve */

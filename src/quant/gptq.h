@@ -71,14 +71,18 @@ int hq_gptq_prepare(const struct hq_backend *be, const struct hq_gptq_opts *o, i
                     const float *H, struct hq_gptq_prep *p);
 void hq_gptq_prep_free(const struct hq_backend *be, struct hq_gptq_prep *p);
 
-/* One factor per node (host backends only): U in caller memory Ubuf [cols x cols] (a
- * node-shared buffer; not freed by hq_gptq_prep_free). With a team (the node's ranks, all
- * calling with the same H, which they all map, and the same Ubuf), each member stages its
- * share of the rows and of the Cholesky tiles (chol_inverse_upper_team); every member gets the
+/* The same in H's own memory (host backends): H [cols x cols], full symmetric, is consumed:
+ * on success its upper triangle (diagonal included) is U in processing order, and p->U
+ * points at H (not freed by hq_gptq_prep_free; the caller frees H after the last solve). The
+ * factor reads only the upper triangle and keeps H's (permuted) strict lower one, from which
+ * a failed try is restaged with more damping. H is read first (diagonal, order, hscale), so
+ * statistics that need H must come before. With a team (the node's ranks, all calling with
+ * the same H, a node-shared buffer they all map), each member permutes its share of the rows
+ * and takes its share of the Cholesky tiles (chol_inverse_upper_team); every member gets the
  * same permutation, damping and U, bit-identical to hq_gptq_prepare's. team NULL: alone. */
-int hq_gptq_prepare_into(const struct hq_backend *be, const struct hq_gptq_opts *o, int64_t cols,
-                         const float *H, float *Ubuf, const struct hq_team *team,
-                         struct hq_gptq_prep *p);
+int hq_gptq_prepare_in_place(const struct hq_backend *be, const struct hq_gptq_opts *o,
+                             int64_t cols, float *H, const struct hq_team *team,
+                             struct hq_gptq_prep *p);
 
 /* GPTQ of the rows x cols block W (row-major host memory; on return the dequantized weights in
  * original column order) with the prepared factor. row0 is the index of W's first row in its

@@ -12,10 +12,13 @@
  * |entry| is tracked) and the group is accumulated again with an F from the largest entry of
  * all windows. N counts TOKENS (not sequences). Memory: 8 bytes per entry of the upper
  * triangle (4 bytes x n²) plus a panel of HQ_HESS_P x n floats per thread; finalize turns it
- * into the fp32 H (4 bytes x n²), 8 bytes x n² at its peak. Not collective. */
+ * into the fp32 H (4 bytes x n²), 8 bytes x n² at its peak, or in place (4 bytes x n² in all).
+ * Not collective. */
 #ifndef HQ_HESSIAN_H
 #define HQ_HESSIAN_H
 
+#include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "backend.h"
@@ -35,10 +38,22 @@ struct hq_hessian {
   int have_F;
   double vmax;       /* largest |entry| of any accumulated window, NaN once one was not finite */
   int64_t count;     /* tokens accumulated */
+  int borrowed;      /* acc is the caller's (hq_hessian_init_at): not zeroed, not freed */
+  atomic_int *locks; /* shared acc: a lock per panel (64 bytes apart), else NULL */
+  int rot;           /* shared acc: the panel this sharer starts from */
 };
 
 /* n features, at most `windows` windows accumulated in all (over all ranks). */
 int hq_hessian_init(struct hq_hessian *h, const struct hq_backend *be, int64_t n, int64_t windows);
+/* One accumulator for several processes (the ranks of a node): `shared` is caller memory of
+ * hq_hessian_shared_bytes(n) bytes (host backend), zeroed by the caller, that every sharer
+ * passes to its own h; sharers add their windows' panels under a per-panel lock (integer sums:
+ * the result is the same in any order), sharer `who` of `sharers` starting from its own share
+ * of the panels so that they rarely wait. hq_hessian_reset then leaves the sums for the caller
+ * to zero; hq_hessian_free leaves the memory. shared NULL: hq_hessian_init. */
+int hq_hessian_init_at(struct hq_hessian *h, const struct hq_backend *be, int64_t n,
+                       int64_t windows, void *shared, int who, int sharers);
+size_t hq_hessian_shared_bytes(int64_t n);
 /* max_i Σ_t x_ti² over one window X [ntok x n] (ldx, backend memory): a bound on every entry
  * of its XᵀX, the value window 0 sets F from. */
 double hq_hessian_window_bound(const struct hq_backend *be, const float *X, int64_t ntok,
@@ -60,8 +75,12 @@ int hq_hessian_check(const struct hq_hessian *h, int *F_retry);
 /* H = 2/count Σ x xᵀ, fp32 [n x n] full symmetric, host memory (free() it); h (its sums) is
  * freed. count == 0 gives all zeros (every column dead). */
 int hq_hessian_finalize(struct hq_hessian *h, float **H);
-/* The same into caller memory H [n x n] (e.g. a node-shared buffer); frees h. */
+/* The same into caller memory H [n x n]; frees h. */
 void hq_hessian_finalize_into(struct hq_hessian *h, float *H);
+/* The same in the sums' own memory (host backend; n(n+1)/2 int64 hold the n² floats): returns
+ * H there, no second buffer. The memory passes to the caller (be->free it), or stays the
+ * caller's when shared; h's other buffers are freed. */
+float *hq_hessian_finalize_in_place(struct hq_hessian *h);
 void hq_hessian_reset(struct hq_hessian *h);
 void hq_hessian_free(struct hq_hessian *h);
 
