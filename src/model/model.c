@@ -194,6 +194,18 @@ int hq_model_embed_rows(const struct hq_model *m, const int32_t *ids, int64_t nt
 }
 
 int hq_model_load_block(const struct hq_model *m, int64_t b, struct hq_block_weights *w) {
+  return hq_model_load_block_part(m, b, 1, w);
+}
+
+int hq_model_load_linear(const struct hq_model *m, int64_t b, enum hq_linear l,
+                         struct hq_block_weights *w) {
+  char name[256];
+  snprintf(name, sizeof name, "model.layers.%lld.%s.weight", (long long)b, lin_names[l]);
+  return w->lin[l] ? HQ_OK : hq_model_load_f32(m, name, &w->lin[l], NULL);
+}
+
+int hq_model_load_block_part(const struct hq_model *m, int64_t b, int linears,
+                             struct hq_block_weights *w) {
   memset(w, 0, sizeof *w);
   if (b < 0 || b >= m->cfg.n_layers)
     return hq_fail(HQ_ERR_INPUT, "block %lld does not exist; the model has %lld layers",
@@ -201,8 +213,7 @@ int hq_model_load_block(const struct hq_model *m, int64_t b, struct hq_block_wei
   char name[256];
   int rc = HQ_OK;
   for (int l = 0; l < HQ_LIN_COUNT && rc == HQ_OK; l++) {
-    snprintf(name, sizeof name, "model.layers.%lld.%s.weight", (long long)b, lin_names[l]);
-    rc = hq_model_load_f32(m, name, &w->lin[l], NULL);
+    if (linears) rc = hq_model_load_linear(m, b, (enum hq_linear)l, w);
     if (rc == HQ_OK && m->cfg.qkv_bias && l <= HQ_LIN_V) {
       snprintf(name, sizeof name, "model.layers.%lld.%s.bias", (long long)b, lin_names[l]);
       rc = hq_model_load_f32(m, name, &w->bias[l], NULL);

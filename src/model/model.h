@@ -135,6 +135,12 @@ struct hq_block_weights {
   float *ln_mlp;              /* post_attention_layernorm.weight [hidden] */
 };
 int hq_model_load_block(const struct hq_model *m, int64_t b, struct hq_block_weights *w);
+/* The same without the linears when `linears` is 0 (norms and biases only); then
+ * hq_model_load_linear converts one linear when it is needed (no-op if w holds it). */
+int hq_model_load_block_part(const struct hq_model *m, int64_t b, int linears,
+                             struct hq_block_weights *w);
+int hq_model_load_linear(const struct hq_model *m, int64_t b, enum hq_linear l,
+                         struct hq_block_weights *w);
 void hq_block_weights_free(struct hq_block_weights *w);
 /* Any tensor by name as fp32 (malloc'ed, caller frees); numel out. */
 int hq_model_load_f32(const struct hq_model *m, const char *name, float **out, int64_t *numel);

@@ -129,6 +129,18 @@ void hq_pipeline_forward_group(struct run *R, const struct hq_block_dev *dev, en
   R->carry_stage = (int)g + 1;
 }
 
+int hq_pipeline_carried_input(struct run *R, enum hq_group g, hq_capture_fn cap, void *ctx) {
+  if (!R->carry_h || R->carry_stage != (int)g + 1 || (g != HQ_GROUP_O && g != HQ_GROUP_DOWN)) return 0;
+  const struct hq_model_config *c = &R->model.cfg;
+  const int64_t cols = g == HQ_GROUP_O ? c->n_heads * c->head_dim : c->intermediate;
+  for (int64_t w = 0; w < R->nloc; w += R->batch) {
+    const int64_t nb = R->nloc - w < R->batch ? R->nloc - w : R->batch;
+    const struct hq_fwd_carry cr = carry_at(R, w);
+    cap(ctx, g, g == HQ_GROUP_O ? cr.att : cr.act, nb * R->seqlen, cols);
+  }
+  return 1;
+}
+
 /* Not collective: the block output from the carry after DOWN, or the whole block forward */
 static void forward_output(struct run *R, const struct hq_block_dev *dev) {
   if (R->carry_stage != HQ_GROUP_COUNT) {
@@ -376,7 +388,10 @@ static int run_block(struct run *R, int64_t b, struct hq_block_weights *bw) {
   const struct hq_quant_opts *o = R->o;
   const int done = b < R->start_block;
   R->carry_stage = 0;
-  int rc = hq_model_load_block(&R->model, b, bw);
+  /* a block to quantize on the host: each group's linears converted when the group starts
+   * (hq_pipeline_group), unless cross-layer equalization needs them all first */
+  const int lazy = !done && !R->be->on_device && !(o->equalize & HQ_EQ_CLE);
+  int rc = hq_model_load_block_part(&R->model, b, !lazy, bw);
   if (!rc && done) rc = hq_pipeline_load_done_block(R, b, bw);
   HQ_TRY(hq_comm_agree(R->comm, rc));
   if (!done) {

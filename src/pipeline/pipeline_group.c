@@ -232,19 +232,40 @@ static int hessian_reduce(struct run *R, struct hq_hessian *h, struct hbuf *hb, 
   return hq_hessian_check(h, F_retry);
 }
 
-/* H [cols x cols] (host; hbuf_free) of group u.g: fp32 2/N Σ x xᵀ over all ranks' windows. */
-static int group_hessian(struct run *R, const struct unit *u, const struct hq_block_weights *bw,
+static int cap_none(void *ctx, enum hq_group g, const float *X, int64_t ntok, int64_t cols) {
+  (void)ctx, (void)g, (void)X, (void)ntok, (void)cols;
+  return 1;
+}
+
+static void release_done_groups(struct run *R, enum hq_group g, struct hq_block_weights *bw);
+
+/* H [cols x cols] (host; hbuf_free) of group u.g: fp32 2/N Σ x xᵀ over all ranks' windows.
+ * When the carry will hold the group's input (O, DOWN), it is computed first and the earlier
+ * groups' linears freed before the accumulator exists; the passes then read the carry. */
+static int group_hessian(struct run *R, const struct unit *u, struct hq_block_weights *bw,
                          struct hbuf *hb) {
-  struct hq_hessian h;
   struct hq_block_dev dev;
-  memset(&dev, 0, sizeof dev);
-  int rc = hessian_init(R, u->cols, &h, hb);
-  if (!rc) rc = hq_block_dev_borrow(R->be, &R->model.cfg, bw, &dev);
-  rc = hq_comm_agree(R->comm, rc);
+  int rc = hq_comm_agree(R->comm, hq_block_dev_borrow(R->be, &R->model.cfg, bw, &dev));
+  if (rc) return rc;
+  int carried = R->carry_h && (u->g == HQ_GROUP_O || u->g == HQ_GROUP_DOWN);
+  if (carried) {
+    const double t = hq_now();
+    hq_pipeline_forward_group(R, &dev, u->g, cap_none, NULL);
+    R->phase[PH_HESSIAN] += hq_now() - t;
+    carried = R->carry_stage == (int)u->g + 1; /* the carry holds it now */
+  }
+  if (carried) {
+    hq_block_dev_free(R->be, &dev);
+    release_done_groups(R, u->g, bw);
+  }
+  struct hq_hessian h;
+  memset(&h, 0, sizeof h);
+  rc = hq_comm_agree(R->comm, hessian_init(R, u->cols, &h, hb));
   struct cap_hess cc = {R, u->g, &h, 1};
   for (int pass = 0; !rc; pass++) {
     const double t = hq_now();
-    hq_pipeline_forward_group(R, &dev, u->g, cap_hessian, &cc);
+    if (!carried || !hq_pipeline_carried_input(R, u->g, cap_hessian, &cc))
+      hq_pipeline_forward_group(R, &dev, u->g, cap_hessian, &cc);
     R->phase[PH_HESSIAN] += hq_now() - t; /* the group's input + XᵀX */
     int F = 0;
     rc = hessian_reduce(R, &h, hb, &F);
@@ -259,6 +280,14 @@ static int group_hessian(struct run *R, const struct unit *u, const struct hq_bl
   if (!rc) rc = hessian_finalize(R, &h, hb);
   hq_block_dev_free(R->be, &dev);
   hq_hessian_free(&h);
+  return hq_comm_agree(R->comm, rc);
+}
+
+/* Collective: the linears of group g of block b that bw lacks (a lazily loaded block). */
+static int load_group(struct run *R, int64_t b, enum hq_group g, struct hq_block_weights *bw) {
+  int rc = HQ_OK;
+  for (int l = 0; l < HQ_LIN_COUNT && !rc; l++)
+    if (hq_linear_group((enum hq_linear)l) == g) rc = hq_model_load_linear(&R->model, b, (enum hq_linear)l, bw);
   return hq_comm_agree(R->comm, rc);
 }
 
@@ -590,6 +619,7 @@ int hq_pipeline_group(struct run *R, int64_t b, enum hq_group g, struct hq_block
   struct unit u;
   unit_make(R, g, &u);
   int rc = HQ_OK;
+  HQ_TRY(load_group(R, b, g, bw));
   if ((R->o->equalize & HQ_EQ_SMOOTH) && (g == HQ_GROUP_QKV || g == HQ_GROUP_GATEUP))
     HQ_TRY(smooth_group(R, g, bw));
   struct hbuf hb = {0};

@@ -63,8 +63,13 @@ void hq_pipeline_forward_local(struct run *R, const struct hq_block_dev *dev, hq
  * by the block forward from its input. */
 void hq_pipeline_forward_group(struct run *R, const struct hq_block_dev *dev, enum hq_group g,
                                hq_capture_fn cap, void *ctx);
+/* Not collective. When R's carry holds group g's input for all local windows (O: the attention
+ * output, DOWN: the SwiGLU activations, once hq_pipeline_forward_group computed them), pass it
+ * to cap batch by batch as the forward would and return 1; else 0. */
+int hq_pipeline_carried_input(struct run *R, enum hq_group g, hq_capture_fn cap, void *ctx);
 /* Collective. Quantize input group g of block b (weights bw, replaced by the quantized ones on
- * every rank): smoothing, Hessian, the method on the rows this rank owns, gather, write. */
+ * every rank; the group's linears converted first when bw lacks them): smoothing, Hessian, the
+ * method on the rows this rank owns, gather, write. */
 int hq_pipeline_group(struct run *R, int64_t b, enum hq_group g, struct hq_block_weights *bw);
 
 /* pipeline_file.c */
