@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "hessian.h"
 #include "util.h"
 
 struct hq_gptq_opts hq_gptq_opts_default(void) {
@@ -477,23 +478,13 @@ static void permute_sym_in_place(float *A, int64_t n, const int32_t *perm, const
   team_sync(t);
 }
 
-/* The factor's input in A's upper triangle (a member's tiles): the strict upper from the strict
- * lower (which the factor leaves alone) when `restage`, the diagonal diag0 + damp. */
+/* The factor's input in A's upper triangle (a member's share): the strict upper from the
+ * strict lower (which the factor leaves alone) when `restage`, the diagonal diag0 + damp. */
 static void stage_upper(float *A, int64_t n, const float *diag0, float damp, int restage,
                         const struct hq_team *t) {
-  enum { TB = 64 };
-  const int64_t nt = (n + TB - 1) / TB;
-#pragma omp parallel for schedule(dynamic, 1) if (n > 256)
-  for (int64_t ti = 0; ti < nt; ti++) {
-    if (t && ti % t->size != t->rank) continue;
-    const int64_t i0 = ti * TB, i1 = i0 + TB < n ? i0 + TB : n;
-    for (int64_t j0 = i0; restage && j0 < n; j0 += TB) {
-      const int64_t j1 = j0 + TB < n ? j0 + TB : n;
-      for (int64_t i = i0; i < i1; i++)
-        for (int64_t j = (j0 > i + 1 ? j0 : i + 1); j < j1; j++) A[i * n + j] = A[j * n + i];
-    }
-    for (int64_t i = i0; i < i1; i++) A[i * n + i] = diag0[i] + damp;
-  }
+  const int part = t ? t->rank : 0, parts = t ? t->size : 1;
+  if (restage) hq_mirror_lower(A, n, part, parts);
+  for (int64_t i = part; i < n; i += parts) A[i * n + i] = diag0[i] + damp;
   team_sync(t);
 }
 

@@ -148,12 +148,11 @@ int hq_hessian_check(const struct hq_hessian *h, int *F_retry) {
   return 1;
 }
 
-/* H[i][j] = H[j][i] for j > i, in tiles (a column walk of a 28672-wide H misses the cache on
- * every element) */
-static void mirror_lower(float *H, int64_t n) {
+void hq_mirror_lower(float *H, int64_t n, int part, int parts) {
   enum { TB = 64 };
 #pragma omp parallel for schedule(dynamic, 1) if (n > 256)
   for (int64_t i0 = 0; i0 < n; i0 += TB) {
+    if ((i0 / TB) % parts != part) continue;
     const int64_t i1 = i0 + TB < n ? i0 + TB : n;
     for (int64_t j0 = i0; j0 < n; j0 += TB) {
       const int64_t j1 = j0 + TB < n ? j0 + TB : n;
@@ -163,7 +162,8 @@ static void mirror_lower(float *H, int64_t n) {
   }
 }
 
-void hq_hessian_finalize_into(struct hq_hessian *h, float *H) {
+/* H into caller memory [n x n]; frees h */
+static void finalize_into(struct hq_hessian *h, float *H) {
   const int64_t n = h->n;
   const int64_t *acc = hq_hessian_sums(h);
   const double f = h->count ? ldexp(2.0 / (double)h->count, -h->F) : 0.0;
@@ -174,7 +174,7 @@ void hq_hessian_finalize_into(struct hq_hessian *h, float *H) {
     const int64_t *col = acc + i * (i + 1) / 2;
     for (int64_t j = 0; j <= i; j++) row[j] = (float)((double)col[j] * f);
   }
-  mirror_lower(H, n);
+  hq_mirror_lower(H, n, 0, 1);
   hq_hessian_free(h);
 }
 
@@ -212,7 +212,7 @@ float *hq_hessian_finalize_in_place(struct hq_hessian *h) {
   const double f = h->count ? ldexp(2.0 / (double)h->count, -h->F) : 0.0;
   lower_in_place(h->acc, n, f);
   float *H = (float *)(void *)h->acc;
-  mirror_lower(H, n);
+  hq_mirror_lower(H, n, 0, 1);
   h->acc = h->host = NULL; /* the memory is the caller's now (or stays the sharer's) */
   hq_hessian_free(h);
   return H;
@@ -226,7 +226,7 @@ int hq_hessian_finalize(struct hq_hessian *h, float **Hout) {
     return hq_fail(HQ_ERR_NOMEM, "cannot allocate the %lld x %lld Hessian (%.1f GB)", (long long)n,
                    (long long)n, (double)(n * n) * 4.0 / 1e9);
   }
-  hq_hessian_finalize_into(h, H);
+  finalize_into(h, H);
   *Hout = H;
   return HQ_OK;
 }

@@ -75,12 +75,14 @@ int hq_hessian_check(const struct hq_hessian *h, int *F_retry);
 /* H = 2/count Σ x xᵀ, fp32 [n x n] full symmetric, host memory (free() it); h (its sums) is
  * freed. count == 0 gives all zeros (every column dead). */
 int hq_hessian_finalize(struct hq_hessian *h, float **H);
-/* The same into caller memory H [n x n]; frees h. */
-void hq_hessian_finalize_into(struct hq_hessian *h, float *H);
 /* The same in the sums' own memory (host backend; n(n+1)/2 int64 hold the n² floats): returns
  * H there, no second buffer. The memory passes to the caller (be->free it), or stays the
  * caller's when shared; h's other buffers are freed. */
 float *hq_hessian_finalize_in_place(struct hq_hessian *h);
+/* H[i][j] = H[j][i] for j > i (the strict upper triangle from the strict lower one), in 64 x 64
+ * tiles (a column walk of a 28672-wide H misses the cache on every element); only the tile
+ * rows t with t % parts == part (a team member's share; 0, 1: all). */
+void hq_mirror_lower(float *H, int64_t n, int part, int parts);
 void hq_hessian_reset(struct hq_hessian *h);
 void hq_hessian_free(struct hq_hessian *h);
 
