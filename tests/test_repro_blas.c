@@ -170,6 +170,7 @@ int main(void) {
   be = hq_backend_cpu();
   test_chol_team(1000); /* 4 tiles, the last 232 wide */
   test_chol_team(200);  /* one tile */
+  test_chol_team(2100); /* 9 tiles: the inverse's rows dealt by cost */
   /* forward-like: tokens of windows; GPTQ-like: weight rows from a 32-aligned offset */
   test_gemm_rows(0, 1, 700, 300, 96, 0, 0);
   test_gemm_rows(0, 1, 3 * 100, 1100, 64, 0, 100);  /* 3 windows of 100 tokens, 2 column chunks */

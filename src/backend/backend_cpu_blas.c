@@ -164,8 +164,9 @@ void hq_cpu_syrk(int64_t n, int64_t k, float alpha, const float *X, int64_t ldx,
 
 static int64_t nb_of(int64_t n, int64_t t) { return n - t * HQ_NB < HQ_NB ? n - t * HQ_NB : HQ_NB; }
 
-/* The team's share of a loop: task t of a step belongs to member t % size (a function of the
- * matrix size and the team size only); within a member OpenMP threads take its tasks. Every
+/* The team's share of a loop: task t of a step belongs to member t % size, or as tri_owners
+ * says (a function of the matrix size and the team size only); within a member OpenMP threads
+ * take its tasks. Every
  * task is one fixed-shape single-threaded LAPACK/BLAS call, so who runs it changes nothing. */
 static const struct hq_team solo = {0, 1, NULL, NULL, NULL};
 static int mine(const struct hq_team *tm, int64_t t) { return t % tm->size == tm->rank; }
@@ -200,8 +201,8 @@ static int chol_lower(int64_t n, float *A, int64_t lda, const struct hq_team *tm
     /* trailing update of the lower tiles: A_IJ -= L_IK L_JKᵀ */
 #pragma omp parallel for schedule(dynamic, 1) if (rest > 1)
     for (int64_t t = 0; t < rest * rest; t++) {
-      const int64_t TI = TK + 1 + t / rest, TJ = TK + 1 + t % rest;
-      if (TJ > TI || !mine(tm, t)) continue;
+      const int64_t ri = t / rest, rj = t % rest, TI = TK + 1 + ri, TJ = TK + 1 + rj;
+      if (rj > ri || !mine(tm, ri * (ri + 1) / 2 + rj)) continue; /* round robin, lower tiles */
       const float *LI = A + TI * HQ_NB * lda + k0, *LJ = A + TJ * HQ_NB * lda + k0;
       float *Aij = A + TI * HQ_NB * lda + TJ * HQ_NB;
       if (TI == TJ)
@@ -233,22 +234,41 @@ static void tri_panel_row(int64_t n, const float *A, int64_t lda, int64_t TK, in
               (blasint)ni, (blasint)kb, -1.0f, A + k0 * lda + k0, (blasint)lda, Pi, HQ_NB);
 }
 
+/* The members of tile rows TK+1 .. nt-1 in step TK of the inverse: row TI costs about TI - TK
+ * tile products, so the largest first, each to the least loaded member (ties: the lowest). */
+static void tri_owners(int64_t nt, int64_t TK, const struct hq_team *tm, int *own) {
+  int64_t load[64] = {0};
+  const int size = tm->size < 64 ? tm->size : 64;
+  for (int64_t TI = nt - 1; TI > TK; TI--) {
+    int m = 0;
+    for (int r = 1; r < size; r++)
+      if (load[r] < load[m]) m = r;
+    own[TI] = tm->size <= 64 ? m : (int)(TI % tm->size); /* more members: round robin */
+    load[m] += TI - TK;
+  }
+}
+
 /* L (lower, non-unit) -> L⁻¹ in place, right to left by tile columns (LAPACK strtri's order):
  * with the trailing part already inverted (X_TT), the panel becomes
  * L_TK <- -X_TT L_TK L_KK⁻¹, then L_KK <- L_KK⁻¹. */
 static int tri_inverse_lower(int64_t n, float *A, int64_t lda, const struct hq_team *tm) {
   const int64_t nt = (n + HQ_NB - 1) / HQ_NB;
   float *P = malloc((size_t)n * HQ_NB * sizeof(float) + 1); /* the panel's new values */
-  if (!P) return -1;
+  int *own = malloc((size_t)nt * sizeof(int));
+  if (!P || !own) {
+    free(P), free(own);
+    return -1;
+  }
   for (int64_t TK = nt - 1; TK >= 0; TK--) {
     const int64_t k0 = TK * HQ_NB, kb = nb_of(n, TK), rest = nt - TK - 1, t0 = k0 + kb;
     if (rest > 0) {
+      tri_owners(nt, TK, tm, own);
 #pragma omp parallel for schedule(dynamic, 1) if (rest > 1)
-      for (int64_t TI = TK + 1; TI < nt; TI++)
-        if (mine(tm, TI)) tri_panel_row(n, A, lda, TK, TI, P + (TI * HQ_NB - t0) * HQ_NB);
+      for (int64_t TI = nt - 1; TI > TK; TI--) /* the largest first */
+        if (own[TI] == tm->rank) tri_panel_row(n, A, lda, TK, TI, P + (TI * HQ_NB - t0) * HQ_NB);
       team_sync(tm); /* every member has read the panel and L_KK */
       for (int64_t TI = TK + 1; TI < nt; TI++)
-        if (mine(tm, TI))
+        if (own[TI] == tm->rank)
           for (int64_t r = TI * HQ_NB; r < TI * HQ_NB + nb_of(n, TI); r++)
             memcpy(A + r * lda + k0, P + (r - t0) * HQ_NB, (size_t)kb * sizeof(float));
     }
@@ -257,11 +277,11 @@ static int tri_inverse_lower(int64_t n, float *A, int64_t lda, const struct hq_t
       info = LAPACKE_strtri(LAPACK_COL_MAJOR, 'U', 'N', (lapack_int)kb, A + k0 * lda + k0, (lapack_int)lda);
     info = team_info(tm, (int)info);
     if (info != 0) {
-      free(P);
+      free(P), free(own);
       return (int)(info > 0 ? k0 + info : 1);
     }
   }
-  free(P);
+  free(P), free(own);
   return 0;
 }
 
