@@ -179,6 +179,8 @@ int main(void) {
   test_gemm_rows(1, 0, 300, 257, 80, 512, 0);       /* the Hessian panel shape (op(A) = Aᵀ) */
   test_gemm_rows(1, 1, 50, 40, 30, 7, 0);
   test_gemm_rows(0, 0, 260, 50, 0, 0, 0);           /* k = 0: C = beta C */
+  test_gemm_rows(0, 0, 150, 300, 200, 38, -64);     /* 64-row tiles, partial at both ends */
+  test_gemm_rows(0, 0, 20, 100, 50, 5, -64);        /* fewer rows than a tile */
   test_chol(100);
   test_chol(600);  /* 3 tiles, the last partial */
   test_chol(1024); /* 4 whole tiles */

@@ -52,7 +52,8 @@ struct hq_backend {
                const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
                int64_t ldc);
   /* gemm with reproducible rows (docs/readme/reproducibility.md). The m rows form segments of
-   * `seg` rows (seg <= 0: one segment of m rows); row r of a segment has the index row0 + r
+   * `seg` rows (seg <= 0: one segment of m rows; seg < 0 also asks for row tiles of about
+   * -seg rows instead of 256, for callers with few rows); row r of a segment has the index row0 + r
    * in the caller's numbering (a token's position in its window, a weight row's index in its
    * layer). On the CPU every element C[i, j] is then a function of row i of op(A), column j
    * of op(B), C[i, j], k, n and (row0 + r) alone: the same whatever m, the batching, the

@@ -89,11 +89,13 @@ static void gemm_tile(const struct gemm_call *g, int64_t lo, int64_t hi, int64_t
  * [t*tm - phase, (t+1)*tm - phase) clipped to [0, len). */
 static int64_t seg_tiles(int64_t len, int64_t tm, int64_t phase) { return (len + phase + tm - 1) / tm; }
 
-/* tile rows for segments of seg rows (seg <= 0: unbounded): a function of seg alone */
+/* tile rows for segments of seg rows (0: unbounded; < 0: unbounded, tiles of about -seg
+ * rows): a function of seg alone */
 static int64_t tile_rows(int64_t seg) {
   int64_t t = 16;
-  while (seg > 0 && t < seg && t < HQ_TM) t *= 2;
-  return seg > 0 ? t : HQ_TM;
+  const int64_t want = seg < 0 ? -seg : seg;
+  while (seg != 0 && t < want && t < HQ_TM) t *= 2;
+  return seg != 0 ? t : HQ_TM;
 }
 
 void hq_cpu_gemm_rows(int64_t row0, int64_t seg, int ta, int tb, int64_t m, int64_t n, int64_t k,

@@ -126,7 +126,12 @@ static int permute_rows_f32(float *W, int64_t rows, int64_t cols, const int32_t 
               : HQ_OK;
 }
 
-/* Rows of T = D_chunk · H, per-row Σ_k T ⊙ D in column order; chunks bound the workspace. */
+/* Rows of T = D_chunk · H, per-row Σ_k T ⊙ D in column order; chunks bound the workspace.
+ * The rows are few (a rank's share of a layer's sampled rows): tiles of HQ_PROXY_TM rows, not
+ * gemm_rows' 256, which would compute mostly zero padding. */
+#ifndef HQ_PROXY_TM
+#define HQ_PROXY_TM 64
+#endif
 void hq_proxy_loss_rows(const struct hq_backend *be, int64_t row0, int64_t rows, int64_t cols,
                         const float *D, const float *H, double *out) {
   if (rows <= 0 || cols <= 0) return;
@@ -151,7 +156,8 @@ void hq_proxy_loss_rows(const struct hq_backend *be, int64_t row0, int64_t rows,
       be->gemm_rows(row0 + r0, 0, 0, 0, nr, cols, cols, 1.0f, dD, cols, dH, cols, 0.0f, dT, cols);
       be->download(T, dT, (size_t)nr * (size_t)cols * sizeof(float));
     } else {
-      be->gemm_rows(row0 + r0, 0, 0, 0, nr, cols, cols, 1.0f, Dc, cols, H, cols, 0.0f, T, cols);
+      be->gemm_rows(row0 + r0, -HQ_PROXY_TM, 0, 0, nr, cols, cols, 1.0f, Dc, cols, H, cols, 0.0f,
+                    T, cols);
     }
 #pragma omp parallel for schedule(static) if (nr * cols > 65536)
     for (int64_t r = 0; r < nr; r++) {
