@@ -147,12 +147,46 @@ static void test_in_place(int64_t n) {
   hq_hessian_accumulate(&b, x, seqlen, n);
   float *H = NULL;
   CHECK(hq_hessian_finalize(&a, &H) == HQ_OK, "finalize %lld", (long long)n);
-  float *Hi = hq_hessian_finalize_in_place(&b);
+  float *Hi = hq_hessian_finalize_in_place(&b, NULL);
   CHECK(!memcmp(H, Hi, sizeof(float) * (size_t)(n * n)), "in place %lld: H unlike finalize's", (long long)n);
   CHECK(b.acc == NULL && b.panels == NULL, "in place %lld: h still holds buffers", (long long)n);
   free(H);
   be->free(Hi);
   free(x);
+}
+
+/* The sharers of one accumulator finalising it together (a team of OpenMP threads standing
+ * for a node's ranks, each converting its rows): H bit for bit hq_hessian_finalize's. n =
+ * 3000: three chunks, each read by all before any is written. */
+static void test_in_place_team(int64_t n, int members) {
+  const int64_t seqlen = 7;
+  float *x = malloc(sizeof(float) * (size_t)(seqlen * n));
+  hq_t_randn(x, seqlen * n, 77 + (uint64_t)n, 1.0f);
+  struct hq_hessian a;
+  HQ_ASSERT(hq_hessian_init(&a, be, n, 2) == HQ_OK);
+  hq_hessian_accumulate(&a, x, seqlen, n);
+  const int F = a.F;
+  const int64_t count = a.count;
+  void *mem = calloc(1, hq_hessian_shared_bytes(n));
+  memcpy(mem, a.acc, (size_t)a.ntri * sizeof(int64_t));
+  float *H = NULL;
+  CHECK(hq_hessian_finalize(&a, &H) == HQ_OK, "finalize %lld", (long long)n);
+  float *got[8] = {0};
+#pragma omp parallel num_threads(members)
+  {
+    const struct hq_team tm = hq_t_omp_team();
+    struct hq_hessian h;
+    HQ_ASSERT(hq_hessian_init_at(&h, be, n, 2, mem, tm.rank, tm.size) == HQ_OK);
+    hq_hessian_set_scale(&h, F);
+    h.count = count; /* as the all-reduce leaves it on every sharer */
+    got[tm.rank] = hq_hessian_finalize_in_place(&h, &tm);
+  }
+  int same = 1;
+  for (int r = 0; r < members; r++) same &= got[r] == (float *)mem;
+  CHECK(same, "team in place %lld/%d: a member got another buffer", (long long)n, members);
+  CHECK(!memcmp(H, mem, sizeof(float) * (size_t)(n * n)), "team in place %lld/%d: H unlike "
+        "finalize's", (long long)n, members);
+  free(H), free(mem), free(x);
 }
 
 /* Three sharers (OpenMP threads standing for a node's ranks) add their own windows into one
@@ -198,6 +232,9 @@ int main(void) {
   test_in_place(2);
   test_in_place(300);
   test_in_place(3000);
+  test_in_place_team(300, 2);
+  test_in_place_team(3000, 2);
+  test_in_place_team(3000, 3);
   test_shared(37);
   test_shared(1100); /* 5 panels */
   test_exact(37);

@@ -179,9 +179,12 @@ static int node_buf(struct run *R, size_t bytes, struct hq_node_buf *b) {
   return rc;
 }
 
-/* Collective over the node when shared: the leader zeroes the node's sums. */
+/* Collective over the node when shared: each of the node's ranks zeroes its share of the
+ * sums (first touching the pages costs more than the stores: shared, so not one rank alone). */
 static void shared_zero(struct run *R, struct hbuf *hb) {
-  if (R->comm->local_rank == 0) memset(hb->shm.ptr, 0, hb->shm.bytes);
+  const size_t B = hb->shm.bytes, k = (size_t)R->comm->local_rank, m = (size_t)R->comm->local_size;
+  const size_t lo = B / m * k, hi = k + 1 == m ? B : B / m * (k + 1);
+  memset((char *)hb->shm.ptr + lo, 0, hi - lo);
   hq_comm_node_publish(R->comm, &hb->shm);
 }
 
@@ -198,18 +201,37 @@ static int hessian_init(struct run *R, int64_t n, struct hq_hessian *h, struct h
                             R->comm->local_size);
 }
 
+/* The node's ranks as a team over one node-shared buffer (hq_team) */
+struct node_team {
+  const struct hq_comm *comm;
+  struct hq_node_buf *buf;
+};
+static void node_team_sync(void *ctx) {
+  const struct node_team *t = ctx;
+  hq_comm_node_publish(t->comm, t->buf);
+}
+static int node_team_bcast_int(void *ctx, int v) {
+  const struct node_team *t = ctx;
+  hq_comm_node_bcast(t->comm, &v, sizeof v);
+  return v;
+}
+static struct hq_team node_team(const struct run *R, struct node_team *nt, struct hq_node_buf *buf) {
+  *nt = (struct node_team){R->comm, buf};
+  return (struct hq_team){R->comm->local_rank, R->comm->local_size, node_team_sync,
+                          node_team_bcast_int, nt};
+}
+
 /* H from the reduced sums, in their own memory (host), read by every rank of the node when
  * shared. Frees h. Collective over the node when shared. */
 static int hessian_finalize(struct run *R, struct hq_hessian *h, struct hbuf *hb) {
   if (hb->shm.ptr) {
-    if (R->comm->local_rank == 0) hq_hessian_finalize_in_place(h);
-    else hq_hessian_free(h);
-    hq_comm_node_publish(R->comm, &hb->shm);
-    hb->H = hb->shm.ptr;
+    struct node_team nt;
+    const struct hq_team team = node_team(R, &nt, &hb->shm);
+    hb->H = hq_hessian_finalize_in_place(h, &team);
     return HQ_OK;
   }
   if (R->be->on_device) return hq_hessian_finalize(h, &hb->H);
-  hb->H = hq_hessian_finalize_in_place(h);
+  hb->H = hq_hessian_finalize_in_place(h, NULL);
   hb->be = R->be;
   return HQ_OK;
 }
@@ -437,21 +459,6 @@ static int part_quantize(struct run *R, const struct unit *u, int i,
   return rc;
 }
 
-/* The node's ranks as a team over one node-shared buffer (hq_team) */
-struct node_team {
-  const struct hq_comm *comm;
-  struct hq_node_buf *buf;
-};
-static void node_team_sync(void *ctx) {
-  const struct node_team *t = ctx;
-  hq_comm_node_publish(t->comm, t->buf);
-}
-static int node_team_bcast_int(void *ctx, int v) {
-  const struct node_team *t = ctx;
-  hq_comm_node_bcast(t->comm, &v, sizeof v);
-  return v;
-}
-
 /* The group's factor for GPTQ, made in H's memory on a host backend: one per node when H is
  * node-shared (all its ranks factorise together, each its share of the tiles; collective over
  * the node), else one per rank that owns rows. Every rank of a node gets the same prep. */
@@ -461,9 +468,8 @@ static int group_prepare(struct run *R, const struct unit *u, struct hbuf *hb,
   const int64_t n = u->cols;
   int rc = HQ_OK;
   if (hb->shm.ptr) {
-    struct node_team nt = {R->comm, &hb->shm};
-    const struct hq_team team = {R->comm->local_rank, R->comm->local_size, node_team_sync,
-                                 node_team_bcast_int, &nt};
+    struct node_team nt;
+    const struct hq_team team = node_team(R, &nt, &hb->shm);
     rc = hq_gptq_prepare_in_place(R->be, &R->g, n, hb->H, &team, prep);
   } else if (unit_owns_rows(u)) {
     rc = R->be->on_device ? hq_gptq_prepare(R->be, &R->g, n, hb->H, prep)

@@ -178,12 +178,16 @@ static void finalize_into(struct hq_hessian *h, float *H) {
   hq_hessian_free(h);
 }
 
+static void team_sync(const struct hq_team *t) {
+  if (t->size > 1) t->sync(t->ctx);
+}
+
 /* The rows of H's lower triangle from the sums in the same memory. Row i's sums (i + 1
  * int64) lie at bytes [4 i (i + 1), 4 (i + 1) (i + 2)), its floats go to [4 i n, 4 i n +
  * 4 (i + 1)); the sums of the rows below i end at 4 i (i + 1) <= 4 i n. So rows taken from
- * the last one down, a chunk read whole into tmp before it is written, never overwrite a sum
- * not yet read. */
-static void lower_in_place(int64_t *acc, int64_t n, double f) {
+ * the last one down, a chunk read whole (by every member: its rows i % size == rank) into
+ * tmp before any of it is written, never overwrite a sum not yet read. */
+static void lower_in_place(int64_t *acc, int64_t n, double f, const struct hq_team *tm) {
   const int64_t cap = n > ((int64_t)1 << 22) ? n : ((int64_t)1 << 22); /* floats */
   float *tmp = hq_xmalloc((size_t)cap * sizeof(float));
   char *H = (char *)acc;
@@ -193,26 +197,33 @@ static void lower_in_place(int64_t *acc, int64_t n, double f) {
     const int64_t base = i0 * (i0 + 1) / 2;       /* tmp offset of row i: i(i+1)/2 - base */
 #pragma omp parallel for schedule(dynamic, 8) if (tot > 65536)
     for (int64_t i = i0; i < i1; i++) {
+      if (i % tm->size != tm->rank) continue;
       const int64_t *col = acc + i * (i + 1) / 2;
       float *t = tmp + i * (i + 1) / 2 - base;
       for (int64_t j = 0; j <= i; j++) t[j] = (float)((double)col[j] * f);
     }
+    team_sync(tm); /* the chunk's sums read by all */
 #pragma omp parallel for schedule(dynamic, 8) if (tot > 65536)
     for (int64_t i = i0; i < i1; i++)
-      memcpy(H + (size_t)(i * n) * sizeof(float), tmp + i * (i + 1) / 2 - base,
-             (size_t)(i + 1) * sizeof(float));
-    i1 = i0;
+      if (i % tm->size == tm->rank)
+        memcpy(H + (size_t)(i * n) * sizeof(float), tmp + i * (i + 1) / 2 - base,
+               (size_t)(i + 1) * sizeof(float));
+    i1 = i0; /* the next chunk's sums lie below every row written so far */
   }
   free(tmp);
 }
 
-float *hq_hessian_finalize_in_place(struct hq_hessian *h) {
-  HQ_ASSERT(!h->be->on_device && h->acc);
+float *hq_hessian_finalize_in_place(struct hq_hessian *h, const struct hq_team *team) {
+  static const struct hq_team solo = {0, 1, NULL, NULL, NULL};
+  const struct hq_team *tm = team ? team : &solo;
+  HQ_ASSERT(!h->be->on_device && h->acc && (tm->size == 1 || h->borrowed));
   const int64_t n = h->n;
   const double f = h->count ? ldexp(2.0 / (double)h->count, -h->F) : 0.0;
-  lower_in_place(h->acc, n, f);
+  lower_in_place(h->acc, n, f, tm);
   float *H = (float *)(void *)h->acc;
-  hq_mirror_lower(H, n, 0, 1);
+  team_sync(tm); /* every row's lower part written */
+  hq_mirror_lower(H, n, tm->rank, tm->size);
+  team_sync(tm);
   h->acc = h->host = NULL; /* the memory is the caller's now (or stays the sharer's) */
   hq_hessian_free(h);
   return H;

@@ -77,8 +77,11 @@ int hq_hessian_check(const struct hq_hessian *h, int *F_retry);
 int hq_hessian_finalize(struct hq_hessian *h, float **H);
 /* The same in the sums' own memory (host backend; n(n+1)/2 int64 hold the n² floats): returns
  * H there, no second buffer. The memory passes to the caller (be->free it), or stays the
- * caller's when shared; h's other buffers are freed. */
-float *hq_hessian_finalize_in_place(struct hq_hessian *h);
+ * caller's when shared; h's other buffers are freed. team (NULL: alone): the sharers of one
+ * shared accumulator (hq_hessian_init_at), all calling with their h, each converting its
+ * share of the rows; H is complete on every member when it returns. The floats are the
+ * same whoever converts them. */
+float *hq_hessian_finalize_in_place(struct hq_hessian *h, const struct hq_team *team);
 /* H[i][j] = H[j][i] for j > i (the strict upper triangle from the strict lower one), in 64 x 64
  * tiles (a column walk of a 28672-wide H misses the cache on every element); only the tile
  * rows t with t % parts == part (a team member's share; 0, 1: all). */
