@@ -10,9 +10,10 @@
 set -u
 source "$(dirname "$0")/testlib.sh"
 hq_tmpdir signals
-# 48 windows: a block takes long enough (~0.5 s even with fast kernels) that a signal sent
-# after block 1 reaches the ranks through mpirun before the run ends
-A=(--model "$M" --calib "$M/calib.i32" --nsamples 48 --seqlen 128 --bits 4 --group-size 128)
+# 256 windows: a block takes long enough (~0.5 s at 2 ranks on a quiet machine with fast
+# kernels; 48 windows took 0.12 s, and the run could end before a signal sent when mpirun had
+# forwarded the "block 1/6" line reached the ranks) that the signal lands inside the run
+A=(--model "$M" --calib "$M/calib.i32" --nsamples 256 --seqlen 128 --bits 4 --group-size 128)
 
 "$BIN" quantize "${A[@]}" --out "$T/ref.h5" --quiet 2>"$T/ref.log" || bad "reference run: $(cat "$T/ref.log")"
 
