@@ -273,6 +273,39 @@ void hq_comm_node_publish(const struct hq_comm *c, struct hq_node_buf *b) {
   MPI_Win_sync(b->win);
 }
 
+/* Collective. */
+void hq_comm_node_allgatherv(const struct hq_comm *c, struct hq_node_buf *b, const size_t *bytes) {
+  int node = -1, nodes = 1; /* this node's index among the leaders, their count */
+  if (c->local_rank == 0) {
+    MPI_Comm_rank(c->leaders, &node);
+    MPI_Comm_size(c->leaders, &nodes);
+  }
+  MPI_Bcast(&node, 1, MPI_INT, 0, c->node);
+  MPI_Bcast(&nodes, 1, MPI_INT, 0, c->node);
+  hq_comm_node_publish(c, b); /* the node's own pieces written */
+  if (nodes == 1) return;
+  int *node_of = hq_xmalloc(sizeof(int) * (size_t)c->size);
+  MPI_Allgather(&node, 1, MPI_INT, node_of, 1, MPI_INT, c->comm);
+  if (c->local_rank == 0) {
+    const size_t chunk = (size_t)hq_comm_chunk;
+    size_t nreq = 0;
+    for (int r = 0; r < c->size; r++) nreq += (bytes[r] + chunk - 1) / chunk;
+    MPI_Request *req = hq_xmalloc(sizeof(MPI_Request) * (nreq ? nreq : 1));
+    size_t k = 0, off = 0;
+    for (int r = 0; r < c->size; r++) {
+      for (size_t o = 0; o < bytes[r]; o += chunk) {
+        const size_t n = bytes[r] - o < chunk ? bytes[r] - o : chunk;
+        MPI_Ibcast((char *)b->ptr + off + o, (int)n, MPI_BYTE, node_of[r], c->leaders, &req[k++]);
+      }
+      off += bytes[r];
+    }
+    MPI_Waitall((int)k, req, MPI_STATUSES_IGNORE);
+    free(req);
+  }
+  free(node_of);
+  hq_comm_node_publish(c, b); /* the other nodes' pieces written by the leader */
+}
+
 /* Collective over the node. */
 void hq_comm_node_free(struct hq_node_buf *b) {
   if (b->win == MPI_WIN_NULL || b->win == 0) return;

@@ -71,6 +71,11 @@ void hq_comm_node_free(struct hq_node_buf *b);
 void hq_comm_node_bcast(const struct hq_comm *c, void *buf, size_t bytes);
 /* Collective over the node. A barrier whose waiting ranks sleep instead of spinning. */
 void hq_comm_node_barrier(const struct hq_comm *c);
+/* Collective. hq_comm_allgatherv into a node-shared buffer: every rank has written its own
+ * piece (bytes[r] bytes, in rank order; bytes[] identical everywhere) at its place in b; on
+ * return every rank of every node sees all pieces there. A node's own ranks' pieces are in
+ * place already; the node leaders broadcast the others (their nodes' ranks' pieces). */
+void hq_comm_node_allgatherv(const struct hq_comm *c, struct hq_node_buf *b, const size_t *bytes);
 /* Collective over the node leaders (called by them only): in-place sum of a buffer, e.g. a
  * node-shared one that holds the node's share. */
 void hq_comm_leaders_allreduce_i64(const struct hq_comm *c, int64_t *buf, int64_t count);

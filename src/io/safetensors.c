@@ -552,10 +552,13 @@ static void f16_table_init(void) {
   for (uint32_t h = 0; h < 65536; h++) f16_table[h] = hq_f16_to_f32((uint16_t)h);
 }
 
-void hq_st_to_f32(const struct hq_st_tensor *t, float *out) {
+void hq_st_to_f32(const struct hq_st_tensor *t, float *out) { hq_st_to_f32_range(t, 0, t->numel, out); }
+
+void hq_st_to_f32_range(const struct hq_st_tensor *t, int64_t e0, int64_t e1, float *out) {
   HQ_ASSERT(t->data || t->numel == 0);
-  const unsigned char *p = t->data;
-  int64_t n = t->numel;
+  HQ_ASSERT(0 <= e0 && e0 <= e1 && e1 <= t->numel);
+  const int64_t n = e1 - e0;
+  const unsigned char *p = (const unsigned char *)t->data + (size_t)e0 * (t->dtype == HQ_DTYPE_F32 ? 4 : 2);
   switch (t->dtype) {
   case HQ_DTYPE_F32:
     if (n) memcpy(out, p, (size_t)n * 4); /* little-endian host (x86-64, aarch64) */

@@ -204,6 +204,25 @@ int hq_model_load_linear(const struct hq_model *m, int64_t b, enum hq_linear l,
   return w->lin[l] ? HQ_OK : hq_model_load_f32(m, name, &w->lin[l], NULL);
 }
 
+int hq_model_load_linear_rows(const struct hq_model *m, int64_t b, enum hq_linear l, int64_t r0,
+                              int64_t r1, float *W) {
+  char name[256];
+  snprintf(name, sizeof name, "model.layers.%lld.%s.weight", (long long)b, lin_names[l]);
+  if (m->h5) return hq_fail(HQ_ERR_UNSUPPORTED, "%s: row ranges of an .h5 model", name);
+  const struct hq_st_tensor *t = hq_st_find(&m->st, name);
+  int64_t rows, cols;
+  hq_linear_shape(&m->cfg, l, &rows, &cols);
+  if (!t)
+    return hq_fail(HQ_ERR_INPUT, "model %s: no tensor named '%s'", m->dir ? m->dir : "?", name);
+  if (t->numel != rows * cols || r0 < 0 || r0 > r1 || r1 > rows)
+    return hq_fail(HQ_ERR_INPUT, "%s: %lld elements, rows %lld..%lld of %lld x %lld asked",
+                   name, (long long)t->numel, (long long)r0, (long long)r1, (long long)rows,
+                   (long long)cols);
+  hq_st_to_f32_range(t, r0 * cols, r1 * cols, W + r0 * cols);
+  hq_st_release(t);
+  return HQ_OK;
+}
+
 int hq_model_load_block_part(const struct hq_model *m, int64_t b, int linears,
                              struct hq_block_weights *w) {
   memset(w, 0, sizeof *w);

@@ -47,6 +47,8 @@ int hq_st_open(const char *path, struct hq_safetensors *st);
 const struct hq_st_tensor *hq_st_find(const struct hq_safetensors *st, const char *name);
 /* Convert a tensor to fp32 (out has numel floats). */
 void hq_st_to_f32(const struct hq_st_tensor *t, float *out);
+/* Elements [e0, e1) of the tensor (row-major) into out[0 .. e1 - e0). */
+void hq_st_to_f32_range(const struct hq_st_tensor *t, int64_t e0, int64_t e1, float *out);
 /* Drop the tensor's pages from this process's resident set (madvise DONTNEED on the read-only
  * file mapping; a later access reads them from the file again). Keeps the peak RSS of a run
  * independent of the number of blocks streamed through it. */
@@ -141,6 +143,11 @@ int hq_model_load_block_part(const struct hq_model *m, int64_t b, int linears,
                              struct hq_block_weights *w);
 int hq_model_load_linear(const struct hq_model *m, int64_t b, enum hq_linear l,
                          struct hq_block_weights *w);
+/* Rows [r0, r1) of linear l of block b into W, the caller's [rows x cols] buffer of the whole
+ * linear (its other rows untouched): a node's ranks convert their shares of one node-shared
+ * copy. Safetensors checkpoints only (HQ_ERR_UNSUPPORTED for an .h5 model). */
+int hq_model_load_linear_rows(const struct hq_model *m, int64_t b, enum hq_linear l, int64_t r0,
+                              int64_t r1, float *W);
 void hq_block_weights_free(struct hq_block_weights *w);
 /* Any tensor by name as fp32 (malloc'ed, caller frees); numel out. */
 int hq_model_load_f32(const struct hq_model *m, const char *name, float **out, int64_t *numel);

@@ -165,10 +165,11 @@ static void write_summary(struct run *R, double total, size_t rss_max, const dou
   }
   fprintf(f, "{\"ranks\": %d, \"method\": \"%s\", \"bits\": %d, \"group_size\": %lld, \"nsamples\": %lld, "
              "\"seqlen\": %lld, \"seconds\": %.6f, \"peak_rss_bytes_max\": %zu, \"node_share\": %s, "
-             "\"keep_activations\": %s, \"phases\": {",
+             "\"shared_linears\": %lld, \"keep_activations\": %s, \"phases\": {",
           R->comm->size, hq_method_name(R->o->method), R->o->g.bits, (long long)R->o->g.group_size,
           (long long)R->o->nsamples, (long long)R->seqlen, total, rss_max,
-          R->node_share ? "true" : "false", R->carry_h ? "true" : "false");
+          R->node_share ? "true" : "false", (long long)R->lins_shared_n,
+          R->carry_h ? "true" : "false");
   for (int p = 0; p < PH_COUNT; p++)
     fprintf(f, "%s\"%s\": %.6f", p ? ", " : "", hq_phase_names[p], R->total_phase[p]);
   fprintf(f, "}, \"phases_max\": {");
@@ -391,6 +392,9 @@ static int run_block(struct run *R, int64_t b, struct hq_block_weights *bw) {
   /* a block to quantize on the host: each group's linears converted when the group starts
    * (hq_pipeline_group), unless cross-layer equalization needs them all first */
   const int lazy = !done && !R->be->on_device && !(o->equalize & HQ_EQ_CLE);
+  /* ... and with several ranks on a node one copy of each for the node, unless equalization
+   * rescales the linears in place */
+  R->lins_shared = lazy && R->node_share && !o->equalize && !R->model.h5;
   int rc = hq_model_load_block_part(&R->model, b, !lazy, bw);
   if (!rc && done) rc = hq_pipeline_load_done_block(R, b, bw);
   HQ_TRY(hq_comm_agree(R->comm, rc));
@@ -403,7 +407,7 @@ static int run_block(struct run *R, int64_t b, struct hq_block_weights *bw) {
     if (o->equalize) HQ_TRY(hq_pipeline_write_equalized(R, b, bw));
   }
   if (hq_pipeline_need_calib(o)) HQ_TRY(forward_block(R, bw));
-  hq_block_weights_free(bw);
+  hq_pipeline_block_free(R, bw);
   if (done) return HQ_OK;
   const double t = hq_now();
   rc = hq_h5_block_done(R->h5, b);
@@ -499,7 +503,7 @@ static int run_blocks(struct run *R, double t_start) {
     struct hq_block_weights bw;
     const int rc = run_block(R, b, &bw);
     R->last_block_s = hq_now() - tb;
-    hq_block_weights_free(&bw);
+    hq_pipeline_block_free(R, &bw);
     HQ_TRY(rc);
     for (int p = 0; p < PH_COUNT; p++) R->total_phase[p] += R->phase[p];
     if (R->comm->rank == 0 && !R->o->quiet) progress_line(R, b, tb, t_blocks, t_start);

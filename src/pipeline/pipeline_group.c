@@ -276,10 +276,8 @@ static int group_hessian(struct run *R, const struct unit *u, struct hq_block_we
     R->phase[PH_HESSIAN] += hq_now() - t;
     carried = R->carry_stage == (int)u->g + 1; /* the carry holds it now */
   }
-  if (carried) {
-    hq_block_dev_free(R->be, &dev);
-    release_done_groups(R, u->g, bw);
-  }
+  if (carried) hq_block_dev_free(R->be, &dev);
+  release_done_groups(R, u->g, bw); /* every rank: collective when shared */
   struct hq_hessian h;
   memset(&h, 0, sizeof h);
   rc = hq_comm_agree(R->comm, hessian_init(R, u->cols, &h, hb));
@@ -305,26 +303,66 @@ static int group_hessian(struct run *R, const struct unit *u, struct hq_block_we
   return hq_comm_agree(R->comm, rc);
 }
 
+/* Collective: linear l in a node-shared buffer (R->lins_shared), each of the node's ranks
+ * converting its share of the rows. 1 when not shared (some node had no room in /dev/shm:
+ * then every rank loads its own copy), else HQ_OK or an agreed error. */
+static int load_linear_shared(struct run *R, int64_t b, enum hq_linear l, struct hq_block_weights *bw) {
+  int64_t rows, cols;
+  hq_linear_shape(&R->model.cfg, l, &rows, &cols);
+  struct hq_node_buf *nb = &R->lin_shm[l];
+  double miss = node_buf(R, (size_t)(rows * cols) * sizeof(float), nb) ? 1.0 : 0.0;
+  hq_comm_allreduce_max_f64(R->comm, &miss, 1);
+  if (miss > 0.0) {
+    hq_comm_node_free(nb); /* room here, not elsewhere (a no-op where none was made) */
+    return 1;
+  }
+  const int64_t k = R->comm->local_rank, m = R->comm->local_size;
+  const int rc = hq_comm_agree(R->comm, hq_model_load_linear_rows(&R->model, b, l, rows * k / m,
+                                                                  rows * (k + 1) / m, nb->ptr));
+  hq_comm_node_publish(R->comm, nb);
+  if (!rc) bw->lin[l] = nb->ptr; /* hq_pipeline_block_free releases it */
+  R->lins_shared_n += !rc;
+  return rc;
+}
+
 /* Collective: the linears of group g of block b that bw lacks (a lazily loaded block). */
 static int load_group(struct run *R, int64_t b, enum hq_group g, struct hq_block_weights *bw) {
   int rc = HQ_OK;
-  for (int l = 0; l < HQ_LIN_COUNT && !rc; l++)
-    if (hq_linear_group((enum hq_linear)l) == g) rc = hq_model_load_linear(&R->model, b, (enum hq_linear)l, bw);
-  return hq_comm_agree(R->comm, rc);
+  for (int l = 0; l < HQ_LIN_COUNT && !rc; l++) {
+    if (hq_linear_group((enum hq_linear)l) != g || bw->lin[l]) continue;
+    rc = R->lins_shared ? load_linear_shared(R, b, (enum hq_linear)l, bw) : 1;
+    if (rc == 1) rc = hq_comm_agree(R->comm, hq_model_load_linear(&R->model, b, (enum hq_linear)l, bw));
+  }
+  return rc;
+}
+
+void hq_pipeline_block_free(struct run *R, struct hq_block_weights *bw) {
+  for (int l = 0; l < HQ_LIN_COUNT; l++)
+    if (R->lin_shm[l].ptr) {
+      hq_comm_node_free(&R->lin_shm[l]);
+      bw->lin[l] = NULL;
+    }
+  hq_block_weights_free(bw);
 }
 
 /* With the activations carried (host backend), once group g's input is computed neither the
  * later groups' inputs nor the block's output need the linears of the groups before g: free
  * them (at real shapes the block's fp32 copy is one of the largest buffers). Smoothing the
- * gate-up norm runs the whole block forward, so QKV and O stay until then. */
+ * gate-up norm runs the whole block forward, so QKV and O stay until then. Collective when
+ * the linears are node-shared (their release is agreed: every rank's carry must hold g's
+ * input); every rank calls it at the same points. */
 static void release_done_groups(struct run *R, enum hq_group g, struct hq_block_weights *bw) {
-  if (!R->carry_h || R->be->on_device || R->carry_stage != (int)g + 1) return;
-  if ((R->o->equalize & HQ_EQ_SMOOTH) && g < HQ_GROUP_GATEUP) return;
-  for (int l = 0; l < HQ_LIN_COUNT; l++)
-    if (hq_linear_group((enum hq_linear)l) < g) {
-      free(bw->lin[l]);
-      bw->lin[l] = NULL;
-    }
+  const int can = R->carry_h && !R->be->on_device && R->carry_stage == (int)g + 1 &&
+                  !((R->o->equalize & HQ_EQ_SMOOTH) && g < HQ_GROUP_GATEUP);
+  double no = can ? 0.0 : 1.0;
+  if (R->lins_shared) hq_comm_allreduce_max_f64(R->comm, &no, 1);
+  for (int l = 0; l < HQ_LIN_COUNT; l++) {
+    if (hq_linear_group((enum hq_linear)l) >= g) continue;
+    if (R->lin_shm[l].ptr && no == 0.0) hq_comm_node_free(&R->lin_shm[l]);
+    else if (R->lin_shm[l].ptr || !can) continue;
+    else free(bw->lin[l]);
+    bw->lin[l] = NULL;
+  }
 }
 
 /* ---- stage: the method on this rank's rows, with per-row statistics ---------------------- */
@@ -511,7 +549,12 @@ static void part_gather(struct run *R, const struct unit *u, int i, const struct
     wb[r] = (size_t)(nr * u->cols) * sizeof(float);
     sb[r] = (size_t)(nr * NSTAT) * sizeof(double);
   }
-  hq_comm_allgatherv(cm, p->W, bw->lin[l], wb);
+  if (R->lin_shm[l].ptr) { /* each rank its rows in place, the leaders the other nodes' */
+    if (wb[cm->rank]) memcpy(bw->lin[l] + u->my0[i] * u->cols, p->W, wb[cm->rank]);
+    hq_comm_node_allgatherv(cm, &R->lin_shm[l], wb);
+  } else {
+    hq_comm_allgatherv(cm, p->W, bw->lin[l], wb);
+  }
   double *all = hq_xmalloc((size_t)(u->rows[i] * NSTAT) * sizeof(double) + 1);
   hq_comm_allgatherv(cm, p->st, all, sb);
   for (int k = 0; k < NSTAT; k++) sums[k] = 0.0;

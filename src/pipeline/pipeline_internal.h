@@ -36,6 +36,10 @@ struct run {
   int node_share;           /* one Hessian and one Cholesky factor per node (host backend, more
                                than one rank on a node, HQ_NODE_SHARE not 0): pipeline_group.c */
   int shm_warned;           /* the node leader said that /dev/shm had no room */
+  int lins_shared;          /* this block's linears one copy per node (node_share, a lazily
+                               loaded host block, no equalization): pipeline_group.c */
+  struct hq_node_buf lin_shm[HQ_LIN_COUNT]; /* their node-shared buffers (ptr NULL: none) */
+  int64_t lins_shared_n;    /* linears loaded node-shared so far (the JSON summary) */
   double phase[PH_COUNT];   /* this block's seconds per phase (this rank) */
   double total_phase[PH_COUNT];
   /* what the result is a function of, agreed over the ranks */
@@ -50,6 +54,8 @@ struct run {
   int64_t first_block;      /* the first block quantized in this run */
 };
 
+/* Collective over the node: the block's weights freed (node-shared linears too). */
+void hq_pipeline_block_free(struct run *R, struct hq_block_weights *bw);
 /* the Hessian is collected for GPTQ and for --scale-from-hessian; calibration windows are
  * forwarded for those and for smoothing (activation maxima) */
 int hq_pipeline_need_hessian(const struct hq_quant_opts *o);
