@@ -157,6 +157,25 @@ void hq_comm_bcast(const struct hq_comm *c, void *buf, size_t bytes, int root) {
   bcast_on(c->comm, buf, bytes, root);
 }
 
+/* The n pieces of out (bytes[r] each, in order) broadcast over comm, piece r from root[r] (NULL:
+ * from r), in chunks, with non-blocking broadcasts issued in the same order everywhere. */
+static void bcast_pieces(MPI_Comm comm, char *out, const size_t *bytes, int n, const int *root) {
+  const size_t chunk = (size_t)hq_comm_chunk;
+  size_t nreq = 0;
+  for (int r = 0; r < n; r++) nreq += (bytes[r] + chunk - 1) / chunk;
+  MPI_Request *req = hq_xmalloc(sizeof(MPI_Request) * (nreq ? nreq : 1));
+  size_t k = 0, off = 0;
+  for (int r = 0; r < n; r++) {
+    for (size_t o = 0; o < bytes[r]; o += chunk) {
+      const size_t len = bytes[r] - o < chunk ? bytes[r] - o : chunk;
+      MPI_Ibcast(out + off + o, (int)len, MPI_BYTE, root ? root[r] : r, comm, &req[k++]);
+    }
+    off += bytes[r];
+  }
+  MPI_Waitall((int)k, req, MPI_STATUSES_IGNORE);
+  free(req);
+}
+
 /* Collective. Small case (total and every displacement fit one MPI call): one
  * MPI_Allgatherv. Large case: every rank's piece is broadcast from its owner in chunks with
  * non-blocking broadcasts, all issued in the same order on every rank, then waited for. */
@@ -185,20 +204,7 @@ void hq_comm_allgatherv(const struct hq_comm *c, const void *mine, void *all,
   }
   if (bytes[c->rank] && mine != (const void *)(out + myoff))
     memmove(out + myoff, mine, bytes[c->rank]);
-  size_t chunk = (size_t)hq_comm_chunk;
-  size_t nreq = 0;
-  for (int r = 0; r < c->size; r++) nreq += (bytes[r] + chunk - 1) / chunk;
-  MPI_Request *req = hq_xmalloc(sizeof(MPI_Request) * (nreq ? nreq : 1));
-  size_t k = 0, off = 0;
-  for (int r = 0; r < c->size; r++) {
-    for (size_t o = 0; o < bytes[r]; o += chunk) {
-      size_t n = bytes[r] - o < chunk ? bytes[r] - o : chunk;
-      MPI_Ibcast(out + off + o, (int)n, MPI_BYTE, r, c->comm, &req[k++]);
-    }
-    off += bytes[r];
-  }
-  MPI_Waitall((int)k, req, MPI_STATUSES_IGNORE);
-  free(req);
+  bcast_pieces(c->comm, out, bytes, c->size, NULL);
 }
 
 /* Collective. */
@@ -286,22 +292,7 @@ void hq_comm_node_allgatherv(const struct hq_comm *c, struct hq_node_buf *b, con
   if (nodes == 1) return;
   int *node_of = hq_xmalloc(sizeof(int) * (size_t)c->size);
   MPI_Allgather(&node, 1, MPI_INT, node_of, 1, MPI_INT, c->comm);
-  if (c->local_rank == 0) {
-    const size_t chunk = (size_t)hq_comm_chunk;
-    size_t nreq = 0;
-    for (int r = 0; r < c->size; r++) nreq += (bytes[r] + chunk - 1) / chunk;
-    MPI_Request *req = hq_xmalloc(sizeof(MPI_Request) * (nreq ? nreq : 1));
-    size_t k = 0, off = 0;
-    for (int r = 0; r < c->size; r++) {
-      for (size_t o = 0; o < bytes[r]; o += chunk) {
-        const size_t n = bytes[r] - o < chunk ? bytes[r] - o : chunk;
-        MPI_Ibcast((char *)b->ptr + off + o, (int)n, MPI_BYTE, node_of[r], c->leaders, &req[k++]);
-      }
-      off += bytes[r];
-    }
-    MPI_Waitall((int)k, req, MPI_STATUSES_IGNORE);
-    free(req);
-  }
+  if (c->local_rank == 0) bcast_pieces(c->leaders, b->ptr, bytes, c->size, node_of);
   free(node_of);
   hq_comm_node_publish(c, b); /* the other nodes' pieces written by the leader */
 }

@@ -123,6 +123,29 @@ static void test_node_buf(const struct hq_comm *c) {
   hq_comm_node_free(&z); /* so is freeing one never allocated */
 }
 
+/* hq_comm_node_allgatherv: each rank writes its piece (sizes differ, one is empty) into a
+ * node-shared buffer; afterwards every rank sees every rank's piece, on one node and with each
+ * rank its own "node" (then the leaders exchange everything). */
+static void test_node_gather(const struct hq_comm *c, const char *what) {
+  size_t *bytes = malloc(sizeof(size_t) * (size_t)c->size), total = 0, off = 0;
+  for (int r = 0; r < c->size; r++) total += bytes[r] = r == 1 ? 0 : (size_t)(1000 * (r + 1) + 7 * r);
+  for (int r = 0; r < c->rank; r++) off += bytes[r];
+  struct hq_node_buf b;
+  CHECK(hq_comm_node_alloc(c, total, &b) == HQ_OK, "node gather alloc: %s", hq_last_error());
+  for (size_t i = 0; i < bytes[c->rank]; i++) ((unsigned char *)b.ptr)[off + i] = (unsigned char)(c->rank * 31 + i);
+  hq_comm_node_allgatherv(c, &b, bytes);
+  size_t bad = 0;
+  off = 0;
+  for (int r = 0; r < c->size; r++) {
+    for (size_t i = 0; i < bytes[r]; i++) bad += ((unsigned char *)b.ptr)[off + i] != (unsigned char)(r * 31 + i);
+    off += bytes[r];
+  }
+  CHECK(bad == 0, "node gather (%s, %d node(s) of %d): rank %d sees %zu wrong bytes", what,
+        c->size / c->local_size, c->local_size, c->rank, bad);
+  hq_comm_node_free(&b);
+  free(bytes);
+}
+
 int main(int argc, char **argv) {
   struct hq_comm c;
   CHECK(hq_comm_init(&c, &argc, &argv) == HQ_OK, "init: %s", hq_last_error());
@@ -163,6 +186,17 @@ int main(int argc, char **argv) {
   }
   hq_comm_set_chunk_for_test(0);
   test_node_buf(&c);
+  test_node_gather(&c, "default chunk");
+  /* every rank its own node (the test hook), the leaders' exchange in small chunks too */
+  setenv("HQ_TEST_RANKS_PER_NODE", "1", 1);
+  struct hq_comm c3;
+  CHECK(hq_comm_init(&c3, &argc, &argv) == HQ_OK && c3.local_size == 1, "nodes of one rank");
+  unsetenv("HQ_TEST_RANKS_PER_NODE");
+  test_node_gather(&c3, "default chunk");
+  hq_comm_set_chunk_for_test(3);
+  test_node_gather(&c3, "chunk 3");
+  hq_comm_set_chunk_for_test(0);
+  hq_comm_finalize(&c3);
 
   size_t rss0 = hq_peak_rss_bytes();
   size_t big = (size_t)48 << 20;
