@@ -304,23 +304,25 @@ static int group_hessian(struct run *R, const struct unit *u, struct hq_block_we
 }
 
 /* Collective: linear l in a node-shared buffer (R->lins_shared), each of the node's ranks
- * converting its share of the rows. 1 when not shared (some node had no room in /dev/shm:
- * then every rank loads its own copy), else HQ_OK or an agreed error. */
-static int load_linear_shared(struct run *R, int64_t b, enum hq_linear l, struct hq_block_weights *bw) {
+ * converting its share of the rows; *shared 0 when some node had no room in /dev/shm (then
+ * every rank loads its own copy). HQ_OK or an agreed error. */
+static int load_linear_shared(struct run *R, int64_t b, enum hq_linear l,
+                              struct hq_block_weights *bw, int *shared) {
   int64_t rows, cols;
   hq_linear_shape(&R->model.cfg, l, &rows, &cols);
   struct hq_node_buf *nb = &R->lin_shm[l];
   double miss = node_buf(R, (size_t)(rows * cols) * sizeof(float), nb) ? 1.0 : 0.0;
   hq_comm_allreduce_max_f64(R->comm, &miss, 1);
-  if (miss > 0.0) {
+  *shared = miss == 0.0;
+  if (!*shared) {
     hq_comm_node_free(nb); /* room here, not elsewhere (a no-op where none was made) */
-    return 1;
+    return HQ_OK;
   }
   const int64_t k = R->comm->local_rank, m = R->comm->local_size;
   const int rc = hq_comm_agree(R->comm, hq_model_load_linear_rows(&R->model, b, l, rows * k / m,
                                                                   rows * (k + 1) / m, nb->ptr));
   hq_comm_node_publish(R->comm, nb);
-  if (!rc) bw->lin[l] = nb->ptr; /* hq_pipeline_block_free releases it */
+  if (!rc) bw->lin[l] = nb->ptr; /* hq_pipeline_block_free releases it (also after rc) */
   R->lins_shared_n += !rc;
   return rc;
 }
@@ -330,8 +332,10 @@ static int load_group(struct run *R, int64_t b, enum hq_group g, struct hq_block
   int rc = HQ_OK;
   for (int l = 0; l < HQ_LIN_COUNT && !rc; l++) {
     if (hq_linear_group((enum hq_linear)l) != g || bw->lin[l]) continue;
-    rc = R->lins_shared ? load_linear_shared(R, b, (enum hq_linear)l, bw) : 1;
-    if (rc == 1) rc = hq_comm_agree(R->comm, hq_model_load_linear(&R->model, b, (enum hq_linear)l, bw));
+    int shared = 0;
+    if (R->lins_shared) rc = load_linear_shared(R, b, (enum hq_linear)l, bw, &shared);
+    if (!rc && !shared)
+      rc = hq_comm_agree(R->comm, hq_model_load_linear(&R->model, b, (enum hq_linear)l, bw));
   }
   return rc;
 }

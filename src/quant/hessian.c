@@ -219,6 +219,7 @@ float *hq_hessian_finalize_in_place(struct hq_hessian *h, const struct hq_team *
   HQ_ASSERT(!h->be->on_device && h->acc && (tm->size == 1 || h->borrowed));
   const int64_t n = h->n;
   const double f = h->count ? ldexp(2.0 / (double)h->count, -h->F) : 0.0;
+  team_sync(tm); /* every member sees the sums as reduced (the leader added the other nodes') */
   lower_in_place(h->acc, n, f, tm);
   float *H = (float *)(void *)h->acc;
   team_sync(tm); /* every row's lower part written */
