@@ -29,6 +29,10 @@ struct hq_team {
   int (*bcast_int)(void *ctx, int v);
   void *ctx;
 };
+/* The team's barrier (nothing for NULL or a team of one). */
+static inline void hq_team_sync(const struct hq_team *t) {
+  if (t && t->size > 1) t->sync(t->ctx);
+}
 
 struct hq_backend {
   const char *name;   /* "cpu" or "cuda" */

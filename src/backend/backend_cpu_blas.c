@@ -168,15 +168,12 @@ static int64_t nb_of(int64_t n, int64_t t) { return n - t * HQ_NB < HQ_NB ? n - 
 
 /* The team's share of a loop: task t of a step belongs to member t % size, or as tri_owners
  * says (a function of the matrix size and the team size only); within a member OpenMP threads
- * take its tasks. Every
- * task is one fixed-shape single-threaded LAPACK/BLAS call, so who runs it changes nothing. */
+ * take its tasks. Every task is one fixed-shape single-threaded LAPACK/BLAS call, so who runs
+ * it changes nothing. */
 static const struct hq_team solo = {0, 1, NULL, NULL, NULL};
 static int mine(const struct hq_team *tm, int64_t t) { return t % tm->size == tm->rank; }
-static void team_sync(const struct hq_team *tm) {
-  if (tm->size > 1) tm->sync(tm->ctx);
-}
 static int team_info(const struct hq_team *tm, int info) { /* member 0's, after a sync */
-  team_sync(tm);
+  hq_team_sync(tm);
   return tm->size > 1 ? tm->bcast_int(tm->ctx, info) : info;
 }
 
@@ -199,7 +196,7 @@ static int chol_lower(int64_t n, float *A, int64_t lda, const struct hq_team *tm
         cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit,
                     (blasint)nb_of(n, TI), (blasint)kb, 1.0f, Akk, (blasint)lda,
                     A + TI * HQ_NB * lda + k0, (blasint)lda);
-    team_sync(tm);
+    hq_team_sync(tm);
     /* trailing update of the lower tiles: A_IJ -= L_IK L_JKᵀ */
 #pragma omp parallel for schedule(dynamic, 1) if (rest > 1)
     for (int64_t t = 0; t < rest * rest; t++) {
@@ -215,7 +212,7 @@ static int chol_lower(int64_t n, float *A, int64_t lda, const struct hq_team *tm
                     (blasint)nb_of(n, TJ), (blasint)kb, -1.0f, LI, (blasint)lda, LJ, (blasint)lda,
                     1.0f, Aij, (blasint)lda);
     }
-    team_sync(tm);
+    hq_team_sync(tm);
   }
   return 0;
 }
@@ -239,15 +236,15 @@ static void tri_panel_row(int64_t n, const float *A, int64_t lda, int64_t TK, in
 /* The members of tile rows TK+1 .. nt-1 in step TK of the inverse: row TI costs about TI - TK
  * tile products, so the largest first, each to the least loaded member (ties: the lowest). */
 static void tri_owners(int64_t nt, int64_t TK, const struct hq_team *tm, int *own) {
-  int64_t load[64] = {0};
-  const int size = tm->size < 64 ? tm->size : 64;
+  int64_t *load = hq_xcalloc((size_t)tm->size, sizeof(int64_t));
   for (int64_t TI = nt - 1; TI > TK; TI--) {
     int m = 0;
-    for (int r = 1; r < size; r++)
+    for (int r = 1; r < tm->size; r++)
       if (load[r] < load[m]) m = r;
-    own[TI] = tm->size <= 64 ? m : (int)(TI % tm->size); /* more members: round robin */
+    own[TI] = m;
     load[m] += TI - TK;
   }
+  free(load);
 }
 
 /* L (lower, non-unit) -> L⁻¹ in place, right to left by tile columns (LAPACK strtri's order):
@@ -268,7 +265,7 @@ static int tri_inverse_lower(int64_t n, float *A, int64_t lda, const struct hq_t
 #pragma omp parallel for schedule(dynamic, 1) if (rest > 1)
       for (int64_t TI = nt - 1; TI > TK; TI--) /* the largest first */
         if (own[TI] == tm->rank) tri_panel_row(n, A, lda, TK, TI, P + (TI * HQ_NB - t0) * HQ_NB);
-      team_sync(tm); /* every member has read the panel and L_KK */
+      hq_team_sync(tm); /* every member has read the panel and L_KK */
       for (int64_t TI = TK + 1; TI < nt; TI++)
         if (own[TI] == tm->rank)
           for (int64_t r = TI * HQ_NB; r < TI * HQ_NB + nb_of(n, TI); r++)
@@ -300,7 +297,7 @@ static void reverse_both(int64_t n, float *A, int64_t lda, const struct hq_team 
       q[n - 1 - j] = t;
     }
   }
-  team_sync(tm);
+  hq_team_sync(tm);
 }
 
 /* Upper Cholesky factor of H⁻¹ in 2/3 n³ flops instead of the 4/3 n³ of potrf+potri+potrf:
@@ -311,7 +308,7 @@ int hq_cpu_chol_inverse_upper_team(int64_t n, float *H, int64_t ldh, const struc
   if (n == 0) return 0;
   if (!tm) tm = &solo;
   hq_cpu_blas_init();
-  team_sync(tm); /* H complete on every member */
+  hq_team_sync(tm); /* H complete on every member */
   reverse_both(n, H, ldh, tm);
   int info = chol_lower(n, H, ldh, tm);
   if (info == 0) info = tri_inverse_lower(n, H, ldh, tm);

@@ -453,9 +453,6 @@ int hq_gptq_prepare(const struct hq_backend *be, const struct hq_gptq_opts *o, i
 
 /* ---- in place: H's own memory becomes U ---- */
 
-static void team_sync(const struct hq_team *t) {
-  if (t && t->size > 1) t->sync(t->ctx);
-}
 
 /* A <- A[perm][:, perm] in place (n x n): every member gathers the columns of its share of the
  * rows, then each cycle of perm moves its rows (row k <- row perm[k]) by one member. */
@@ -463,7 +460,7 @@ static void permute_sym_in_place(float *A, int64_t n, const int32_t *perm, const
   const int size = t ? t->size : 1, me = t ? t->rank : 0;
   const int64_t r0 = n * me / size, r1 = n * (me + 1) / size;
   if (permute_rows_f32(A + r0 * n, r1 - r0, n, perm, 0)) HQ_DIE("%s", hq_last_error());
-  team_sync(t);
+  hq_team_sync(t);
   uint8_t *seen = hq_xcalloc((size_t)n, 1);
   float *tmp = hq_xmalloc((size_t)n * sizeof(float));
   const size_t rb = (size_t)n * sizeof(float);
@@ -481,7 +478,7 @@ static void permute_sym_in_place(float *A, int64_t n, const int32_t *perm, const
   }
   free(seen);
   free(tmp);
-  team_sync(t);
+  hq_team_sync(t);
 }
 
 /* The factor's input in A's upper triangle (a member's share): the strict upper from the
@@ -491,7 +488,7 @@ static void stage_upper(float *A, int64_t n, const float *diag0, float damp, int
   const int part = t ? t->rank : 0, parts = t ? t->size : 1;
   if (restage) hq_mirror_lower(A, n, part, parts);
   for (int64_t i = part; i < n; i += parts) A[i * n + i] = diag0[i] + damp;
-  team_sync(t);
+  hq_team_sync(t);
 }
 
 int hq_gptq_prepare_in_place(const struct hq_backend *be, const struct hq_gptq_opts *o,
@@ -509,7 +506,7 @@ int hq_gptq_prepare_in_place(const struct hq_backend *be, const struct hq_gptq_o
   double mean = 0.0;
   int rc = order_columns(o, cols, H, p, diag0, &mean);
   if (!rc && o->hscale && prep_diag(be, H, p)) HQ_DIE("%s", hq_last_error()); /* tiny */
-  team_sync(team); /* every member has read H's diagonal */
+  hq_team_sync(team); /* every member has read H's diagonal */
   if (!rc && o->act_order) permute_sym_in_place(H, cols, p->perm, team);
   p->U = H;
   p->U_borrowed = 1;

@@ -178,9 +178,6 @@ static void finalize_into(struct hq_hessian *h, float *H) {
   hq_hessian_free(h);
 }
 
-static void team_sync(const struct hq_team *t) {
-  if (t->size > 1) t->sync(t->ctx);
-}
 
 /* The rows of H's lower triangle from the sums in the same memory. Row i's sums (i + 1
  * int64) lie at bytes [4 i (i + 1), 4 (i + 1) (i + 2)), its floats go to [4 i n, 4 i n +
@@ -202,7 +199,7 @@ static void lower_in_place(int64_t *acc, int64_t n, double f, const struct hq_te
       float *t = tmp + i * (i + 1) / 2 - base;
       for (int64_t j = 0; j <= i; j++) t[j] = (float)((double)col[j] * f);
     }
-    team_sync(tm); /* the chunk's sums read by all */
+    hq_team_sync(tm); /* the chunk's sums read by all */
 #pragma omp parallel for schedule(dynamic, 8) if (tot > 65536)
     for (int64_t i = i0; i < i1; i++)
       if (i % tm->size == tm->rank)
@@ -219,12 +216,12 @@ float *hq_hessian_finalize_in_place(struct hq_hessian *h, const struct hq_team *
   HQ_ASSERT(!h->be->on_device && h->acc && (tm->size == 1 || h->borrowed));
   const int64_t n = h->n;
   const double f = h->count ? ldexp(2.0 / (double)h->count, -h->F) : 0.0;
-  team_sync(tm); /* every member sees the sums as reduced (the leader added the other nodes') */
+  hq_team_sync(tm); /* every member sees the sums as reduced (the leader added other nodes) */
   lower_in_place(h->acc, n, f, tm);
   float *H = (float *)(void *)h->acc;
-  team_sync(tm); /* every row's lower part written */
+  hq_team_sync(tm); /* every row's lower part written */
   hq_mirror_lower(H, n, tm->rank, tm->size);
-  team_sync(tm);
+  hq_team_sync(tm);
   h->acc = h->host = NULL; /* the memory is the caller's now (or stays the sharer's) */
   hq_hessian_free(h);
   return H;
