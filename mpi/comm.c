@@ -23,6 +23,8 @@ void hq_comm_set_chunk_for_test(int64_t elems) {
   hq_comm_chunk = (elems <= 0 || elems > INT_MAX) ? INT_MAX : elems;
 }
 
+static void comm_setup(struct hq_comm *c);
+
 /* Collective. */
 int hq_comm_init(struct hq_comm *c, int *argc, char ***argv) {
   memset(c, 0, sizeof *c);
@@ -46,8 +48,16 @@ int hq_comm_init(struct hq_comm *c, int *argc, char ***argv) {
     }
   }
   MPI_Comm_dup(MPI_COMM_WORLD, &c->comm);
+  comm_setup(c);
+  hq_error_set_rank(c->rank);
+  return HQ_OK;
+}
+
+/* Collective over c->comm (set): rank, size, the node and leaders' communicators, host. */
+static void comm_setup(struct hq_comm *c) {
   MPI_Comm_rank(c->comm, &c->rank);
   MPI_Comm_size(c->comm, &c->size);
+  MPI_Comm_rank(MPI_COMM_WORLD, &c->world_rank);
   MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &c->node);
   MPI_Comm_rank(c->node, &c->local_rank);
   const char *k = getenv("HQ_TEST_RANKS_PER_NODE"); /* test hook: several "nodes" per host */
@@ -62,8 +72,13 @@ int hq_comm_init(struct hq_comm *c, int *argc, char ***argv) {
   MPI_Comm_split(c->comm, c->local_rank == 0 ? 0 : MPI_UNDEFINED, c->rank, &c->leaders);
   if (gethostname(c->host, sizeof c->host - 1) != 0) strcpy(c->host, "?");
   c->host[sizeof c->host - 1] = 0;
-  hq_error_set_rank(c->rank);
-  return HQ_OK;
+}
+
+/* Collective over parent. */
+void hq_comm_split(const struct hq_comm *parent, int color, struct hq_comm *out) {
+  memset(out, 0, sizeof *out);
+  MPI_Comm_split(parent->comm, color, parent->rank, &out->comm);
+  comm_setup(out);
 }
 
 /* Collective. */
@@ -71,12 +86,17 @@ void hq_comm_finalize(struct hq_comm *c) {
   int fin = 0;
   MPI_Finalized(&fin);
   if (fin) return;
+  hq_comm_free(c);
+  if (c->owns_mpi) MPI_Finalize();
+  c->owns_mpi = 0;
+}
+
+/* Collective. */
+void hq_comm_free(struct hq_comm *c) {
   if (c->leaders != MPI_COMM_NULL && c->leaders != 0) MPI_Comm_free(&c->leaders);
   if (c->node != MPI_COMM_NULL && c->node != 0) MPI_Comm_free(&c->node);
   if (c->comm != MPI_COMM_NULL && c->comm != 0) MPI_Comm_free(&c->comm);
   c->comm = c->node = c->leaders = MPI_COMM_NULL;
-  if (c->owns_mpi) MPI_Finalize();
-  c->owns_mpi = 0;
 }
 
 /* Collective. One MINLOC all-reduce when everybody passed; a broadcast of the lowest failing
@@ -87,11 +107,12 @@ int hq_comm_agree(const struct hq_comm *c, int status) {
   in.rank = c->rank;
   MPI_Allreduce(&in, &out, 1, MPI_2INT, MPI_MINLOC, c->comm);
   if (out.failed_not == 1) return HQ_OK;
-  struct { int status; char msg[1800]; } m;
+  struct { int status, world_rank; char msg[1800]; } m;
   memset(&m, 0, sizeof m);
   int root = out.rank;
   if (c->rank == root) {
     m.status = status;
+    m.world_rank = c->world_rank;
     snprintf(m.msg, sizeof m.msg, "%s", hq_last_error());
   }
   MPI_Bcast(&m, (int)sizeof m, MPI_BYTE, root, c->comm);
@@ -102,7 +123,7 @@ int hq_comm_agree(const struct hq_comm *c, int status) {
   if (sscanf(m.msg, "rank %d: %n", &r_in_msg, &consumed) == 1 && consumed > 0)
     hq_fail(m.status, "%s", m.msg);
   else
-    hq_fail(m.status, "rank %d: %s", root, m.msg);
+    hq_fail(m.status, "rank %d: %s", m.world_rank, m.msg);
   return m.status;
 }
 

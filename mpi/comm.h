@@ -12,6 +12,7 @@
 struct hq_comm {
   MPI_Comm comm;      /* duplicate of MPI_COMM_WORLD */
   int rank, size;
+  int world_rank;     /* rank in MPI_COMM_WORLD (error messages name it) */
   MPI_Comm node;      /* the ranks of this node (MPI_Comm_split_type SHARED), in rank order */
   int local_rank;     /* rank among the ranks of this node (-> GPU index); 0: the node leader */
   int local_size;
@@ -27,10 +28,17 @@ struct hq_comm {
 int hq_comm_init(struct hq_comm *c, int *argc, char ***argv);
 /* Collective. Frees the communicator; MPI_Finalize if hq_comm_init initialised MPI. */
 void hq_comm_finalize(struct hq_comm *c);
+/* Collective over parent. The ranks of parent that pass the same color, in parent's rank
+ * order, as a communicator of their own with its node and leaders' communicators (the
+ * HQ_TEST_RANKS_PER_NODE hook applies). Free with hq_comm_free. */
+void hq_comm_split(const struct hq_comm *parent, int color, struct hq_comm *out);
+/* Collective. Frees the communicators of c (not MPI itself). */
+void hq_comm_free(struct hq_comm *c);
 
 /* Collective. Agree on failure before the next collective so that nobody hangs: returns HQ_OK
  * if every rank passed HQ_OK; otherwise every rank returns the status of the lowest failing
- * rank, and hq_last_error() on every rank holds "rank R: <its message>". */
+ * rank, and hq_last_error() on every rank holds "rank R: <its message>" (R: its rank in
+ * MPI_COMM_WORLD). */
 int hq_comm_agree(const struct hq_comm *c, int status);
 
 /* Collective. In-place sum over ranks of host buffers. */

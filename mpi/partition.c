@@ -12,6 +12,7 @@
  * the Cholesky of H is done by every rank and is not counted in cost[][]. */
 #include "partition.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -82,4 +83,68 @@ void hq_plan_free(struct hq_plan *p) {
   for (int l = 0; l < HQ_LIN_COUNT; l++) free(p->rows[l]);
   for (int g = 0; g < HQ_GROUP_COUNT; g++) free(p->cost[g]);
   memset(p, 0, sizeof *p);
+}
+
+/* Not collective. */
+int hq_plan_window_owner(int64_t nwindows, int nranks, int64_t w) {
+  int r = (int)(w * nranks / (nwindows > 0 ? nwindows : 1)); /* near it; then step */
+  if (r >= nranks) r = nranks - 1;
+  while (r > 0 && split_begin(nwindows, nranks, r) > w) r--;
+  while (r + 1 < nranks && split_begin(nwindows, nranks, r + 1) <= w) r++;
+  return r;
+}
+
+/* A block's cost for the block-group cut: GPTQ's rows x cols² of its linears (the forward
+ * and the Hessian scale with the same shapes). Every block of a dense model costs the same. */
+static double block_cost(const struct hq_model_config *c, int64_t b) {
+  (void)b;
+  double w = 0.0;
+  for (int l = 0; l < HQ_LIN_COUNT; l++) {
+    int64_t rows, cols;
+    hq_linear_shape(c, (enum hq_linear)l, &rows, &cols);
+    w += (double)rows * (double)cols * (double)cols;
+  }
+  return w;
+}
+
+/* Not collective. */
+int hq_block_groups_make(const struct hq_model_config *c, int nranks, int G,
+                         struct hq_block_groups *bg) {
+  memset(bg, 0, sizeof *bg);
+  const int64_t L = c->n_layers;
+  if (G < 1 || G > nranks || G > L)
+    return hq_fail(HQ_ERR_INPUT, "--block-groups %d must be between 1 and the number of ranks "
+                   "(%d) and of blocks (%lld); 1 (the default) quantizes the blocks one after "
+                   "another with all ranks", G, nranks, (long long)L);
+  bg->G = G;
+  bg->rank0 = hq_xmalloc((size_t)(G + 1) * sizeof(int));
+  bg->block0 = hq_xmalloc((size_t)(G + 1) * sizeof(int64_t));
+  double *cum = hq_xmalloc((size_t)(L + 1) * sizeof(double));
+  cum[0] = 0.0;
+  for (int64_t b = 0; b < L; b++) cum[b + 1] = cum[b] + block_cost(c, b);
+  for (int k = 0; k <= G; k++) bg->rank0[k] = (int)split_begin(nranks, G, k);
+  bg->block0[0] = 0;
+  for (int k = 1; k < G; k++) {
+    const double want = cum[L] * (double)k / (double)G;
+    int64_t b = bg->block0[k - 1] + 1; /* the cut nearest `want`, one block at least each */
+    while (b < L - (G - k) && fabs(cum[b + 1] - want) < fabs(cum[b] - want)) b++;
+    bg->block0[k] = b;
+  }
+  bg->block0[G] = L;
+  free(cum);
+  return HQ_OK;
+}
+
+/* Not collective. */
+void hq_block_groups_free(struct hq_block_groups *bg) {
+  free(bg->rank0);
+  free(bg->block0);
+  memset(bg, 0, sizeof *bg);
+}
+
+/* Not collective. */
+int hq_block_group_of(const struct hq_block_groups *bg, int rank) {
+  int k = 0;
+  while (k + 1 < bg->G && bg->rank0[k + 1] <= rank) k++;
+  return k;
 }

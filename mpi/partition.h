@@ -29,5 +29,25 @@ int hq_plan_make(const struct hq_model_config *c, int nranks, struct hq_plan *p)
 void hq_plan_free(struct hq_plan *p);
 /* Windows [begin, end) of `nwindows` owned by `rank` (contiguous, sizes differ by <= 1). */
 struct hq_row_range hq_plan_windows(int64_t nwindows, int nranks, int rank);
+/* The rank of `nranks` that owns window w under hq_plan_windows. */
+int hq_plan_window_owner(int64_t nwindows, int nranks, int64_t w);
+
+/* Block groups (--block-groups G, DESIGN.md "Parallel decomposition"): group k is the ranks
+ * [rank0[k], rank0[k+1]) (contiguous, sizes differ by <= 1) and owns the blocks
+ * [block0[k], block0[k+1]) (contiguous, at least one each), cut where the cumulative cost of
+ * the blocks is nearest k/G of the whole. The blocks' cut depends on the config and G only,
+ * not on the rank count: the result is a function of G alone (a group with a rank less than
+ * another then simply takes longer). */
+struct hq_block_groups {
+  int G;
+  int *rank0;      /* [G+1] */
+  int64_t *block0; /* [G+1] */
+};
+/* HQ_ERR_INPUT with a hint when G < 1, G > nranks or G > the number of blocks. */
+int hq_block_groups_make(const struct hq_model_config *c, int nranks, int G,
+                         struct hq_block_groups *bg);
+void hq_block_groups_free(struct hq_block_groups *bg);
+/* the group of rank r */
+int hq_block_group_of(const struct hq_block_groups *bg, int rank);
 
 #endif

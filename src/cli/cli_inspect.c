@@ -98,6 +98,7 @@ struct inspect_file {
   char *settings, *method;
   char **names;
   int64_t n;
+  int64_t *gb, ngb; /* block_group_first_block [G + 1] (--block-groups > 1), else NULL */
 };
 
 /* Frees and closes what file_open and file_read got (also after a failure). */
@@ -106,6 +107,7 @@ static void file_close(struct inspect_file *f) {
   hq_h5_state_free(&f->st);
   free(f->settings);
   free(f->method);
+  free(f->gb);
   hq_h5_close(f->h);
 }
 
@@ -121,6 +123,8 @@ static int file_read(struct inspect_file *f) {
   int rc = hq_h5_status(f->h, &f->st);
   opt_str(f->h, "settings_json", &f->settings, &rc);
   opt_str(f->h, "method", &f->method, &rc);
+  if (!rc && hq_h5_attr_exists(f->h, "/", "block_group_first_block"))
+    rc = hq_h5_attr_get_i64_array(f->h, "/", "block_group_first_block", &f->gb, &f->ngb);
   if (!rc) rc = hq_h5_list_linears(f->h, &f->names, &f->n);
   for (int64_t i = 0; i < f->n && !rc; i++) {
     struct hq_h5_linear_desc d;
@@ -129,19 +133,30 @@ static int file_read(struct inspect_file *f) {
   return rc;
 }
 
+/* "block groups: G (blocks 1-3, 4-6)" when the run had several */
+static void print_groups(const struct inspect_file *f) {
+  if (!f->gb || f->ngb < 3) return;
+  printf("block groups: %lld (blocks", (long long)(f->ngb - 1));
+  for (int64_t k = 0; k + 1 < f->ngb; k++)
+    printf("%s %lld-%lld", k ? "," : "", (long long)f->gb[k] + 1, (long long)f->gb[k + 1]);
+  printf("), each group's first block quantized from full-precision inputs\n");
+}
+
 /* The run's state and settings, then the table header (text) or the opening of "linears". */
 static void print_header(const char *path, const struct inspect_file *f, int json) {
   const struct hq_h5_state *st = &f->st;
   if (json) {
-    printf("{\"file\": \"%s\", \"complete\": %s, \"blocks_done\": %lld, \"n_blocks\": %lld, \"settings\": %s, \"linears\": [",
-           path, st->complete ? "true" : "false", (long long)st->blocks_done, (long long)st->n_blocks,
-           f->settings ? f->settings : "null");
+    printf("{\"file\": \"%s\", \"complete\": %s, \"blocks_done\": %lld, \"n_blocks\": %lld, "
+           "\"block_groups\": %lld, \"settings\": %s, \"linears\": [", path,
+           st->complete ? "true" : "false", (long long)st->flags_set, (long long)st->n_blocks,
+           (long long)(f->gb ? f->ngb - 1 : 1), f->settings ? f->settings : "null");
     return;
   }
-  printf("%s: %s, %lld of %lld blocks%s\nsettings: %s\n\n", path, f->method ? f->method : "?",
-         (long long)st->blocks_done, (long long)st->n_blocks,
-         st->complete ? " (complete)" : " (INCOMPLETE: resume with --resume)",
-         f->settings ? f->settings : "?");
+  printf("%s: %s, %lld of %lld blocks%s\n", path, f->method ? f->method : "?",
+         (long long)st->flags_set, (long long)st->n_blocks,
+         st->complete ? " (complete)" : " (INCOMPLETE: resume with --resume)");
+  print_groups(f);
+  printf("settings: %s\n\n", f->settings ? f->settings : "?");
   printf("%-36s %11s %4s %5s %12s %12s %7s %10s %8s %8s %s\n", "linear", "shape", "bits", "group",
          "loss_gptq", "loss_rtn", "ratio", "damp", "chol_s", "gptq_s", "owner rows");
 }

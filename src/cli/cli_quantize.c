@@ -38,6 +38,11 @@ static void usage(FILE *f) {
           "                      when they take at most M MiB per rank (default 4096), so\n"
           "                      each group's input is computed once; 0: recompute them\n"
           "                      from the block input (same results, ~2x forward time)\n"
+          "  --block-groups G    split the ranks into G groups that quantize their own\n"
+          "                      contiguous ranges of blocks at the same time, each group's\n"
+          "                      first block from full-precision inputs (default 1: every\n"
+          "                      block from the quantized blocks before it; docs/readme/\n"
+          "                      block-groups.md)\n"
           "  --backend B         cpu (default), cuda or auto\n"
           "  --hqq-scale         hqq: also optimise the scale (default: zero point only)\n"
           "  --hqq-iters N       hqq: iterations (default 20, early stop)\n"
@@ -113,6 +118,7 @@ static int parse(int argc, char **argv, struct hq_quant_opts *o, int *gs_given) 
       HQ_ARG_INT("--block-size", &o->g.block_size, 1, 1 << 16),
       HQ_ARG_I64("--batch", &o->batch, 1, 1 << 20),
       HQ_ARG_I64("--keep-activations-mib", &o->keep_act_mib, 0, 1LL << 40),
+      HQ_ARG_INT("--block-groups", &o->block_groups, 1, 1 << 20),
       HQ_ARG_FLAG("--sym", &o->g.sym),
       HQ_ARG_FLAG("--mse", &o->g.mse),
       HQ_ARG_FLAG("--act-order", &o->g.act_order),

@@ -118,7 +118,12 @@ int hq_quant_preflight(const struct hq_quant_opts *o, int nranks, int *usage) {
   *usage = 1;
   HQ_TRY(check_out_path(o->out_path, "--out"));
   HQ_TRY(check_out_path(o->json_summary, "--json-summary"));
-  if (needs_calib(o)) HQ_TRY(check_windows(o, nranks));
+  if (o->block_groups > nranks)
+    return hq_fail(HQ_ERR_INPUT, "--block-groups %d needs at least %d ranks (one per group), this "
+                   "run has %d: start more ranks (mpirun -np %d) or use fewer groups",
+                   o->block_groups, o->block_groups, nranks, o->block_groups);
+  /* the windows are split over the ranks of a group: the largest has this many */
+  if (needs_calib(o)) HQ_TRY(check_windows(o, (nranks + o->block_groups - 1) / o->block_groups));
   *usage = 0;
   HQ_TRY(hq_out_lock_busy(o->out_path));
   struct stat sb;

@@ -1331,6 +1331,11 @@ static int flush(struct hq_h5 *h) {
   return agree(h, rc);
 }
 
+/* Not collective. */
+int hq_h5_block_is_done(const struct hq_h5 *h, int64_t b) {
+  return h && h->flags && b >= 0 && b < h->nflags && h->flags[b] != 0;
+}
+
 /* Collective. */
 int hq_h5_block_done(struct hq_h5 *h, int64_t b) {
   HQ_TRY(need_writable(h, "block_done"));

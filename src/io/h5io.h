@@ -121,6 +121,9 @@ int hq_h5_progress_init(struct hq_h5 *h, int64_t n_blocks);
 /* Collective. Mark block b done (after ALL its data is written) and flush the file to disk, so
  * that a run killed later resumes after block b. */
 int hq_h5_block_done(struct hq_h5 *h, int64_t b);
+/* Not collective. 1 when block b is marked done on this writable handle (the flags read at
+ * hq_h5_open_rw or set since), else 0. */
+int hq_h5_block_is_done(const struct hq_h5 *h, int64_t b);
 /* Collective. Check every block is marked, then write the root attribute complete = 1 and flush.
  * Only a file with complete = 1 is a finished result. */
 int hq_h5_complete(struct hq_h5 *h);

@@ -62,6 +62,7 @@ void hq_quant_opts_default(struct hq_quant_opts *o) {
   o->equalize = HQ_EQ_NONE;
   o->smooth_alpha = 0.5f;
   o->scale_from_hessian = 0;
+  o->block_groups = 1;
 }
 
 int64_t hq_pipeline_ws_floats_per_token(const struct hq_model_config *c) {
@@ -155,9 +156,11 @@ static void forward_output(struct run *R, const struct hq_block_dev *dev) {
   R->be->sync();
 }
 
-/* rank 0 writes it; phases_max: the largest time of each phase over the ranks (imbalance) */
-static void write_summary(struct run *R, double total, size_t rss_max, const double *phase_max) {
-  if (!R->o->json_summary || R->comm->rank != 0) return;
+/* rank 0 writes it; phases_max: the largest time of each phase over the ranks (imbalance);
+ * idle[G]: each block group's longest wait for its full-precision inputs */
+static void write_summary(struct run *R, double total, size_t rss_max, const double *phase_max,
+                          const double *idle) {
+  if (!R->o->json_summary || R->world->rank != 0) return;
   FILE *f = fopen(R->o->json_summary, "w");
   if (!f) {
     fprintf(stderr, "hpcq quantize: warning: cannot write %s\n", R->o->json_summary);
@@ -165,11 +168,14 @@ static void write_summary(struct run *R, double total, size_t rss_max, const dou
   }
   fprintf(f, "{\"ranks\": %d, \"method\": \"%s\", \"bits\": %d, \"group_size\": %lld, \"nsamples\": %lld, "
              "\"seqlen\": %lld, \"seconds\": %.6f, \"peak_rss_bytes_max\": %zu, \"node_share\": %s, "
-             "\"shared_linears\": %lld, \"keep_activations\": %s, \"phases\": {",
-          R->comm->size, hq_method_name(R->o->method), R->o->g.bits, (long long)R->o->g.group_size,
+             "\"shared_linears\": %lld, \"keep_activations\": %s, \"block_groups\": %d, "
+             "\"fp_chain_seconds\": %.6f, \"fp_chain_idle_seconds\": [",
+          R->world->size, hq_method_name(R->o->method), R->o->g.bits, (long long)R->o->g.group_size,
           (long long)R->o->nsamples, (long long)R->seqlen, total, rss_max,
           R->node_share ? "true" : "false", (long long)R->lins_shared_n,
-          R->carry_h ? "true" : "false");
+          R->carry_h ? "true" : "false", R->bg.G, R->chain_s);
+  for (int k = 0; k < R->bg.G; k++) fprintf(f, "%s%.6f", k ? ", " : "", idle[k]);
+  fprintf(f, "], \"phases\": {");
   for (int p = 0; p < PH_COUNT; p++)
     fprintf(f, "%s\"%s\": %.6f", p ? ", " : "", hq_phase_names[p], R->total_phase[p]);
   fprintf(f, "}, \"phases_max\": {");
@@ -200,9 +206,13 @@ static int check_options(const struct run *R) {
     return hq_fail(HQ_ERR_INPUT, "%s needs calibration tokens: --calib FILE (raw int32 token ids "
                    "made with the model's tokenizer)", o->method == HQ_METHOD_GPTQ ? "GPTQ"
                    : o->scale_from_hessian ? "--scale-from-hessian" : "--equalize smooth");
-  if (hq_pipeline_need_calib(o) && o->nsamples < R->comm->size)
-    return hq_fail(HQ_ERR_INPUT, "--nsamples %lld is smaller than the %d ranks: every rank needs "
-                   "at least one calibration window", (long long)o->nsamples, R->comm->size);
+  if (o->block_groups < 1)
+    return hq_fail(HQ_ERR_INPUT, "--block-groups must be 1 or more (got %d)", o->block_groups);
+  const int per = (R->comm->size + o->block_groups - 1) / o->block_groups; /* largest group */
+  if (hq_pipeline_need_calib(o) && o->nsamples < per)
+    return hq_fail(HQ_ERR_INPUT, "--nsamples %lld is smaller than the %d ranks%s: every rank needs "
+                   "at least one calibration window", (long long)o->nsamples, per,
+                   o->block_groups > 1 ? " of a block group" : "");
   return HQ_OK;
 }
 
@@ -254,13 +264,30 @@ static int open_inputs(struct run *R, struct hq_tokens *tok) {
   const struct hq_model_config *c = &R->model.cfg;
   rc = hq_gptq_opts_check(&o->g, c->hidden);
   R->seqlen = o->seqlen > c->max_pos ? c->max_pos : o->seqlen;
-  if (!rc && R->comm->rank == 0 && !o->quiet && R->seqlen < o->seqlen)
+  if (!rc && R->world->rank == 0 && !o->quiet && R->seqlen < o->seqlen)
     fprintf(stderr, "hpcq quantize: --seqlen %lld capped to the model's max_position_embeddings %lld\n",
             (long long)o->seqlen, (long long)R->seqlen);
   if (!rc && hq_pipeline_need_calib(o)) rc = load_calibration(R, tok);
-  if (!rc) rc = plan_work(R);
   if (!rc) R->model_id = hq_model_fingerprint(&R->model, o->model_dir);
-  HQ_TRY(hq_comm_agree(R->comm, rc));
+  return hq_comm_agree(R->comm, rc);
+}
+
+/* Collective: the block groups (R->comm becomes this rank's group), the work plan for the
+ * group's size, node sharing inside the group; the step loop's bounds. */
+static int open_groups(struct run *R) {
+  int rc = hq_block_groups_make(&R->model.cfg, R->world->size, R->o->block_groups, &R->bg);
+  HQ_TRY(hq_comm_agree(R->world, rc));
+  R->group = hq_block_group_of(&R->bg, R->world->rank);
+  R->b0 = R->bg.block0[R->group];
+  R->b1 = R->bg.block0[R->group + 1];
+  for (int k = 0; k < R->bg.G; k++)
+    if (R->bg.block0[k + 1] - R->bg.block0[k] > R->nsteps) R->nsteps = R->bg.block0[k + 1] - R->bg.block0[k];
+  R->step_blocks = hq_xmalloc((size_t)R->bg.G * sizeof(int64_t));
+  if (R->bg.G > 1) {
+    hq_comm_split(R->world, R->group, &R->gcomm);
+    R->comm = &R->gcomm;
+  }
+  HQ_TRY(hq_comm_agree(R->world, plan_work(R)));
   R->node_share = node_share_wanted(R);
   return HQ_OK;
 }
@@ -269,16 +296,16 @@ static int open_inputs(struct run *R, struct hq_tokens *tok) {
  * copy must not mix into the result). */
 static int inputs_agree(struct run *R) {
   uint64_t root[2] = {R->model_id, R->calib_id};
-  hq_comm_bcast(R->comm, root, sizeof root, 0);
+  hq_comm_bcast(R->world, root, sizeof root, 0);
   int rc = HQ_OK;
   if (root[0] != R->model_id || root[1] != R->calib_id)
     rc = hq_fail(HQ_ERR_INPUT, "rank %d (host %s) reads another %s than rank 0 (fingerprint %016llx, "
                  "rank 0: %016llx): a node-local copy that differs? Put the inputs on a file system "
-                 "all ranks share, or make every copy identical", R->comm->rank, R->comm->host,
+                 "all ranks share, or make every copy identical", R->world->rank, R->world->host,
                  root[0] != R->model_id ? "model" : "calibration file",
                  (unsigned long long)(root[0] != R->model_id ? R->model_id : R->calib_id),
                  (unsigned long long)(root[0] != R->model_id ? root[0] : root[1]));
-  return hq_comm_agree(R->comm, rc);
+  return hq_comm_agree(R->world, rc);
 }
 
 /* The activations kept between a block's groups when they fit o->keep_act_mib (and memory);
@@ -289,7 +316,7 @@ static void carry_alloc(struct run *R) {
   const int64_t mid = qd > c->intermediate ? qd : c->intermediate;
   const double mib = (double)(ntok * (c->hidden + mid)) * 4.0 / 1048576.0;
   const char *why = NULL;
-  int say = R->comm->rank == 0; /* over budget: the same on every rank */
+  int say = R->world->rank == 0; /* over budget: the same on every rank */
   if (ntok == 0) return;
   if (mib > (double)R->o->keep_act_mib) why = "over --keep-activations-mib";
   else if (!(R->carry_h = R->be->alloc((size_t)(ntok * c->hidden) * sizeof(float))) ||
@@ -302,11 +329,12 @@ static void carry_alloc(struct run *R) {
   if (why && say && !R->o->quiet && R->o->keep_act_mib > 0)
     fprintf(stderr, "hpcq quantize: note (rank %d): the activations between a block's groups "
             "(%.0f MiB) are not kept (%s), so each group's input is recomputed from the block "
-            "input (same results, more forward time)\n", R->comm->rank, mib, why);
+            "input (same results, more forward time)\n", R->world->rank, mib, why);
 }
 
-/* Collective: this rank's share of the calibration windows (same sample on every rank),
- * embedded; the rope table and the forward workspace. */
+/* Collective: this rank's share of its block group's calibration windows (same sample on
+ * every rank), embedded in the first group (the others receive their inputs from the group
+ * before: hq_pipeline_fp_chain); the rope table and the forward workspace. */
 static int setup_calibration(struct run *R, const struct hq_tokens *tok) {
   const struct hq_quant_opts *o = R->o;
   const struct hq_model_config *c = &R->model.cfg;
@@ -324,13 +352,13 @@ static int setup_calibration(struct run *R, const struct hq_tokens *tok) {
   if (!rc && !(R->x = R->be->alloc((size_t)(ntok ? ntok : 1) * (size_t)c->hidden * sizeof(float))))
     rc = hq_fail(HQ_ERR_NOMEM, "cannot allocate activations of %lld tokens x %lld; use more ranks "
                  "or fewer --nsamples", (long long)ntok, (long long)c->hidden);
-  if (!rc) rc = hq_forward_embed_rows(R->be, &R->model, R->ids, ntok, R->x);
+  if (!rc && R->group == 0) rc = hq_forward_embed_rows(R->be, &R->model, R->ids, ntok, R->x);
   if (!rc) rc = hq_rope_table_init(&R->rope, R->be, c, R->seqlen);
   if (!rc && !(R->ws = hq_fwd_ws_new(R->be, c, R->batch * R->seqlen)))
     rc = hq_fail(HQ_ERR_NOMEM, "cannot allocate the forward workspace; try --batch 1");
   if (!rc) rc = hq_fwd_ws_set_act_bits(R->ws, o->act_bits);
   if (!rc && hq_pipeline_need_hessian(o)) carry_alloc(R);
-  return hq_comm_agree(R->comm, rc);
+  return hq_comm_agree(R->world, rc);
 }
 
 /* Collective: the windows through block b (its quantized weights) to the next block's input */
@@ -368,14 +396,14 @@ static double block_fraction(const struct hq_model_config *c, enum hq_group g) {
 /* Rank 0: a line per input group while blocks take longer than 30 s (the first block's
  * groups from the moment it passes 30 s), with the time so far and an updated ETA */
 static void group_line(struct run *R, int64_t b, enum hq_group g) {
-  if (R->comm->rank != 0 || R->o->quiet) return;
+  if (R->world->rank != 0 || R->o->quiet) return;
   static const char *const gn[HQ_GROUP_COUNT] = {"qkv", "o", "gate-up", "down"};
   const double now = hq_now(), in_block = now - R->t_block;
   if (in_block < 30.0 && R->last_block_s < 30.0) return;
-  const int64_t L = R->model.cfg.n_layers;
-  const double done = (double)(b - R->first_block) + block_fraction(&R->model.cfg, g);
+  const int64_t L = R->model.cfg.n_layers, s = b - R->b0;
+  const double done = (double)(s - R->first_step) + block_fraction(&R->model.cfg, g);
   char eta[32], els[32];
-  hq_format_duration((now - R->t_blocks) / done * ((double)(L - R->first_block) - done), eta, sizeof eta);
+  hq_format_duration((now - R->t_blocks) / done * ((double)(R->nsteps - R->first_step) - done), eta, sizeof eta);
   hq_format_duration(in_block, els, sizeof els);
   const double *p = R->phase;
   fprintf(stderr, "block %lld/%lld %-7s done, %s into the block | hess %.1f allred %.1f chol %.1f "
@@ -383,63 +411,131 @@ static void group_line(struct run *R, int64_t b, enum hq_group g) {
           p[PH_HESSIAN], p[PH_ALLREDUCE], p[PH_CHOL], p[PH_GPTQ], p[PH_STATS], eta);
 }
 
-/* Collective: block b quantized (or, when already done, replayed from the file), its output
- * forwarded when the next block needs calibration inputs, marked done. */
-static int run_block(struct run *R, int64_t b, struct hq_block_weights *bw) {
-  const struct hq_quant_opts *o = R->o;
-  const int done = b < R->start_block;
-  R->carry_stage = 0;
-  /* a block to quantize on the host: each group's linears converted when the group starts
-   * (hq_pipeline_group), unless cross-layer equalization needs them all first */
-  const int lazy = !done && !R->be->on_device && !(o->equalize & HQ_EQ_CLE);
-  /* ... and with several ranks on a node one copy of each for the node, unless equalization
-   * rescales the linears in place */
-  R->lins_shared = lazy && R->node_share && !o->equalize && !R->model.h5;
-  int rc = hq_model_load_block_part(&R->model, b, !lazy, bw);
-  if (!rc && done) rc = hq_pipeline_load_done_block(R, b, bw);
-  HQ_TRY(hq_comm_agree(R->comm, rc));
-  if (!done) {
-    if (o->equalize & HQ_EQ_CLE) hq_equalize_cle(&R->model.cfg, bw); /* data-free, FP weights */
-    for (int g = 0; g < HQ_GROUP_COUNT; g++) {
-      HQ_TRY(hq_pipeline_group(R, b, (enum hq_group)g, bw));
-      group_line(R, b, (enum hq_group)g);
-    }
-    if (o->equalize) HQ_TRY(hq_pipeline_write_equalized(R, b, bw));
-  }
-  if (hq_pipeline_need_calib(o)) HQ_TRY(forward_block(R, bw));
-  hq_pipeline_block_free(R, bw);
-  if (done) return HQ_OK;
+/* Collective over R->world; agrees a status of R->comm's ranks over all block groups (the
+ * same thing when G = 1) */
+static int world_agree(const struct run *R, int rc) {
+  return R->bg.G > 1 ? hq_comm_agree(R->world, rc) : rc;
+}
+
+/* Collective over R->world: every block of this step that its group quantizes is marked done
+ * (and flushed): the next run resumes after it. */
+static int steps_done(struct run *R) {
   const double t = hq_now();
-  rc = hq_h5_block_done(R->h5, b);
+  int rc = HQ_OK;
+  for (int k = 0; k < R->bg.G && !rc; k++)
+    if (R->step_blocks[k] >= 0) rc = hq_h5_block_done(R->h5, R->step_blocks[k]);
   R->phase[PH_WRITE] += hq_now() - t;
   return rc;
 }
 
-/* Rank 0: one line per block with its phase times and an ETA */
-static void progress_line(const struct run *R, int64_t b, double tb, double t_blocks, double t_start) {
-  const int64_t L = R->model.cfg.n_layers;
-  const int64_t skipped = hq_pipeline_need_calib(R->o) ? 0 : R->start_block; /* not replayed */
-  const double per = (hq_now() - t_blocks) / (double)(b + 1 - skipped);
-  char eta[32], els[32];
-  hq_format_duration(per * (double)(L - b - 1), eta, sizeof eta);
-  hq_format_duration(hq_now() - t_start, els, sizeof els);
-  const double *p = R->phase;
-  fprintf(stderr, "block %lld/%lld %s %5.2f s | fwd %.2f hess %.2f allred %.3f chol %.2f gptq %.2f "
-          "stats %.2f gather %.3f write %.3f | elapsed %s, ETA %s\n", (long long)(b + 1),
-          (long long)L, b < R->start_block ? "(replayed)" : "", hq_now() - tb, p[PH_FORWARD],
-          p[PH_HESSIAN], p[PH_ALLREDUCE], p[PH_CHOL], p[PH_GPTQ], p[PH_STATS], p[PH_GATHER],
-          p[PH_WRITE], els, eta);
+/* Collective over R->world: block b of this rank's group quantized (or, when already done,
+ * replayed from the file), its output forwarded when the next block needs calibration inputs;
+ * b = -1: nothing for this group at this step, it writes the other groups' blocks with them. */
+static int run_block(struct run *R, int64_t b, struct hq_block_weights *bw) {
+  const struct hq_quant_opts *o = R->o;
+  const int done = b >= 0 && b < R->start_block, quant = b >= 0 && !done;
+  R->carry_stage = 0;
+  memset(bw, 0, sizeof *bw);
+  int rc = HQ_OK;
+  if (b >= 0) {
+    /* a block to quantize on the host: each group's linears converted when the group starts
+     * (hq_pipeline_group), unless cross-layer equalization needs them all first */
+    const int lazy = !done && !R->be->on_device && !(o->equalize & HQ_EQ_CLE);
+    /* ... and with several ranks on a node one copy of each for the node, unless equalization
+     * rescales the linears in place */
+    R->lins_shared = lazy && R->node_share && !o->equalize && !R->model.h5;
+    rc = hq_model_load_block_part(&R->model, b, !lazy, bw);
+    if (!rc && done) rc = hq_pipeline_load_done_block(R, b, bw);
+    rc = hq_comm_agree(R->comm, rc);
+  }
+  HQ_TRY(world_agree(R, rc));
+  if (quant && (o->equalize & HQ_EQ_CLE)) hq_equalize_cle(&R->model.cfg, bw); /* data-free */
+  for (int g = 0; g < HQ_GROUP_COUNT; g++) {
+    HQ_TRY(hq_pipeline_group(R, quant ? b : -1, (enum hq_group)g, bw));
+    if (quant) group_line(R, b, (enum hq_group)g);
+  }
+  if (o->equalize) HQ_TRY(hq_pipeline_write_equalized(R, bw));
+  if (b >= 0 && hq_pipeline_need_calib(o)) rc = forward_block(R, bw);
+  HQ_TRY(world_agree(R, rc));
+  hq_pipeline_block_free(R, bw);
+  return steps_done(R);
 }
 
-/* Collective: a stop request (SIGTERM from Slurm, Ctrl-C) is honoured at a block boundary */
-static int stop_requested(const struct run *R, int64_t b) {
-  double stop = hq_stop_requested ? 1.0 : 0.0;
-  hq_comm_allreduce_max_f64(R->comm, &stop, 1);
+/* Collective over R->world: which block each group quantizes at this step (step_blocks),
+ * whether any group works at all (returns 1), and, for the progress lines, each group's block
+ * (b: this group's, quantized or replayed) */
+static int step_begin(struct run *R, int64_t b) {
+  const int G = R->bg.G;
+  const int quant = b >= 0 && b >= R->start_block;
+  if (G == 1) {
+    R->step_blocks[0] = quant ? b : -1;
+    return b >= 0;
+  }
+  double *v = hq_xmalloc((size_t)(2 * G) * sizeof(double));
+  for (int k = 0; k < 2 * G; k++) v[k] = -1.0;
+  v[R->group] = quant ? (double)b : -1.0;
+  v[G + R->group] = (double)b;
+  hq_comm_allreduce_max_f64(R->world, v, 2 * G);
+  int any = 0;
+  for (int k = 0; k < G; k++) {
+    R->step_blocks[k] = (int64_t)v[k];
+    any |= v[G + k] >= 0.0;
+  }
+  free(v);
+  return any;
+}
+
+enum { REP_BLOCK, REP_SECONDS, REP_REPLAYED, REP_PHASES, REP_N = REP_PHASES + PH_COUNT };
+
+/* Rank 0: one line per block of step s with its phase times and an ETA; rep[k]: group k's
+ * block (+1; 0: none), seconds, replayed, phases */
+static void progress_lines(const struct run *R, int64_t s, const double *rep, double t_start) {
   const int64_t L = R->model.cfg.n_layers;
-  if (stop > 0 && b + 1 < L)
-    return hq_fail(HQ_ERR_INTERRUPTED, "stopped by a signal after block %lld of %lld; %s is "
-                   "resumable: rerun the same command with --resume", (long long)(b + 1),
-                   (long long)L, R->o->out_path);
+  const double per = (hq_now() - R->t_blocks) / (double)(s + 1 - R->first_step);
+  char eta[32], els[32];
+  hq_format_duration(per * (double)(R->nsteps - s - 1), eta, sizeof eta);
+  hq_format_duration(hq_now() - t_start, els, sizeof els);
+  for (int k = 0; k < R->bg.G; k++) {
+    const double *q = rep + k * REP_N, *p = q + REP_PHASES;
+    if (q[REP_BLOCK] < 1.0) continue;
+    char grp[32] = "";
+    if (R->bg.G > 1) snprintf(grp, sizeof grp, " [group %d]", k);
+    fprintf(stderr, "block %lld/%lld%s %s %5.2f s | fwd %.2f hess %.2f allred %.3f chol %.2f "
+            "gptq %.2f stats %.2f gather %.3f write %.3f | elapsed %s, ETA %s\n",
+            (long long)q[REP_BLOCK], (long long)L, grp, q[REP_REPLAYED] > 0 ? "(replayed)" : "",
+            q[REP_SECONDS], p[PH_FORWARD], p[PH_HESSIAN], p[PH_ALLREDUCE], p[PH_CHOL], p[PH_GPTQ],
+            p[PH_STATS], p[PH_GATHER], p[PH_WRITE], els, eta);
+  }
+}
+
+/* Collective over R->world when G > 1: the progress lines of step s (b: this group's block,
+ * started at tb), from each group's root */
+static void step_report(struct run *R, int64_t s, int64_t b, double tb, double t_start) {
+  const int G = R->bg.G;
+  double *rep = hq_xmalloc((size_t)(G * REP_N) * sizeof(double));
+  memset(rep, 0, (size_t)(G * REP_N) * sizeof(double));
+  double *q = rep + R->group * REP_N;
+  if (R->comm->rank == 0 && b >= 0) {
+    q[REP_BLOCK] = (double)(b + 1);
+    q[REP_SECONDS] = hq_now() - tb;
+    q[REP_REPLAYED] = b < R->start_block;
+    memcpy(q + REP_PHASES, R->phase, sizeof R->phase);
+  }
+  if (G > 1) hq_comm_allreduce_f64(R->world, rep, G * REP_N);
+  if (R->world->rank == 0 && !R->o->quiet) progress_lines(R, s, rep, t_start);
+  free(rep);
+}
+
+/* Collective: a stop request (SIGTERM from Slurm, Ctrl-C) is honoured at a step boundary */
+static int stop_requested(const struct run *R, int64_t s) {
+  double stop = hq_stop_requested ? 1.0 : 0.0;
+  hq_comm_allreduce_max_f64(R->world, &stop, 1);
+  const int64_t L = R->model.cfg.n_layers;
+  if (stop > 0 && s + 1 < R->nsteps)
+    return hq_fail(HQ_ERR_INTERRUPTED, "stopped by a signal after %s %lld of %lld; %s is "
+                   "resumable: rerun the same command with --resume",
+                   R->bg.G > 1 ? "step" : "block", (long long)(s + 1),
+                   (long long)(R->bg.G > 1 ? R->nsteps : L), R->o->out_path);
   return HQ_OK;
 }
 
@@ -449,15 +545,21 @@ static int finish(struct run *R, double t_start) {
   int rc = hq_h5_attr_set_f64(R->h5, "/", "seconds_total", total);
   if (!rc) rc = hq_h5_attr_set_f64_array(R->h5, "/", "seconds_per_phase", R->total_phase, PH_COUNT);
   double rss = (double)hq_peak_rss_bytes();
-  hq_comm_allreduce_max_f64(R->comm, &rss, 1);
+  hq_comm_allreduce_max_f64(R->world, &rss, 1);
   double phase_max[PH_COUNT];
   memcpy(phase_max, R->total_phase, sizeof phase_max);
-  hq_comm_allreduce_max_f64(R->comm, phase_max, PH_COUNT);
+  hq_comm_allreduce_max_f64(R->world, phase_max, PH_COUNT);
+  double *idle = hq_xmalloc((size_t)R->bg.G * sizeof(double));
+  memset(idle, 0, (size_t)R->bg.G * sizeof(double));
+  idle[R->group] = R->chain_idle_s;
+  hq_comm_allreduce_max_f64(R->world, idle, R->bg.G);
+  if (!rc && R->bg.G > 1) rc = hq_h5_attr_set_f64_array(R->h5, "/", "block_group_idle_seconds", idle, R->bg.G);
   if (!rc) rc = hq_h5_attr_set_f64(R->h5, "/", "peak_rss_bytes_max", rss);
   if (!rc) rc = hq_h5_complete(R->h5);
+  if (!rc) write_summary(R, total, (size_t)rss, phase_max, idle);
+  free(idle);
   if (rc) return rc;
-  write_summary(R, total, (size_t)rss, phase_max);
-  if (R->comm->rank == 0 && !R->o->quiet) {
+  if (R->world->rank == 0 && !R->o->quiet) {
     char els[32];
     hq_format_duration(total, els, sizeof els);
     fprintf(stderr, "hpcq quantize: wrote %s in %s (peak RSS per rank %.1f MB)\n", R->o->out_path,
@@ -476,57 +578,87 @@ static void run_free(struct run *R, struct hq_tokens *tok) {
   hq_plan_free(&R->plan);
   hq_tokens_free(tok);
   if (R->model.dir || R->model.h5) hq_model_close(&R->model);
+  if (R->comm == &R->gcomm) hq_comm_free(&R->gcomm);
+  hq_block_groups_free(&R->bg);
+  free(R->step_blocks);
 }
 
 /* Rank 0: what this run does, before the first block */
 static void announce(const struct run *R) {
   const struct hq_quant_opts *o = R->o;
   const struct hq_model_config *c = &R->model.cfg;
-  if (R->comm->rank != 0 || o->quiet) return;
+  if (R->world->rank != 0 || o->quiet) return;
   fprintf(stderr, "hpcq quantize: %s %d-bit%s%s, %lld blocks, %d rank%s, %lld x %lld calibration "
           "tokens%s\n", hq_method_name(o->method), o->g.bits,
           o->g.group_size > 0 ? " grouped" : " per-channel", o->g.act_order ? " act-order" : "",
-          (long long)c->n_layers, R->comm->size, R->comm->size > 1 ? "s" : "",
+          (long long)c->n_layers, R->world->size, R->world->size > 1 ? "s" : "",
           (long long)(hq_pipeline_need_calib(o) ? o->nsamples : 0), (long long)R->seqlen,
           R->node_share && hq_pipeline_need_hessian(o) ? ", one Hessian and factor per node" : "");
+  if (R->bg.G < 2) return;
+  fprintf(stderr, "hpcq quantize: %d block groups quantize at the same time:", R->bg.G);
+  for (int k = 0; k < R->bg.G; k++)
+    fprintf(stderr, "%s blocks %lld-%lld on rank%s %d-%d", k ? ";" : "", (long long)R->bg.block0[k] + 1,
+            (long long)R->bg.block0[k + 1], R->bg.rank0[k + 1] - R->bg.rank0[k] > 1 ? "s" : "",
+            R->bg.rank0[k], R->bg.rank0[k + 1] - 1);
+  fprintf(stderr, "\n");
+  if (hq_pipeline_need_calib(o))
+    fprintf(stderr, "hpcq quantize: full-precision inputs of the groups' first blocks in %.2f s "
+            "(group %d waited %.2f s for its first inputs, this rank)\n", R->chain_s, R->group,
+            R->chain_idle_s);
 }
 
-/* Collective: every block in order; the done ones of a resumed run are replayed (their stored
- * result forwarded) only when the next block needs calibration inputs */
+/* Not collective: where the done blocks of this rank's group end (a resumed run): its
+ * blocks from b0 on as long as the file marks them done */
+static void group_start(struct run *R) {
+  int64_t b = R->b0;
+  while (b < R->b1 && hq_h5_block_is_done(R->h5, b)) b++;
+  R->start_block = b;
+}
+
+/* Collective over R->world: step after step, every group its block of the step; the done ones
+ * of a resumed run are replayed (their stored result forwarded) only when the next block needs
+ * calibration inputs */
 static int run_blocks(struct run *R, double t_start) {
-  const double t_blocks = R->t_blocks = hq_now();
-  for (int64_t b = 0; b < R->model.cfg.n_layers; b++) {
-    if (b < R->start_block && !hq_pipeline_need_calib(R->o)) continue;
+  R->t_blocks = hq_now();
+  R->first_step = -1;
+  for (int64_t s = 0; s < R->nsteps; s++) {
+    int64_t b = R->b0 + s < R->b1 ? R->b0 + s : -1;
+    if (b >= 0 && b < R->start_block && !hq_pipeline_need_calib(R->o)) b = -1; /* not replayed */
+    if (!step_begin(R, b)) continue;
     memset(R->phase, 0, sizeof R->phase);
     const double tb = R->t_block = hq_now();
-    if (b == R->start_block) R->first_block = b;
+    if (R->first_step < 0) R->first_step = s;
     struct hq_block_weights bw;
     const int rc = run_block(R, b, &bw);
     R->last_block_s = hq_now() - tb;
     hq_pipeline_block_free(R, &bw);
     HQ_TRY(rc);
     for (int p = 0; p < PH_COUNT; p++) R->total_phase[p] += R->phase[p];
-    if (R->comm->rank == 0 && !R->o->quiet) progress_line(R, b, tb, t_blocks, t_start);
-    HQ_TRY(stop_requested(R, b));
+    step_report(R, s, b, tb, t_start);
+    HQ_TRY(stop_requested(R, s));
   }
   return HQ_OK;
 }
 
-/* Collective: the pipeline, top-down: inputs -> output file (new or resumed) -> calibration
- * windows -> the blocks -> totals and the complete flag -> close */
+/* Collective: the pipeline, top-down: inputs -> block groups -> output file (new or resumed)
+ * -> calibration windows (and the groups' full-precision inputs) -> the blocks -> totals and
+ * the complete flag -> close */
 int hq_quantize_run(const struct hq_comm *comm, const struct hq_quant_opts *o) {
   struct run R;
   memset(&R, 0, sizeof R);
-  R.comm = comm;
+  R.comm = R.world = comm;
   R.o = o;
   R.g = o->g;
   R.g.hscale = o->scale_from_hessian;
   const double t_start = hq_now();
   struct hq_tokens tok = {0};
   int rc = open_inputs(&R, &tok);
+  if (!rc) rc = open_groups(&R);
   if (!rc) rc = inputs_agree(&R);
   if (!rc) rc = hq_pipeline_file_open(&R);
+  if (!rc) group_start(&R);
   if (!rc && hq_pipeline_need_calib(o)) rc = setup_calibration(&R, &tok);
+  if (!rc) rc = hq_pipeline_fp_chain(&R);
   if (!rc) announce(&R);
   if (!rc) rc = run_blocks(&R, t_start);
   if (!rc) rc = finish(&R, t_start);

@@ -38,6 +38,9 @@ struct hq_quant_opts {
   int equalize;            /* enum hq_equalize flags: smoothing and/or CLE before quantizing */
   float smooth_alpha;      /* SmoothQuant migration strength (default 0.5) */
   int scale_from_hessian;  /* experimental: Hessian-diagonal-weighted group scales (gptq, rtn) */
+  int block_groups;        /* --block-groups G (default 1): the ranks in G groups that quantize
+                              their own contiguous ranges of blocks at the same time, each
+                              group's first block from full-precision inputs */
 };
 
 void hq_quant_opts_default(struct hq_quant_opts *o);

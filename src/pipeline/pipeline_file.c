@@ -88,6 +88,7 @@ static char *settings_json(const struct run *R) {
     if (o->equalize & HQ_EQ_SMOOTH) cJSON_AddNumberToObject(j, "smooth_alpha", o->smooth_alpha);
   }
   if (o->scale_from_hessian) cJSON_AddBoolToObject(j, "scale_from_hessian", 1);
+  if (o->block_groups > 1) cJSON_AddNumberToObject(j, "block_groups", o->block_groups);
   cJSON_AddStringToObject(j, "zero_convention", "gptq_v2");
   settings_model(j, R);
   char *s = cJSON_PrintUnformatted(j);
@@ -95,7 +96,8 @@ static char *settings_json(const struct run *R) {
   return s;
 }
 
-/* "key: file A, now B" for every setting that differs (or the whole strings when unparsable) */
+/* "key: file A, now B" for every setting that differs, is new or is gone (or the whole strings
+ * when unparsable) */
 static void settings_diff(const char *file, const char *now, char *buf, size_t n) {
   cJSON *a = cJSON_Parse(file ? file : ""), *b = cJSON_Parse(now);
   size_t used = 0;
@@ -110,6 +112,12 @@ static void settings_diff(const char *file, const char *now, char *buf, size_t n
     cJSON_free(vy);
     if (used >= n) break;
   }
+  for (cJSON *y = a && b ? a->child : NULL; y && used < n; y = y->next) /* in the file only */
+    if (!cJSON_GetObjectItemCaseSensitive(b, y->string)) {
+      char *vy = cJSON_PrintUnformatted(y);
+      used += (size_t)snprintf(buf + used, n - used, "\n  %s: file %s, now (absent)", y->string, vy);
+      cJSON_free(vy);
+    }
   if (!a || !b) snprintf(buf, n, "\n  file: %s\n  now:  %s", file ? file : "(none)", now);
   cJSON_Delete(a);
   cJSON_Delete(b);
@@ -125,11 +133,11 @@ static int equalized_tensor(const struct hq_quant_opts *o, const char *name) {
   return (o->equalize & HQ_EQ_CLE) && strstr(name, "v_proj.bias") != NULL;
 }
 
-/* Collective: write block b's equalized unquantized tensors (identical on every rank). */
-int hq_pipeline_write_equalized(struct run *R, int64_t b, const struct hq_block_weights *bw) {
+/* Collective over R->world: block b's equalized unquantized tensors, taken from world rank 0
+ * (src[k] NULL: the block has no such tensor) */
+static int write_equalized_block(struct run *R, int64_t b, float *const src[3]) {
   const struct hq_model_config *c = &R->model.cfg;
   const char *sfx[3] = {"input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.v_proj.bias"};
-  const float *src[3] = {bw->ln_attn, bw->ln_mlp, bw->bias[HQ_LIN_V]};
   const int64_t n[3] = {c->hidden, c->hidden, c->n_kv_heads * c->head_dim};
   for (int k = 0; k < 3; k++) {
     char name[256];
@@ -139,6 +147,30 @@ int hq_pipeline_write_equalized(struct run *R, int64_t b, const struct hq_block_
     if (rc) return rc;
   }
   return HQ_OK;
+}
+
+int hq_pipeline_write_equalized(struct run *R, const struct hq_block_weights *bw) {
+  const struct hq_model_config *c = &R->model.cfg;
+  const int64_t n[3] = {c->hidden, c->hidden, c->n_kv_heads * c->head_dim};
+  int rc = HQ_OK;
+  for (int k = 0; k < R->bg.G && !rc; k++) {
+    if (R->step_blocks[k] < 0) continue;
+    float *const own[3] = {bw->ln_attn, bw->ln_mlp, bw->bias[HQ_LIN_V]};
+    if (R->bg.G == 1) {
+      rc = write_equalized_block(R, R->step_blocks[k], own);
+      continue;
+    }
+    float *src[3] = {NULL, NULL, NULL}; /* group k's, sent by its root to rank 0 (every rank) */
+    for (int t = 0; t < 3; t++) {
+      if (t == 2 && !c->qkv_bias) continue;
+      src[t] = hq_xmalloc((size_t)n[t] * sizeof(float));
+      if (k == R->group) memcpy(src[t], own[t], (size_t)n[t] * sizeof(float));
+      hq_comm_bcast(R->world, src[t], (size_t)n[t] * sizeof(float), R->bg.rank0[k]);
+    }
+    rc = write_equalized_block(R, R->step_blocks[k], src);
+    for (int t = 0; t < 3; t++) free(src[t]);
+  }
+  return rc;
 }
 
 static int write_unquantized(struct run *R) {
@@ -161,14 +193,14 @@ static int write_unquantized(struct run *R) {
     }
     const struct hq_st_tensor *t = hq_st_find(&R->model.st, name);
     int lrc = t ? HQ_OK : hq_fail(HQ_ERR_INPUT, "tensor %s missing from the model", name);
-    rc = hq_comm_agree(R->comm, lrc);
+    rc = hq_comm_agree(R->world, lrc);
     if (rc) return rc;
     if (t->dtype != HQ_DTYPE_F32 && equalized_tensor(R->o, name)) {
       /* rescaled by equalization at its block: stored as float32 (written again then) */
       float *f = malloc((size_t)t->numel * sizeof(float) + 1);
       if (f) hq_st_to_f32(t, f);
       hq_st_release(t);
-      rc = hq_comm_agree(R->comm, f ? HQ_OK : hq_fail(HQ_ERR_NOMEM, "tensor %s", name));
+      rc = hq_comm_agree(R->world, f ? HQ_OK : hq_fail(HQ_ERR_NOMEM, "tensor %s", name));
       if (!rc) rc = hq_h5_write_tensor(R->h5, name, HQ_DTYPE_F32, t->ndim, t->shape, f);
       free(f);
       if (rc) return rc;
@@ -237,6 +269,18 @@ int hq_pipeline_load_done_block(struct run *R, int64_t b, struct hq_block_weight
 }
 
 
+/* Collective: --block-groups and each group's first block and first rank (inspect) */
+static int block_groups_attrs(struct run *R) {
+  const struct hq_block_groups *bg = &R->bg;
+  int64_t *r0 = hq_xmalloc((size_t)(bg->G + 1) * sizeof(int64_t));
+  for (int k = 0; k <= bg->G; k++) r0[k] = bg->rank0[k];
+  int rc = hq_h5_attr_set_i64(R->h5, "/", "block_groups", bg->G);
+  if (!rc) rc = hq_h5_attr_set_i64_array(R->h5, "/", "block_group_first_block", bg->block0, bg->G + 1);
+  if (!rc) rc = hq_h5_attr_set_i64_array(R->h5, "/", "block_group_first_rank", r0, bg->G + 1);
+  free(r0);
+  return rc;
+}
+
 /* Collective: the root attributes of a new file, its unquantized tensors and progress record */
 static int write_root(struct run *R, const char *settings) {
   const struct hq_quant_opts *o = R->o;
@@ -252,7 +296,7 @@ static int write_root(struct run *R, const char *settings) {
   cJSON_AddNumberToObject(cj, "seed", (double)o->seed);
   char *calib = cJSON_PrintUnformatted(cj);
   cJSON_Delete(cj);
-  if (!calib) return hq_comm_agree(R->comm, hq_fail(HQ_ERR_NOMEM, "calibration_json"));
+  if (!calib) return hq_comm_agree(R->world, hq_fail(HQ_ERR_NOMEM, "calibration_json"));
   struct hq_h5 *h = R->h5;
   int rc = hq_h5_attr_set_str(h, "/", "settings_json", settings);
   if (!rc) rc = hq_h5_attr_set_str(h, "/", "method", hq_method_name(o->method));
@@ -273,6 +317,7 @@ static int write_root(struct run *R, const char *settings) {
   if (!rc) rc = hq_h5_attr_set_str(h, "/", "zero_convention", "gptq_v2");
   if (!rc) rc = hq_h5_attr_set_i64(h, "/", "act_bits", o->act_bits);
   if (!rc) rc = hq_h5_attr_set_str(h, "/", "equalize", hq_equalize_name(o->equalize));
+  if (!rc && o->block_groups > 1) rc = block_groups_attrs(R);
   if (!rc) rc = write_unquantized(R);
   if (!rc) rc = hq_h5_progress_init(h, c->n_layers);
   return rc;
@@ -282,7 +327,7 @@ static int write_root(struct run *R, const char *settings) {
 static int resume_file(struct run *R, const char *settings) {
   struct hq_h5_state st;
   memset(&st, 0, sizeof st);
-  HQ_TRY(hq_h5_open_rw(R->comm, R->o->out_path, &R->h5, &st));
+  HQ_TRY(hq_h5_open_rw(R->world, R->o->out_path, &R->h5, &st));
   int lrc = HQ_OK;
   if (st.complete) {
     lrc = hq_fail(HQ_ERR_INPUT, "%s is already complete: nothing to resume (use --overwrite to "
@@ -294,12 +339,12 @@ static int resume_file(struct run *R, const char *settings) {
                   "model, calibration, backend or hpcq version:%s\nRerun with the same options "
                   "and inputs, or use --overwrite to start again", R->o->out_path, diff);
   }
-  R->start_block = st.blocks_done;
+  const int64_t st_done = st.flags_set;
   hq_h5_state_free(&st);
-  HQ_TRY(hq_comm_agree(R->comm, lrc));
-  if (R->comm->rank == 0 && !R->o->quiet)
+  HQ_TRY(hq_comm_agree(R->world, lrc));
+  if (R->world->rank == 0 && !R->o->quiet)
     fprintf(stderr, "hpcq quantize: resuming %s after %lld of %lld blocks\n", R->o->out_path,
-            (long long)R->start_block, (long long)R->model.cfg.n_layers);
+            (long long)st_done, (long long)R->model.cfg.n_layers);
   return HQ_OK;
 }
 
@@ -326,7 +371,7 @@ static int out_not_input(const struct run *R) {
 
 int hq_pipeline_file_open(struct run *R) {
   const struct hq_quant_opts *o = R->o;
-  const struct hq_comm *cm = R->comm;
+  const struct hq_comm *cm = R->world;
   HQ_TRY(hq_comm_agree(cm, cm->rank == 0 ? out_not_input(R) : HQ_OK));
   HQ_TRY(hq_out_lock_take(cm, o->out_path, &R->lock));
   char *settings = settings_json(R);
@@ -351,6 +396,6 @@ int hq_pipeline_file_open(struct run *R) {
 int hq_pipeline_file_close(struct run *R) {
   const int rc = hq_h5_close(R->h5);
   R->h5 = NULL;
-  if (R->lock.path) hq_out_lock_release(R->comm, &R->lock);
+  if (R->lock.path) hq_out_lock_release(R->world, &R->lock);
   return rc;
 }

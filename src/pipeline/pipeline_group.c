@@ -586,8 +586,9 @@ static void group_meta(struct run *R, const struct hq_gptq_prep *prep, struct gr
   hq_comm_allreduce_max_f64(R->comm, gm->ph, PH_COUNT);
 }
 
-/* Collective: create linear i's datasets `name` and write its packed rows (gptq_v2 layout,
- * pack.h), each rank its own slab. */
+/* Collective over all ranks (R->world): create linear i's datasets `name` and write its
+ * packed rows (gptq_v2 layout, pack.h), each rank its own slab (p NULL: none, another block
+ * group's block). */
 static int part_write_packed(struct run *R, const char *name, const struct unit *u, int i,
                              const struct part *p) {
   const struct hq_quant_opts *o = R->o;
@@ -597,47 +598,48 @@ static int part_write_packed(struct run *R, const char *name, const struct unit 
   HQ_TRY(hq_h5_linear_create(R->h5, name, &d));
   struct hq_packed pk;
   memset(&pk, 0, sizeof pk);
-  const int have = u->myn[i] > 0;
+  const int have = p && u->myn[i] > 0;
   int rc = HQ_OK;
   if (have) {
     rc = hq_pack_init(&pk, o->g.bits, HQ_PACK_GPTQ_V2, u->cols, u->rows[i], ng, u->my0[i], u->myn[i]);
     if (!rc) rc = hq_pack_encode(&pk, p->res.codes, p->res.zeros, p->res.scales, p->res.g_idx);
     if (rc) hq_fail_ctx(rc, "packing %s: ", name);
   }
-  rc = hq_comm_agree(R->comm, rc);
+  rc = hq_comm_agree(R->world, rc);
   if (!rc) rc = hq_h5_linear_write(R->h5, name, have ? &pk : NULL);
   hq_pack_free(&pk);
   return rc;
 }
 
-/* Collective: linear i's statistics (sums[NSTAT] over all rows, gm) and the rows each rank
- * owned. */
-static int part_write_stats(struct run *R, const char *name, const struct unit *u, int i,
-                            const double *sums, const struct group_meta *gm) {
+/* What the write of one input group of one block needs beyond the rows: identical on every
+ * rank once exchanged (a block group's root sends it to all ranks). */
+struct group_rec {
+  double sums[4][NSTAT];
+  struct group_meta gm;
+  int64_t *owner[4]; /* [nowner] rows each rank of the block's group quantized */
+  int nowner;
+};
+
+/* Collective over all ranks: linear i's statistics (sums over all rows, meta, owners). */
+static int part_write_stats(struct run *R, const char *name, int i, const struct group_rec *gr) {
   const struct hq_quant_opts *o = R->o;
-  const struct hq_comm *cm = R->comm;
-  int64_t *owner = hq_xmalloc((size_t)cm->size * sizeof(int64_t));
-  for (int r = 0; r < cm->size; r++)
-    owner[r] = R->plan.rows[u->lins[i]][r].end - R->plan.rows[u->lins[i]][r].begin;
   const int hess = hq_pipeline_need_hessian(o);
   struct hq_h5_linear_stats st = {
-      .loss_proxy_gptq = hess ? sums[ST_METHOD] : NAN, /* of the method used */
-      .loss_proxy_rtn = hess ? sums[ST_RTN] : NAN,
-      .loss_ref = o->method == HQ_METHOD_GPTQ ? sums[ST_REF] : NAN,
-      .damp_used = gm->damp,
-      .dead_cols = (int64_t)gm->dead,
+      .loss_proxy_gptq = hess ? gr->sums[i][ST_METHOD] : NAN, /* of the method used */
+      .loss_proxy_rtn = hess ? gr->sums[i][ST_RTN] : NAN,
+      .loss_ref = o->method == HQ_METHOD_GPTQ ? gr->sums[i][ST_REF] : NAN,
+      .damp_used = gr->gm.damp,
+      .dead_cols = (int64_t)gr->gm.dead,
       .nphases = PH_COUNT,
       .phase_names = hq_phase_names,
-      .phase_seconds = gm->ph,
-      .owner_rows = owner,
-      .nranks = cm->size};
-  const int rc = hq_h5_linear_stats(R->h5, name, &st);
-  free(owner);
-  return rc;
+      .phase_seconds = gr->gm.ph,
+      .owner_rows = gr->owner[i],
+      .nranks = gr->nowner};
+  return hq_h5_linear_stats(R->h5, name, &st);
 }
 
-/* Collective: the method's attributes of linear i: the per-row statistics' row count (with
- * a Hessian), the mean absolute errors of HQQ and RTN (HQQ). */
+/* Collective over all ranks: the method's attributes of linear i: the per-row statistics' row
+ * count (with a Hessian), the mean absolute errors of HQQ and RTN (HQQ). */
 static int part_write_attrs(struct run *R, const char *name, const struct unit *u, int i,
                             const double *sums) {
   const struct hq_quant_opts *o = R->o;
@@ -656,50 +658,128 @@ static int part_write_attrs(struct run *R, const char *name, const struct unit *
   return rc;
 }
 
-/* Collective: linear i's packed rows (each rank its own), its statistics and attributes. */
-static int part_write(struct run *R, int64_t b, const struct unit *u, int i, const struct part *p,
-                      const double *sums, const struct group_meta *gm) {
-  char name[256];
-  hq_pipeline_lin_name(name, sizeof name, b, u->lins[i]);
-  HQ_TRY(part_write_packed(R, name, u, i, p));
-  HQ_TRY(part_write_stats(R, name, u, i, sums, gm));
-  return part_write_attrs(R, name, u, i, sums);
+/* Collective over all ranks: the unit's linears of block b, packed rows (parts: this rank's,
+ * NULL when the block is another group's), statistics and attributes. */
+static int unit_write(struct run *R, int64_t b, const struct unit *u, const struct part *parts,
+                      const struct group_rec *gr) {
+  int rc = HQ_OK;
+  for (int i = 0; i < u->nl && !rc; i++) {
+    char name[256];
+    hq_pipeline_lin_name(name, sizeof name, b, u->lins[i]);
+    rc = part_write_packed(R, name, u, i, parts ? &parts[i] : NULL);
+    if (!rc) rc = part_write_stats(R, name, i, gr);
+    if (!rc) rc = part_write_attrs(R, name, u, i, gr->sums[i]);
+  }
+  return rc;
 }
 
 /* ---- the group ----------------------------------------------------------------------------- */
 
-int hq_pipeline_group(struct run *R, int64_t b, enum hq_group g, struct hq_block_weights *bw) {
+/* One input group of block b computed by this rank's block group (collective over R->comm):
+ * parts, sums and meta for the write. */
+struct group_out {
   struct unit u;
-  unit_make(R, g, &u);
+  struct part parts[4];
+  double sums[4][NSTAT];
+  struct group_meta gm;
+};
+
+static int group_compute(struct run *R, int64_t b, enum hq_group g, struct hq_block_weights *bw,
+                         struct group_out *out) {
+  struct unit *u = &out->u;
+  unit_make(R, g, u);
   int rc = HQ_OK;
   HQ_TRY(load_group(R, b, g, bw));
   if ((R->o->equalize & HQ_EQ_SMOOTH) && (g == HQ_GROUP_QKV || g == HQ_GROUP_GATEUP))
     HQ_TRY(smooth_group(R, g, bw));
   struct hbuf hb = {0};
-  if (hq_pipeline_need_hessian(R->o)) rc = group_hessian(R, &u, bw, &hb);
+  if (hq_pipeline_need_hessian(R->o)) rc = group_hessian(R, u, bw, &hb);
   if (rc) {
     hbuf_free(&hb); /* agreed failure: every rank of a node holds the same kind of buffer */
     return rc;
   }
   release_done_groups(R, g, bw);
-  struct part parts[4];
-  memset(parts, 0, sizeof parts);
   struct hq_gptq_prep prep;
   memset(&prep, 0, sizeof prep);
-  rc = group_quantize(R, b, &u, bw, &hb, parts, &prep);
+  rc = group_quantize(R, b, u, bw, &hb, out->parts, &prep);
   hbuf_free(&hb); /* with U, when made in place */
-  struct group_meta gm;
   if (!rc) {
-    double t = hq_now();
-    double sums[4][NSTAT];
-    for (int i = 0; i < u.nl; i++) part_gather(R, &u, i, &parts[i], bw, sums[i]);
+    const double t = hq_now();
+    for (int i = 0; i < u->nl; i++) part_gather(R, u, i, &out->parts[i], bw, out->sums[i]);
     R->phase[PH_GATHER] += hq_now() - t;
-    group_meta(R, &prep, &gm);
-    t = hq_now();
-    for (int i = 0; i < u.nl && !rc; i++) rc = part_write(R, b, &u, i, &parts[i], sums[i], &gm);
-    R->phase[PH_WRITE] += hq_now() - t;
+    group_meta(R, &prep, &out->gm);
   }
   hq_gptq_prep_free(R->be, &prep);
-  for (int i = 0; i < u.nl; i++) part_free(&parts[i]);
+  return rc;
+}
+
+/* rows of linear l each rank of an nranks-rank group owns (the plan of that group size) */
+static int64_t *owner_rows(const struct run *R, const struct hq_plan *plan, enum hq_linear l) {
+  int64_t *o = hq_xmalloc((size_t)plan->nranks * sizeof(int64_t));
+  for (int r = 0; r < plan->nranks; r++) o[r] = plan->rows[l][r].end - plan->rows[l][r].begin;
+  (void)R;
+  return o;
+}
+
+/* Collective over all ranks: group k's record of its block's input group, sent by its root. */
+static int group_rec_from(struct run *R, int k, const struct unit *u, const struct group_out *out,
+                          struct group_rec *gr) {
+  const struct hq_block_groups *bg = &R->bg;
+  memset(gr, 0, sizeof *gr);
+  if (out) {
+    memcpy(gr->sums, out->sums, sizeof gr->sums);
+    gr->gm = out->gm;
+  }
+  hq_comm_bcast(R->world, gr->sums, sizeof gr->sums, bg->rank0[k]);
+  hq_comm_bcast(R->world, &gr->gm, sizeof gr->gm, bg->rank0[k]);
+  struct hq_plan plan; /* the owners follow from the group's size (mpi/partition) */
+  HQ_TRY(hq_comm_agree(R->world, hq_plan_make(&R->model.cfg, bg->rank0[k + 1] - bg->rank0[k], &plan)));
+  gr->nowner = plan.nranks;
+  for (int i = 0; i < u->nl; i++) gr->owner[i] = owner_rows(R, &plan, u->lins[i]);
+  hq_plan_free(&plan);
+  return HQ_OK;
+}
+
+static void group_rec_free(struct group_rec *gr) {
+  for (int i = 0; i < 4; i++) free(gr->owner[i]);
+}
+
+/* Collective over all ranks: input group g of every block group's block of this step
+ * (blocks[k], -1 where group k quantizes none), written group after group. */
+static int step_write(struct run *R, enum hq_group g, const int64_t *blocks, const struct group_out *out) {
+  int rc = HQ_OK;
+  for (int k = 0; k < R->bg.G && !rc; k++) {
+    if (blocks[k] < 0) continue;
+    const int mine = k == R->group;
+    struct unit u;
+    unit_make(R, g, &u); /* the shapes (every block's are the same) */
+    struct group_rec gr;
+    rc = group_rec_from(R, k, &u, mine ? out : NULL, &gr);
+    const double t = hq_now();
+    if (!rc) rc = unit_write(R, blocks[k], mine ? &out->u : &u, mine ? out->parts : NULL, &gr);
+    R->phase[PH_WRITE] += hq_now() - t;
+    group_rec_free(&gr);
+  }
+  return rc;
+}
+
+int hq_pipeline_group(struct run *R, int64_t b, enum hq_group g, struct hq_block_weights *bw) {
+  struct group_out out;
+  memset(&out, 0, sizeof out);
+  int rc = b >= 0 ? group_compute(R, b, g, bw, &out) : HQ_OK;
+  if (R->bg.G > 1) {
+    rc = hq_comm_agree(R->world, rc);
+    if (!rc) rc = step_write(R, g, R->step_blocks, &out);
+  } else if (!rc && b >= 0) {
+    struct group_rec gr = {.nowner = R->comm->size};
+    memcpy(gr.sums, out.sums, sizeof gr.sums);
+    gr.gm = out.gm;
+    for (int i = 0; i < out.u.nl; i++) gr.owner[i] = owner_rows(R, &R->plan, out.u.lins[i]);
+    const double t = hq_now();
+    rc = unit_write(R, b, &out.u, out.parts, &gr);
+    R->phase[PH_WRITE] += hq_now() - t;
+    group_rec_free(&gr);
+  }
+  for (int i = 0; i < 4; i++) part_free(&out.parts[i]);
   return rc;
 }

@@ -14,7 +14,19 @@ enum { PH_FORWARD, PH_HESSIAN, PH_ALLREDUCE, PH_CHOL, PH_GPTQ, PH_STATS, PH_GATH
 extern const char *const hq_phase_names[PH_COUNT];
 
 struct run {
-  const struct hq_comm *comm;
+  const struct hq_comm *comm; /* this rank's block group (all ranks when G = 1): the windows,
+                                 Hessians, factors, row split and gathers */
+  const struct hq_comm *world; /* all ranks: the output file, agreement, stop requests, the
+                                  block groups' exchanges (the same as comm when G = 1) */
+  struct hq_comm gcomm;     /* comm's communicators when G > 1 */
+  struct hq_block_groups bg; /* --block-groups (mpi/partition.h) */
+  int group;                /* this rank's block group */
+  int64_t b0, b1;           /* its blocks [b0, b1) */
+  int64_t nsteps;           /* steps of the block loop: the most blocks a group owns; at step s
+                               group k works on its block block0[k] + s */
+  int64_t *step_blocks;     /* [G] the block each group quantizes at this step, -1: none
+                               (identical on every rank) */
+  double chain_s, chain_idle_s; /* the full-precision chain: seconds, of them waiting for inputs */
   const struct hq_quant_opts *o;
   struct hq_gptq_opts g;    /* o->g with hscale = o->scale_from_hessian */
   const struct hq_backend *be;
@@ -47,11 +59,11 @@ struct run {
   int64_t calib_tokens;
   /* the result file */
   struct hq_out_lock lock;
-  int64_t start_block;      /* blocks already done (a resumed run) */
+  int64_t start_block;      /* the group's blocks [b0, start_block) are done (a resumed run) */
   /* progress */
   double t_blocks, t_block; /* start of the block loop, of the current block */
   double last_block_s;      /* seconds of the previous block */
-  int64_t first_block;      /* the first block quantized in this run */
+  int64_t first_step;       /* the first step in which a block is quantized in this run */
 };
 
 /* Collective over the node: the block's weights freed (node-shared linears too). */
@@ -73,10 +85,18 @@ void hq_pipeline_forward_group(struct run *R, const struct hq_block_dev *dev, en
  * output, DOWN: the SwiGLU activations, once hq_pipeline_forward_group computed them), pass it
  * to cap batch by batch as the forward would and return 1; else 0. */
 int hq_pipeline_carried_input(struct run *R, enum hq_group g, hq_capture_fn cap, void *ctx);
-/* Collective. Quantize input group g of block b (weights bw, replaced by the quantized ones on
- * every rank; the group's linears converted first when bw lacks them): smoothing, Hessian, the
- * method on the rows this rank owns, gather, write. */
+/* Collective over R->world. Quantize input group g of block b (weights bw, replaced by the
+ * quantized ones on every rank of the group; the group's linears converted first when bw lacks
+ * them): smoothing, Hessian, the method on the rows this rank owns, gather (collective over
+ * R->comm); then write, with the other block groups' blocks of this step (R->step_blocks).
+ * b = -1: this rank's group quantizes nothing at this step (it writes the others' only). */
 int hq_pipeline_group(struct run *R, int64_t b, enum hq_group g, struct hq_block_weights *bw);
+
+/* pipeline_chain.c */
+/* Collective over R->world. With G > 1 block groups and calibration windows: R->x of every
+ * group after the first becomes the full-precision input of its first block (the groups
+ * before it forward their windows through their blocks unquantized and send them on). */
+int hq_pipeline_fp_chain(struct run *R);
 
 /* pipeline_file.c */
 /* Collective. Refuse an --out that is one of the inputs, lock it, then create it (root
@@ -85,8 +105,9 @@ int hq_pipeline_group(struct run *R, int64_t b, enum hq_group g, struct hq_block
 int hq_pipeline_file_open(struct run *R);
 /* Collective. Close the file and release its lock. */
 int hq_pipeline_file_close(struct run *R);
-/* Collective. Block b's equalized unquantized tensors (identical on every rank). */
-int hq_pipeline_write_equalized(struct run *R, int64_t b, const struct hq_block_weights *bw);
+/* Collective over R->world. The equalized unquantized tensors of the blocks each group
+ * quantized at this step (R->step_blocks; bw: this rank's group's block). */
+int hq_pipeline_write_equalized(struct run *R, const struct hq_block_weights *bw);
 /* Not collective. A block already done: the linears of bw replaced by the stored quantized
  * weights (shapes checked first), equalized norms / v bias as stored. */
 int hq_pipeline_load_done_block(struct run *R, int64_t b, struct hq_block_weights *bw);
