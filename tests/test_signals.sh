@@ -23,8 +23,6 @@ resumed() {
     "$BIN" compare "$T/ref.h5" "$T/$1.h5" >"$T/$1.cmp" 2>&1; then ok "$1: --resume gives the uninterrupted result"
   else bad "$1: resume/compare: $(tail -2 "$T/$1.r.log") $(tail -2 "$T/$1.cmp")"; fi
 }
-# caught PID: the process has a handler for SIGTERM (bit 15 of SigCgt in /proc/PID/status)
-caught() { local m; m=$(sed -n 's/^SigCgt:\s*//p' "/proc/$1/status" 2>/dev/null) && [ -n "$m" ] && (((16#$m >> 14) & 1)); }
 
 # ---- 1. SIGTERM during start-up ----
 "$BIN" quantize "${A[@]}" --out "$T/early.h5" 2>"$T/early.log" &

@@ -25,6 +25,8 @@ ppl() { local m=$1; shift
     sed -n 's/.*"perplexity":\([0-9.eE+-]*\).*/\1/p'; }
 attr() { h5dump -a "/linears/$2/$3" "$1" 2>/dev/null | sed -n 's/.*(0): *\([0-9.eE+-]*\).*/\1/p'; }
 within() { awk -v a="$1" -v b="$2" -v r="$3" 'BEGIN{d=(a-b)/a; if (d<0) d=-d; exit !(a>0 && d<=r)}'; }
+# caught PID: the process has a handler for SIGTERM (bit 15 of SigCgt in /proc/PID/status)
+caught() { local m; m=$(sed -n 's/^SigCgt:\s*//p' "/proc/$1/status" 2>/dev/null) && [ -n "$m" ] && (((16#$m >> 14) & 1)); }
 complete_result() { [ -f "$1" ] && "$BIN" inspect "$1" 2>/dev/null | grep -q "(complete)"; }
 expect() {
   local keep="" none="" name want pat rc
