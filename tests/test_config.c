@@ -1,5 +1,6 @@
 /* config.json parsing: the bundled configs against transformers.AutoConfig's reading
- * (tests/model_fixtures.h), the three supported architectures, llama3 rope scaling, defaults,
+ * (tests/model_fixtures.h), the four supported architectures, llama3 rope scaling (also as
+ * transformers 5's rope_parameters), defaults,
  * and refusals of what is not supported, each naming what is. */
 #include <math.h>
 #include <string.h>
@@ -80,6 +81,46 @@ int main(void) {
               &c) == HQ_OK, "%s", hq_last_error());
   CHECK(c.arch == HQ_ARCH_QWEN2 && c.qkv_bias == 1 && c.tie_embeddings == 1, "qwen2");
   hq_config_free(&c);
+  /* Qwen3: q/k norms always, no bias, head_dim 128 when absent (Qwen3Config's default, not
+   * hidden / heads) */
+  CHECK(parse("{\"architectures\":[\"Qwen3ForCausalLM\"]," BASE "}", &c) == HQ_OK, "%s",
+        hq_last_error());
+  CHECK(c.arch == HQ_ARCH_QWEN3 && c.qk_norm == 1 && c.qkv_bias == 0 && c.head_dim == 128 &&
+            c.max_pos == 32768, "qwen3 defaults");
+  hq_config_free(&c);
+  CHECK(parse("{\"architectures\":[\"LlamaForCausalLM\"]," BASE "}", &c) == HQ_OK && !c.qk_norm,
+        "no q/k norm on Llama");
+  hq_config_free(&c);
+  /* transformers 5's rope_parameters: theta and scaling from it; beside the older keys they
+   * must agree */
+  CHECK(parse("{\"architectures\":[\"Qwen3ForCausalLM\"]," BASE ",\"rope_parameters\":"
+              "{\"rope_theta\":1000000.0,\"rope_type\":\"default\"}}", &c) == HQ_OK &&
+            c.rope_theta == 1e6 && c.rope_type == HQ_ROPE_DEFAULT,
+        "rope_parameters theta: %s", hq_last_error());
+  hq_config_free(&c);
+  const char *l3p = "{\"architectures\":[\"LlamaForCausalLM\"]," BASE ",\"rope_parameters\":"
+                    "{\"rope_theta\":500000.0,\"factor\":8.0,\"low_freq_factor\":1.0,"
+                    "\"high_freq_factor\":4.0,\"original_max_position_embeddings\":8192,"
+                    "\"rope_type\":\"llama3\"}}";
+  CHECK(parse(l3p, &c) == HQ_OK && c.rope_type == HQ_ROPE_LLAMA3 && c.rope_factor == 8.0 &&
+            c.rope_original_max_pos == 8192 && c.rope_theta == 500000.0,
+        "llama3 rope_parameters: %s", hq_last_error());
+  hq_config_free(&c);
+  CHECK(parse("{\"architectures\":[\"LlamaForCausalLM\"]," BASE ",\"rope_theta\":500000.0,"
+              "\"rope_scaling\":{\"rope_type\":\"default\"},\"rope_parameters\":"
+              "{\"rope_theta\":500000.0,\"rope_type\":\"default\"}}", &c) == HQ_OK &&
+            c.rope_theta == 500000.0, "agreeing rope keys: %s", hq_last_error());
+  hq_config_free(&c);
+  bad("{\"architectures\":[\"LlamaForCausalLM\"]," BASE ",\"rope_theta\":10000.0,"
+      "\"rope_parameters\":{\"rope_theta\":500000.0,\"rope_type\":\"default\"}}",
+      HQ_ERR_INPUT, "rope_theta", "differ");
+  bad("{\"architectures\":[\"LlamaForCausalLM\"]," BASE ",\"rope_scaling\":{\"rope_type\":"
+      "\"default\"},\"rope_parameters\":{\"rope_theta\":500000.0,\"factor\":8.0,"
+      "\"low_freq_factor\":1.0,\"high_freq_factor\":4.0,"
+      "\"original_max_position_embeddings\":8192,\"rope_type\":\"llama3\"}}",
+      HQ_ERR_INPUT, "rope_scaling and rope_parameters", NULL);
+  bad("{\"architectures\":[\"Qwen3ForCausalLM\"]," BASE ",\"rope_parameters\":"
+      "{\"rope_theta\":1000000.0,\"rope_type\":\"yarn\"}}", HQ_ERR_UNSUPPORTED, "yarn", NULL);
   /* attention_bias on Llama */
   CHECK(parse("{\"architectures\":[\"LlamaForCausalLM\"]," BASE ",\"attention_bias\":true}", &c) ==
             HQ_OK, "%s", hq_last_error());
@@ -115,7 +156,7 @@ int main(void) {
 
   /* refusals */
   bad("{\"architectures\":[\"GPT2LMHeadModel\"]," BASE "}", HQ_ERR_UNSUPPORTED, "GPT2LMHeadModel",
-      "LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM");
+      "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM");
   bad("{" BASE "}", HQ_ERR_INPUT, "architectures", "LlamaForCausalLM");
   bad("{\"architectures\":[\"LlamaForCausalLM\"]," BASE ",\"rope_scaling\":{\"rope_type\":\"yarn\","
       "\"factor\":4.0}}", HQ_ERR_UNSUPPORTED, "yarn", "\"llama3\"");

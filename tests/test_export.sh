@@ -162,6 +162,27 @@ for tp in tamper1:gptq_v2 tamper2:gptq; do
   fi
 done
 
+# ---- Qwen3 (per-head q_norm / k_norm copied unquantized, head_dim != hidden / heads) ----
+Q3=$DATA/tiny-qwen3
+Q3TOK=$DATA/stories260K-hf/wikitext2-test.tok512.i32
+if "$BIN" quantize --model "$Q3" --out "$T/q3.h5" --quiet --calib "$DATA/stories260K-hf/sotu-calib.tok512.i32" \
+     --nsamples 8 --seqlen 64 --act-order --bits 4 --group-size 32 2>"$T/q3.qlog" &&
+   "$VIEW" "$T/q3.h5" "$Q3TOK" 1 64 "$T/q3.view.safetensors" >/dev/null 2>"$T/q3.vlog" &&
+   export_ck q3 gptq_v2 "$T/q3.v2"; then
+  if python3 "$LOADER" check --source "$Q3" --case "$T/q3.v2" "$T/q3.view.safetensors" gptq_v2 4 1 \
+       >"$T/q3.txt" 2>&1 && grep -q 'dequantize exactly' "$T/q3.txt"; then
+    ok "Qwen3 export: reference loader (q/k norms in its forward): $(tail -1 "$T/q3.txt" | cut -c1-200)"
+  else
+    bad "Qwen3 export, reference loader: $(cat "$T/q3.txt")"
+  fi
+  for t in q_norm k_norm; do
+    grep -q "model.layers.1.self_attn.$t.weight" "$T/q3.v2/model.safetensors" ||
+      bad "Qwen3 export lacks self_attn.$t.weight"
+  done
+else
+  bad "Qwen3 quantize/view/export: $(tail -2 "$T/q3.qlog" "$T/q3.vlog" "$T/q3.v2.log" 2>/dev/null)"
+fi
+
 # ---- 4. refusals and interruption ----
 mkdir -p "$T/busy"
 echo keep >"$T/busy/notes.txt"

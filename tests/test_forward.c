@@ -508,6 +508,8 @@ int main(void) {
                     "stories260K-hf");
   check_model_vs_hf("llama-sotu-5m", "fixtures/llama-sotu-5m-logits.safetensors", NULL,
                     "llama-sotu-5m");
+  /* Qwen3 (q_norm / k_norm, head_dim 32 != hidden / heads, rope_parameters of transformers 5) */
+  check_model_vs_hf("tiny-qwen3", "fixtures/tiny-qwen3-logits.safetensors", NULL, "tiny-qwen3");
   /* batching: one window per chunk and per batch, the blocks of the first batch kept for the
    * second (the default), or loaded again for each batch */
   const struct hq_eval_opts small = {.chunk_tokens = 1, .batch_windows = 1};

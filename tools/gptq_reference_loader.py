@@ -151,7 +151,7 @@ def dequantize(qweight, qzeros, scales, g_idx, bits, checkpoint_format):
 
 
 # ----------------------------------------------------------------------------------------
-# Llama forward (Hugging Face LlamaForCausalLM), float64.
+# Llama forward (Hugging Face LlamaForCausalLM; Qwen3's q/k norms when present), float64.
 
 def rms_norm(x, w, eps):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
@@ -164,8 +164,9 @@ def llama_logits(cfg, W, ids):
     nkv = cfg.get("num_key_value_heads") or nh
     hd = cfg.get("head_dim") or H // nh
     eps = cfg.get("rms_norm_eps", 1e-6)
-    theta = cfg.get("rope_theta", 10000.0)
-    rs = cfg.get("rope_scaling")
+    rp = cfg.get("rope_parameters") or {}  # transformers >= 5 keeps rope_theta in it
+    theta = rp.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    rs = cfg.get("rope_scaling") or rp or None
     if rs and rs.get("rope_type", rs.get("type")) not in (None, "default"):
         raise NotImplementedError(f"rope_scaling {rs}")
     nseq, T = ids.shape
@@ -193,6 +194,9 @@ def llama_logits(cfg, W, ids):
         q = lin(p + "self_attn.q_proj", h).reshape(nseq, T, nh, hd).transpose(0, 2, 1, 3)
         k = lin(p + "self_attn.k_proj", h).reshape(nseq, T, nkv, hd).transpose(0, 2, 1, 3)
         v = lin(p + "self_attn.v_proj", h).reshape(nseq, T, nkv, hd).transpose(0, 2, 1, 3)
+        if p + "self_attn.q_norm.weight" in W:  # Qwen3: RMSNorm of each head before RoPE
+            q = rms_norm(q, W[p + "self_attn.q_norm.weight"], eps)
+            k = rms_norm(k, W[p + "self_attn.k_norm.weight"], eps)
         q, k = rope(q), rope(k)
         rep = nh // nkv
         k = np.repeat(k, rep, axis=1)

@@ -120,7 +120,7 @@ struct hq_backend {
                    const float *scale, const float *zero, uint8_t *codes, int64_t ldc);
 
   /* ---- forward ops (issue 3; fp32, row-major, x is ntok x dim) ---- */
-  /* y[t, :] = x[t, :] / sqrt(mean(x[t, :]²) + eps) * w[:] */
+  /* y[t, :] = x[t, :] / sqrt(mean(x[t, :]²) + eps) * w[:]; y may be x (in place) */
   void (*rmsnorm)(int64_t ntok, int64_t dim, const float *x, const float *w, float eps,
                   float *y);
   /* Rotate-half RoPE in place on x[ntok x (nheads*head_dim)]; pos[t] is the position of

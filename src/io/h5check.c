@@ -150,19 +150,12 @@ static int check_tensor(struct hq_h5 *h, const char *name, int nd, int64_t d0, i
 }
 
 static int check_block_tensors(struct hq_h5 *h, const struct hq_model_config *c, int64_t b) {
-  static const char *norms[2] = {"input_layernorm.weight", "post_attention_layernorm.weight"};
-  char name[256], why[64];
-  snprintf(why, sizeof why, "hidden_size %lld", (long long)c->hidden);
-  for (int k = 0; k < 2; k++) {
-    snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)b, norms[k]);
-    HQ_TRY(check_tensor(h, name, 1, c->hidden, 0, why));
-  }
-  for (int l = HQ_LIN_Q; c->qkv_bias && l <= HQ_LIN_V; l++) {
-    int64_t rows, cols;
-    hq_linear_shape(c, (enum hq_linear)l, &rows, &cols);
-    snprintf(name, sizeof name, "model.layers.%lld.%s.bias", (long long)b,
-             hq_linear_name((enum hq_linear)l));
-    HQ_TRY(check_tensor(h, name, 1, rows, 0, "q/k/v bias of the attention"));
+  char name[256];
+  struct hq_block_tensor bt[HQ_BT_COUNT];
+  const int nbt = hq_block_tensors(c, bt);
+  for (int k = 0; k < nbt; k++) {
+    snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)b, bt[k].suffix);
+    HQ_TRY(check_tensor(h, name, 1, bt[k].len, 0, bt[k].why));
   }
   return HQ_OK;
 }
@@ -198,10 +191,11 @@ static int expected_tensor(const struct hq_model_config *c, const char *name) {
   if (!strcmp(name, "lm_head.weight")) return !c->tie_embeddings;
   const char *s = block_suffix(c, name);
   if (!s) return 0;
-  if (!strcmp(s, "input_layernorm.weight") || !strcmp(s, "post_attention_layernorm.weight"))
-    return 1;
-  return c->qkv_bias && (!strcmp(s, "self_attn.q_proj.bias") ||
-                         !strcmp(s, "self_attn.k_proj.bias") || !strcmp(s, "self_attn.v_proj.bias"));
+  struct hq_block_tensor bt[HQ_BT_COUNT];
+  const int nbt = hq_block_tensors(c, bt);
+  for (int k = 0; k < nbt; k++)
+    if (!strcmp(s, bt[k].suffix)) return 1;
+  return 0;
 }
 
 /* No linear or tensor that the config does not describe. */

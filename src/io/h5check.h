@@ -19,8 +19,8 @@
  * and dataset shapes that match; g_idx in [0, ngroups) with every group holding exactly its
  * group_size columns (the last one the rest); every scale a finite positive fp16 value; every
  * zero point within [0, maxq]; the packed data readable (every bit pattern of qweight decodes
- * to a code in [0, maxq]). Its unquantized tensors (input_layernorm, post_attention_layernorm,
- * and the q/k/v biases when the config has them) present with the right shapes and finite. */
+ * to a code in [0, maxq]). Its unquantized tensors (hq_block_tensors: the norms, and the q/k/v
+ * biases and q/k norms when the config has them) present with the right shapes and finite. */
 int hq_h5_check_block(struct hq_h5 *h, const struct hq_model_config *c, int64_t b);
 
 /* Every block (hq_h5_check_block), the root attribute n_blocks equal to num_hidden_layers,

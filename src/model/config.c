@@ -1,6 +1,6 @@
 /* config.json of a Hugging Face Llama-family checkpoint -> struct hq_model_config.
- * Supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM with SiLU MLPs, RMSNorm and
- * RoPE (default or "llama3" scaling). Anything else is refused with a message naming what is
+ * Supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM with SiLU
+ * MLPs, RMSNorm and RoPE (default or "llama3" scaling). Anything else is refused with a message naming what is
  * supported, never guessed. */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -13,7 +13,8 @@
 #include "fileio.h"
 #include "model.h"
 
-#define SUPPORTED_ARCHS "LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM"
+#define SUPPORTED_ARCHS \
+  "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM"
 
 static const cJSON *get(const cJSON *o, const char *key) {
   const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
@@ -102,7 +103,36 @@ static int parse_rope_scaling(const cJSON *rs, const char *what, struct hq_model
   return HQ_OK;
 }
 
-/* Qwen2 switches sliding-window attention on with use_sliding_window (refused: hpcq has none);
+/* transformers >= 5 writes "rope_parameters" (rope_theta and the rope_scaling fields in one
+ * object) instead of "rope_theta" and "rope_scaling". A top-level rope_theta or rope_scaling
+ * beside it must agree with it (else which one the checkpoint's model uses is unclear). */
+static int parse_rope_parameters(const cJSON *root, const cJSON *rp, const char *what,
+                                 struct hq_model_config *c) {
+  if (!cJSON_IsObject(rp))
+    return hq_fail(HQ_ERR_INPUT, "%s: \"rope_parameters\" must be null or an object", what);
+  const double top = c->rope_theta;
+  const int has_top = get(root, "rope_theta") != NULL;
+  HQ_TRY(get_num(rp, "rope_theta", &c->rope_theta, what));
+  if (has_top && top != c->rope_theta)
+    return hq_fail(HQ_ERR_INPUT, "%s: rope_theta %g and rope_parameters.rope_theta %g differ; "
+                   "keep one of them", what, top, c->rope_theta);
+  const cJSON *rs = get(root, "rope_scaling");
+  if (rs && !cJSON_Compare(rs, rp, 1)) {
+    HQ_TRY(parse_rope_scaling(rs, what, c));
+    struct hq_model_config a = *c;
+    HQ_TRY(parse_rope_scaling(rp, what, c));
+    if (a.rope_type != c->rope_type || a.rope_factor != c->rope_factor ||
+        a.rope_low_freq_factor != c->rope_low_freq_factor ||
+        a.rope_high_freq_factor != c->rope_high_freq_factor ||
+        a.rope_original_max_pos != c->rope_original_max_pos)
+      return hq_fail(HQ_ERR_INPUT, "%s: rope_scaling and rope_parameters describe different "
+                     "rotary embeddings; keep one of them", what);
+    return HQ_OK;
+  }
+  return parse_rope_scaling(rp, what, c);
+}
+
+/* Qwen2 and Qwen3 switch sliding-window attention on with use_sliding_window (refused: hpcq has none);
  * Mistral uses "sliding_window" whenever it is not null. Only a window shorter than the
  * sequence changes the model, so a Mistral window is kept in c->sliding_window and checked
  * against the sequence length in use (hq_config_check_seqlen). */
@@ -138,6 +168,7 @@ static int parse_arch(const cJSON *root, const char *what, struct hq_model_confi
   if (strcmp(an, "LlamaForCausalLM") == 0) c->arch = HQ_ARCH_LLAMA;
   else if (strcmp(an, "MistralForCausalLM") == 0) c->arch = HQ_ARCH_MISTRAL;
   else if (strcmp(an, "Qwen2ForCausalLM") == 0) c->arch = HQ_ARCH_QWEN2;
+  else if (strcmp(an, "Qwen3ForCausalLM") == 0) c->arch = HQ_ARCH_QWEN3;
   else
     return hq_fail(HQ_ERR_UNSUPPORTED, "%s: architecture \"%.60s\" is not supported; hpcq "
                    "supports " SUPPORTED_ARCHS, what, an);
@@ -169,13 +200,15 @@ static int parse_sizes(const cJSON *root, const char *what, struct hq_model_conf
   HQ_TRY(get_int(root, "vocab_size", 1, &c->vocab, what));
   c->n_kv_heads = c->n_heads;
   HQ_TRY(get_int(root, "num_key_value_heads", 0, &c->n_kv_heads, what));
-  c->head_dim = 0;
+  c->head_dim = c->arch == HQ_ARCH_QWEN3 ? 128 : 0; /* Qwen3Config's default is 128, not
+                                                      hidden / heads */
   HQ_TRY(get_int(root, "head_dim", 0, &c->head_dim, what));
   c->max_pos = c->arch == HQ_ARCH_LLAMA ? 2048 : c->arch == HQ_ARCH_MISTRAL ? 131072 : 32768;
   return get_int(root, "max_position_embeddings", 0, &c->max_pos, what);
 }
 
-/* RMSNorm eps, RoPE theta and scaling, tied embeddings, q/k/v bias (always on for Qwen2). */
+/* RMSNorm eps, RoPE theta and scaling, tied embeddings, q/k/v bias (always on for Qwen2), the
+ * per-head q/k RMSNorm (always on for Qwen3). */
 static int parse_norm_rope(const cJSON *root, const char *what, struct hq_model_config *c) {
   double eps = 1e-6;
   HQ_TRY(get_num(root, "rms_norm_eps", &eps, what));
@@ -184,6 +217,8 @@ static int parse_norm_rope(const cJSON *root, const char *what, struct hq_model_
   c->rms_eps = (float)eps;
   c->rope_theta = 10000.0;
   HQ_TRY(get_num(root, "rope_theta", &c->rope_theta, what));
+  const cJSON *rp = get(root, "rope_parameters");
+  if (rp) HQ_TRY(parse_rope_parameters(root, rp, what, c));
   if (!(c->rope_theta > 1.0))
     return hq_fail(HQ_ERR_INPUT, "%s: rope_theta %g must be > 1", what, c->rope_theta);
   c->tie_embeddings = 0;
@@ -191,7 +226,8 @@ static int parse_norm_rope(const cJSON *root, const char *what, struct hq_model_
   int ab = 0;
   HQ_TRY(get_bool(root, "attention_bias", &ab, what));
   c->qkv_bias = ab || c->arch == HQ_ARCH_QWEN2;
-  return parse_rope_scaling(get(root, "rope_scaling"), what, c);
+  c->qk_norm = c->arch == HQ_ARCH_QWEN3;
+  return rp ? HQ_OK : parse_rope_scaling(get(root, "rope_scaling"), what, c);
 }
 
 /* Shapes must be consistent: head_dim (derived when absent), heads, vocab. */

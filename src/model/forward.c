@@ -102,6 +102,20 @@ void hq_rope_table_free(struct hq_rope_table *r, const struct hq_backend *be) {
 
 /* ---------------- block weights ---------------- */
 
+/* d's member for block tensor kind k (as hq_block_tensor_slot for host weights) */
+static float **dev_slot(struct hq_block_dev *d, enum hq_btensor k) {
+  switch (k) {
+  case HQ_BT_LN_ATTN: return &d->ln_attn;
+  case HQ_BT_LN_MLP: return &d->ln_mlp;
+  case HQ_BT_BIAS_Q: return &d->bias[HQ_LIN_Q];
+  case HQ_BT_BIAS_K: return &d->bias[HQ_LIN_K];
+  case HQ_BT_BIAS_V: return &d->bias[HQ_LIN_V];
+  case HQ_BT_Q_NORM: return &d->q_norm;
+  case HQ_BT_K_NORM: return &d->k_norm;
+  default: HQ_DIE("bad block tensor %d", (int)k);
+  }
+}
+
 int hq_block_dev_upload(const struct hq_backend *be, const struct hq_model_config *c,
                         const struct hq_block_weights *w, struct hq_block_dev *d) {
   memset(d, 0, sizeof *d);
@@ -111,15 +125,15 @@ int hq_block_dev_upload(const struct hq_backend *be, const struct hq_model_confi
     const size_t bytes = (size_t)(rows * cols) * sizeof(float);
     if (!(d->lin[l] = be->alloc(bytes))) goto oom;
     be->upload(d->lin[l], w->lin[l], bytes);
-    if (w->bias[l]) {
-      if (!(d->bias[l] = be->alloc((size_t)rows * sizeof(float)))) goto oom;
-      be->upload(d->bias[l], w->bias[l], (size_t)rows * sizeof(float));
-    }
   }
-  const size_t hb = (size_t)c->hidden * sizeof(float);
-  if (!(d->ln_attn = be->alloc(hb)) || !(d->ln_mlp = be->alloc(hb))) goto oom;
-  be->upload(d->ln_attn, w->ln_attn, hb);
-  be->upload(d->ln_mlp, w->ln_mlp, hb);
+  struct hq_block_tensor bt[HQ_BT_COUNT];
+  const int nbt = hq_block_tensors(c, bt);
+  for (int k = 0; k < nbt; k++) {
+    const size_t bytes = (size_t)bt[k].len * sizeof(float);
+    float **dst = dev_slot(d, bt[k].kind);
+    if (!(*dst = be->alloc(bytes))) goto oom;
+    be->upload(*dst, *hq_block_tensor_slot((struct hq_block_weights *)w, bt[k].kind), bytes);
+  }
   return HQ_OK;
 oom:
   hq_block_dev_free(be, d);
@@ -131,9 +145,9 @@ int hq_block_dev_borrow(const struct hq_backend *be, const struct hq_model_confi
   if (be->on_device) return hq_block_dev_upload(be, c, w, d);
   memset(d, 0, sizeof *d);
   memcpy(d->lin, w->lin, sizeof d->lin);
-  memcpy(d->bias, w->bias, sizeof d->bias);
-  d->ln_attn = w->ln_attn;
-  d->ln_mlp = w->ln_mlp;
+  for (int k = 0; k < HQ_BT_COUNT; k++)
+    *dev_slot(d, (enum hq_btensor)k) = *hq_block_tensor_slot((struct hq_block_weights *)w,
+                                                             (enum hq_btensor)k);
   d->borrowed = 1;
   return HQ_OK;
 }
@@ -143,12 +157,12 @@ void hq_block_dev_free(const struct hq_backend *be, struct hq_block_dev *d) {
     memset(d, 0, sizeof *d);
     return;
   }
-  for (int l = 0; l < HQ_LIN_COUNT; l++) {
+  for (int l = 0; l < HQ_LIN_COUNT; l++)
     if (d->lin[l]) be->free(d->lin[l]);
-    if (d->bias[l]) be->free(d->bias[l]);
+  for (int k = 0; k < HQ_BT_COUNT; k++) {
+    float **p = dev_slot(d, (enum hq_btensor)k);
+    if (*p) be->free(*p);
   }
-  if (d->ln_attn) be->free(d->ln_attn);
-  if (d->ln_mlp) be->free(d->ln_mlp);
   memset(d, 0, sizeof *d);
 }
 
@@ -328,6 +342,7 @@ static struct fwd_call fwd_call(const struct hq_backend *be, const struct hq_mod
             ws->kvdim == c->n_kv_heads * c->head_dim && ws->inter == c->intermediate);
   HQ_ASSERT(seqlen <= rope->max_pos && rope->half == c->head_dim / 2);
   HQ_ASSERT(!(w->bias[HQ_LIN_Q] || w->bias[HQ_LIN_K] || w->bias[HQ_LIN_V]) || ws->ones);
+  HQ_ASSERT(!c->qk_norm || (w->q_norm && w->k_norm));
   return (struct fwd_call){be, c, w, rope, ws, ntok, seqlen};
 }
 
@@ -353,6 +368,10 @@ static void st_attn(const struct fwd_call *f, float *att) {
   fwd_linear(f, HQ_LIN_Q, ws->xn, ws->q, 0);
   fwd_linear(f, HQ_LIN_K, ws->xn, ws->k, 0);
   fwd_linear(f, HQ_LIN_V, ws->xn, ws->v, 0);
+  if (c->qk_norm) { /* Qwen3: RMSNorm over each head's head_dim values, in place */
+    f->be->rmsnorm(f->ntok * c->n_heads, c->head_dim, ws->q, f->w->q_norm, c->rms_eps, ws->q);
+    f->be->rmsnorm(f->ntok * c->n_kv_heads, c->head_dim, ws->k, f->w->k_norm, c->rms_eps, ws->k);
+  }
   f->be->rope(f->ntok, c->n_heads, c->head_dim, ws->pos, f->rope->cos_t, f->rope->sin_t, ws->q);
   f->be->rope(f->ntok, c->n_kv_heads, c->head_dim, ws->pos, f->rope->cos_t, f->rope->sin_t, ws->k);
   f->be->attention(f->ntok / f->seqlen, f->seqlen, c->n_heads, c->n_kv_heads, c->head_dim, ws->q,
@@ -622,13 +641,7 @@ static int eval_run_init(struct eval_run *R) {
 /* e->hw just loaded for block b: make e->dw, the copy the forward reads (a device backend
  * uploads it and frees the host arrays; a host backend points into them). */
 static int eval_block_place(struct eval_run *R, struct eval_block *e, int64_t b) {
-  if (!R->be->on_device) {
-    memcpy(e->dw.lin, e->hw.lin, sizeof e->dw.lin);
-    memcpy(e->dw.bias, e->hw.bias, sizeof e->dw.bias);
-    e->dw.ln_attn = e->hw.ln_attn;
-    e->dw.ln_mlp = e->hw.ln_mlp;
-    return HQ_OK;
-  }
+  if (!R->be->on_device) return hq_block_dev_borrow(R->be, &R->m->cfg, &e->hw, &e->dw);
   const int rc = hq_block_dev_upload(R->be, &R->m->cfg, &e->hw, &e->dw);
   hq_block_weights_free(&e->hw);
   if (rc && R->st.plan.keep)

@@ -27,6 +27,7 @@ struct hq_block_dev {
   float *lin[HQ_LIN_COUNT];
   float *bias[HQ_LIN_COUNT];
   float *ln_attn, *ln_mlp;
+  float *q_norm, *k_norm; /* [head_dim] when cfg.qk_norm, else NULL */
   int borrowed; /* the host weights themselves (hq_block_dev_borrow): free leaves them */
 };
 int hq_block_dev_upload(const struct hq_backend *be, const struct hq_model_config *c,

@@ -85,6 +85,55 @@ static int expect(const struct hq_model *m, const char *name, int nd, int64_t d0
   return HQ_OK;
 }
 
+int hq_block_tensors(const struct hq_model_config *c, struct hq_block_tensor t[HQ_BT_COUNT]) {
+  const int64_t qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
+  const char *bias_why = c->arch == HQ_ARCH_QWEN2 ? "Qwen2 has q/k/v bias" : "attention_bias=true";
+  int n = 0;
+  t[n++] = (struct hq_block_tensor){HQ_BT_LN_ATTN, "input_layernorm.weight", c->hidden, "hidden_size"};
+  t[n++] = (struct hq_block_tensor){HQ_BT_LN_MLP, "post_attention_layernorm.weight", c->hidden,
+                                    "hidden_size"};
+  if (c->qkv_bias) {
+    t[n++] = (struct hq_block_tensor){HQ_BT_BIAS_Q, "self_attn.q_proj.bias", qd, bias_why};
+    t[n++] = (struct hq_block_tensor){HQ_BT_BIAS_K, "self_attn.k_proj.bias", kvd, bias_why};
+    t[n++] = (struct hq_block_tensor){HQ_BT_BIAS_V, "self_attn.v_proj.bias", kvd, bias_why};
+  }
+  if (c->qk_norm) {
+    t[n++] = (struct hq_block_tensor){HQ_BT_Q_NORM, "self_attn.q_norm.weight", c->head_dim,
+                                      "Qwen3's per-head q norm, head_dim"};
+    t[n++] = (struct hq_block_tensor){HQ_BT_K_NORM, "self_attn.k_norm.weight", c->head_dim,
+                                      "Qwen3's per-head k norm, head_dim"};
+  }
+  return n;
+}
+
+float **hq_block_tensor_slot(struct hq_block_weights *w, enum hq_btensor k) {
+  switch (k) {
+  case HQ_BT_LN_ATTN: return &w->ln_attn;
+  case HQ_BT_LN_MLP: return &w->ln_mlp;
+  case HQ_BT_BIAS_Q: return &w->bias[HQ_LIN_Q];
+  case HQ_BT_BIAS_K: return &w->bias[HQ_LIN_K];
+  case HQ_BT_BIAS_V: return &w->bias[HQ_LIN_V];
+  case HQ_BT_Q_NORM: return &w->q_norm;
+  case HQ_BT_K_NORM: return &w->k_norm;
+  default: HQ_DIE("bad block tensor %d", (int)k);
+  }
+}
+
+static int check_block_linears(const struct hq_model *m, int64_t b) {
+  const struct hq_model_config *c = &m->cfg;
+  char name[256], why[160];
+  snprintf(why, sizeof why, "hidden_size=%lld, intermediate_size=%lld, heads=%lld, "
+           "kv_heads=%lld, head_dim=%lld", (long long)c->hidden, (long long)c->intermediate,
+           (long long)c->n_heads, (long long)c->n_kv_heads, (long long)c->head_dim);
+  for (int l = 0; l < HQ_LIN_COUNT; l++) {
+    int64_t r, k;
+    hq_linear_shape(c, (enum hq_linear)l, &r, &k);
+    snprintf(name, sizeof name, "model.layers.%lld.%s.weight", (long long)b, lin_names[l]);
+    HQ_TRY(expect(m, name, 2, r, k, why));
+  }
+  return HQ_OK;
+}
+
 static int check_tensors(const struct hq_model *m) {
   const struct hq_model_config *c = &m->cfg;
   char name[256], why[160];
@@ -94,27 +143,14 @@ static int check_tensors(const struct hq_model *m) {
   if (!c->tie_embeddings) HQ_TRY(expect(m, "lm_head.weight", 2, c->vocab, c->hidden, why));
   snprintf(why, sizeof why, "hidden_size=%lld", (long long)c->hidden);
   HQ_TRY(expect(m, "model.norm.weight", 1, c->hidden, 0, why));
+  struct hq_block_tensor bt[HQ_BT_COUNT];
+  const int nbt = hq_block_tensors(c, bt);
   for (int64_t b = 0; b < c->n_layers; b++) {
-    snprintf(why, sizeof why, "hidden_size=%lld", (long long)c->hidden);
-    snprintf(name, sizeof name, "model.layers.%lld.input_layernorm.weight", (long long)b);
-    HQ_TRY(expect(m, name, 1, c->hidden, 0, why));
-    snprintf(name, sizeof name, "model.layers.%lld.post_attention_layernorm.weight",
-             (long long)b);
-    HQ_TRY(expect(m, name, 1, c->hidden, 0, why));
-    for (int l = 0; l < HQ_LIN_COUNT; l++) {
-      int64_t r, k;
-      hq_linear_shape(c, (enum hq_linear)l, &r, &k);
-      snprintf(why, sizeof why, "hidden_size=%lld, intermediate_size=%lld, heads=%lld, "
-               "kv_heads=%lld, head_dim=%lld", (long long)c->hidden, (long long)c->intermediate,
-               (long long)c->n_heads, (long long)c->n_kv_heads, (long long)c->head_dim);
-      snprintf(name, sizeof name, "model.layers.%lld.%s.weight", (long long)b, lin_names[l]);
-      HQ_TRY(expect(m, name, 2, r, k, why));
-      if (c->qkv_bias && l <= HQ_LIN_V) {
-        snprintf(name, sizeof name, "model.layers.%lld.%s.bias", (long long)b, lin_names[l]);
-        HQ_TRY(expect(m, name, 1, r, 0, c->arch == HQ_ARCH_QWEN2 ? "Qwen2 has q/k/v bias"
-                                                                 : "attention_bias=true"));
-      }
+    for (int k = 0; k < nbt; k++) {
+      snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)b, bt[k].suffix);
+      HQ_TRY(expect(m, name, 1, bt[k].len, 0, bt[k].why));
     }
+    HQ_TRY(check_block_linears(m, b));
   }
   return HQ_OK;
 }
@@ -229,23 +265,15 @@ int hq_model_load_block_part(const struct hq_model *m, int64_t b, int linears,
   if (b < 0 || b >= m->cfg.n_layers)
     return hq_fail(HQ_ERR_INPUT, "block %lld does not exist; the model has %lld layers",
                    (long long)b, (long long)m->cfg.n_layers);
-  char name[256];
   int rc = HQ_OK;
-  for (int l = 0; l < HQ_LIN_COUNT && rc == HQ_OK; l++) {
-    if (linears) rc = hq_model_load_linear(m, b, (enum hq_linear)l, w);
-    if (rc == HQ_OK && m->cfg.qkv_bias && l <= HQ_LIN_V) {
-      snprintf(name, sizeof name, "model.layers.%lld.%s.bias", (long long)b, lin_names[l]);
-      rc = hq_model_load_f32(m, name, &w->bias[l], NULL);
-    }
-  }
-  if (rc == HQ_OK) {
-    snprintf(name, sizeof name, "model.layers.%lld.input_layernorm.weight", (long long)b);
-    rc = hq_model_load_f32(m, name, &w->ln_attn, NULL);
-  }
-  if (rc == HQ_OK) {
-    snprintf(name, sizeof name, "model.layers.%lld.post_attention_layernorm.weight",
-             (long long)b);
-    rc = hq_model_load_f32(m, name, &w->ln_mlp, NULL);
+  for (int l = 0; l < HQ_LIN_COUNT && rc == HQ_OK && linears; l++)
+    rc = hq_model_load_linear(m, b, (enum hq_linear)l, w);
+  struct hq_block_tensor bt[HQ_BT_COUNT];
+  const int nbt = hq_block_tensors(&m->cfg, bt);
+  for (int k = 0; k < nbt && rc == HQ_OK; k++) {
+    char name[256];
+    snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)b, bt[k].suffix);
+    rc = hq_model_load_f32(m, name, hq_block_tensor_slot(w, bt[k].kind), NULL);
   }
   if (rc != HQ_OK) hq_block_weights_free(w);
   return rc;
@@ -259,5 +287,7 @@ void hq_block_weights_free(struct hq_block_weights *w) {
   }
   free(w->ln_attn);
   free(w->ln_mlp);
+  free(w->q_norm);
+  free(w->k_norm);
   memset(w, 0, sizeof *w);
 }

@@ -56,7 +56,7 @@ void hq_st_release(const struct hq_st_tensor *t);
 void hq_st_close(struct hq_safetensors *st);
 
 /* ---------------- config ---------------- */
-enum hq_arch { HQ_ARCH_LLAMA = 0, HQ_ARCH_MISTRAL = 1, HQ_ARCH_QWEN2 = 2 };
+enum hq_arch { HQ_ARCH_LLAMA = 0, HQ_ARCH_MISTRAL = 1, HQ_ARCH_QWEN2 = 2, HQ_ARCH_QWEN3 = 3 };
 enum hq_rope_type { HQ_ROPE_DEFAULT = 0, HQ_ROPE_LLAMA3 = 1 };
 
 struct hq_model_config {
@@ -77,6 +77,8 @@ struct hq_model_config {
   int64_t rope_original_max_pos;
   int tie_embeddings;        /* tie_word_embeddings */
   int qkv_bias;              /* attention_bias, or Qwen2 (always) */
+  int qk_norm;               /* Qwen3: per-head RMSNorm of q and k (self_attn.q_norm / k_norm,
+                                [head_dim]) after the projection, before RoPE */
   int64_t sliding_window;    /* Mistral's sliding_window (0: none / null); see below */
   char *json;                /* the config.json text as read (for the HDF5 metadata) */
 };
@@ -135,7 +137,25 @@ struct hq_block_weights {
   float *bias[HQ_LIN_COUNT];  /* q/k/v bias when cfg.qkv_bias, else NULL */
   float *ln_attn;             /* input_layernorm.weight [hidden] */
   float *ln_mlp;              /* post_attention_layernorm.weight [hidden] */
+  float *q_norm, *k_norm;     /* self_attn.q_norm / k_norm.weight [head_dim] when cfg.qk_norm */
 };
+
+/* The unquantized tensors of a block the forward reads (norms, q/k/v biases), in this order:
+ * input_layernorm, post_attention_layernorm, q/k/v bias (cfg.qkv_bias), q_norm and k_norm
+ * (cfg.qk_norm). One list for loading, the checks of a checkpoint and of an .h5 result, and
+ * the unquantized tensors a run stores. */
+enum hq_btensor { HQ_BT_LN_ATTN = 0, HQ_BT_LN_MLP, HQ_BT_BIAS_Q, HQ_BT_BIAS_K, HQ_BT_BIAS_V,
+                  HQ_BT_Q_NORM, HQ_BT_K_NORM, HQ_BT_COUNT };
+struct hq_block_tensor {
+  enum hq_btensor kind;
+  const char *suffix;         /* "input_layernorm.weight", ..., "self_attn.k_norm.weight" */
+  int64_t len;                /* elements (all are vectors) */
+  const char *why;            /* the config fields that give len, for messages */
+};
+/* The block tensors this config has into t; returns their count (<= HQ_BT_COUNT). */
+int hq_block_tensors(const struct hq_model_config *c, struct hq_block_tensor t[HQ_BT_COUNT]);
+/* The member of w that holds tensor kind k. */
+float **hq_block_tensor_slot(struct hq_block_weights *w, enum hq_btensor k);
 int hq_model_load_block(const struct hq_model *m, int64_t b, struct hq_block_weights *w);
 /* The same without the linears when `linears` is 0 (norms and biases only); then
  * hq_model_load_linear converts one linear when it is needed (no-op if w holds it). */

@@ -173,24 +173,28 @@ int hq_pipeline_write_equalized(struct run *R, const struct hq_block_weights *bw
   return rc;
 }
 
+/* Name k of the unquantized tensors a run stores: embedding, final norm, an untied lm_head,
+ * then every block's tensors (hq_block_tensors); 0 past the end. */
+static int unquantized_name(const struct hq_model_config *c, int64_t k, char *name, size_t n) {
+  const char *fixed[3] = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"};
+  const int nfixed = c->tie_embeddings ? 2 : 3;
+  struct hq_block_tensor bt[HQ_BT_COUNT];
+  const int nbt = hq_block_tensors(c, bt);
+  if (k < nfixed) {
+    snprintf(name, n, "%s", fixed[k]);
+    return 1;
+  }
+  k -= nfixed;
+  if (k >= nbt * c->n_layers) return 0;
+  snprintf(name, n, "model.layers.%lld.%s", (long long)(k / nbt), bt[k % nbt].suffix);
+  return 1;
+}
+
 static int write_unquantized(struct run *R) {
   const struct hq_model_config *c = &R->model.cfg;
   int rc = HQ_OK;
   char name[256];
-  const char *fixed[3] = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"};
-  int nfixed = c->tie_embeddings ? 2 : 3;
-  for (int64_t k = 0; k < nfixed + 2 * c->n_layers + (c->qkv_bias ? 3 * c->n_layers : 0); k++) {
-    if (k < nfixed) {
-      snprintf(name, sizeof name, "%s", fixed[k]);
-    } else if (k < nfixed + 2 * c->n_layers) {
-      int64_t j = k - nfixed;
-      snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)(j / 2),
-               j % 2 ? "post_attention_layernorm.weight" : "input_layernorm.weight");
-    } else {
-      int64_t j = k - nfixed - 2 * c->n_layers;
-      static const char *bn[3] = {"q_proj", "k_proj", "v_proj"};
-      snprintf(name, sizeof name, "model.layers.%lld.self_attn.%s.bias", (long long)(j / 3), bn[j % 3]);
-    }
+  for (int64_t k = 0; unquantized_name(c, k, name, sizeof name); k++) {
     const struct hq_st_tensor *t = hq_st_find(&R->model.st, name);
     int lrc = t ? HQ_OK : hq_fail(HQ_ERR_INPUT, "tensor %s missing from the model", name);
     rc = hq_comm_agree(R->world, lrc);
