@@ -1,5 +1,5 @@
 /* config.json parsing: the bundled configs against transformers.AutoConfig's reading
- * (tests/model_fixtures.h), the four supported architectures, llama3 rope scaling (also as
+ * (tests/model_fixtures.h), the six supported architectures (two of them mixtures of experts), llama3 rope scaling (also as
  * transformers 5's rope_parameters), defaults,
  * and refusals of what is not supported, each naming what is. */
 #include <math.h>
@@ -121,6 +121,43 @@ int main(void) {
       HQ_ERR_INPUT, "rope_scaling and rope_parameters", NULL);
   bad("{\"architectures\":[\"Qwen3ForCausalLM\"]," BASE ",\"rope_parameters\":"
       "{\"rope_theta\":1000000.0,\"rope_type\":\"yarn\"}}", HQ_ERR_UNSUPPORTED, "yarn", NULL);
+  /* Mixtral: 8 experts top-2 of intermediate_size, renormalised, every layer sparse; its
+   * transformers defaults for eps and theta */
+  CHECK(parse("{\"architectures\":[\"MixtralForCausalLM\"]," BASE "}", &c) == HQ_OK, "%s",
+        hq_last_error());
+  CHECK(c.arch == HQ_ARCH_MIXTRAL && c.n_experts == 8 && c.top_k == 2 &&
+            c.moe_intermediate == 172 && c.norm_topk == 1 && hq_config_moe_block(&c, 0) &&
+            hq_config_moe_block(&c, 1) && !hq_config_moe_block(&c, 2) && c.rms_eps == 1e-5f &&
+            c.rope_theta == 1e6 && !c.qk_norm, "mixtral defaults");
+  hq_config_free(&c);
+  /* Qwen3-MoE: num_experts (hub) or num_local_experts (transformers 5), moe_intermediate_size,
+   * norm_topk_prob, decoder_sparse_step and mlp_only_layers */
+  CHECK(parse("{\"architectures\":[\"Qwen3MoeForCausalLM\"],\"hidden_size\":64,"
+              "\"intermediate_size\":172,\"num_hidden_layers\":6,\"num_attention_heads\":8,"
+              "\"vocab_size\":512,\"num_experts\":16,\"num_experts_per_tok\":4,"
+              "\"moe_intermediate_size\":24,\"norm_topk_prob\":true,\"decoder_sparse_step\":2,"
+              "\"mlp_only_layers\":[3]}", &c) == HQ_OK, "%s", hq_last_error());
+  CHECK(c.arch == HQ_ARCH_QWEN3_MOE && c.n_experts == 16 && c.top_k == 4 &&
+            c.moe_intermediate == 24 && c.norm_topk == 1 && c.qk_norm == 1 && c.head_dim == 8,
+        "qwen3-moe fields");
+  CHECK(!hq_config_moe_block(&c, 0) && hq_config_moe_block(&c, 1) && !hq_config_moe_block(&c, 2) &&
+            !hq_config_moe_block(&c, 3) && !hq_config_moe_block(&c, 4) && hq_config_moe_block(&c, 5),
+        "qwen3-moe sparse layers: (b + 1) %% 2 == 0 and not 3");
+  hq_config_free(&c);
+  CHECK(parse("{\"architectures\":[\"Qwen3MoeForCausalLM\"]," BASE ",\"num_local_experts\":4,"
+              "\"num_experts_per_tok\":1}", &c) == HQ_OK && c.n_experts == 4 && c.top_k == 1 &&
+            c.moe_intermediate == 768 && c.norm_topk == 0, "qwen3-moe defaults: %s",
+        hq_last_error());
+  hq_config_free(&c);
+  CHECK(parse("{\"architectures\":[\"LlamaForCausalLM\"]," BASE "}", &c) == HQ_OK &&
+            c.n_experts == 0 && !hq_config_moe_block(&c, 0), "llama is dense");
+  hq_config_free(&c);
+  bad("{\"architectures\":[\"MixtralForCausalLM\"]," BASE ",\"num_local_experts\":2,"
+      "\"num_experts_per_tok\":3}", HQ_ERR_INPUT, "num_experts_per_tok 3", "2 experts");
+  bad("{\"architectures\":[\"Qwen3MoeForCausalLM\"]," BASE ",\"mlp_only_layers\":[5]}",
+      HQ_ERR_INPUT, "mlp_only_layers", "[0, 2)");
+  bad("{\"architectures\":[\"Qwen3MoeForCausalLM\"]," BASE ",\"mlp_only_layers\":3}",
+      HQ_ERR_INPUT, "mlp_only_layers", "list");
   /* attention_bias on Llama */
   CHECK(parse("{\"architectures\":[\"LlamaForCausalLM\"]," BASE ",\"attention_bias\":true}", &c) ==
             HQ_OK, "%s", hq_last_error());
@@ -156,7 +193,7 @@ int main(void) {
 
   /* refusals */
   bad("{\"architectures\":[\"GPT2LMHeadModel\"]," BASE "}", HQ_ERR_UNSUPPORTED, "GPT2LMHeadModel",
-      "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM");
+      "MixtralForCausalLM and Qwen3MoeForCausalLM");
   bad("{" BASE "}", HQ_ERR_INPUT, "architectures", "LlamaForCausalLM");
   bad("{\"architectures\":[\"LlamaForCausalLM\"]," BASE ",\"rope_scaling\":{\"rope_type\":\"yarn\","
       "\"factor\":4.0}}", HQ_ERR_UNSUPPORTED, "yarn", "\"llama3\"");

@@ -499,6 +499,7 @@ static void check_group_forward(int act_bits) {
 }
 
 int main(void) {
+  const struct hq_eval_opts small = {.chunk_tokens = 1, .batch_windows = 1};
   check_ops();
   check_rope_llama3();
   check_capture();
@@ -510,9 +511,16 @@ int main(void) {
                     "llama-sotu-5m");
   /* Qwen3 (q_norm / k_norm, head_dim 32 != hidden / heads, rope_parameters of transformers 5) */
   check_model_vs_hf("tiny-qwen3", "fixtures/tiny-qwen3-logits.safetensors", NULL, "tiny-qwen3");
+  /* mixtures of experts: Mixtral (top-2 of 4, renormalised) and Qwen3-MoE (top-2 of 8, not
+   * renormalised, a dense layer between sparse ones), also one window per chunk and batch */
+  check_model_vs_hf("tiny-mixtral", "fixtures/tiny-mixtral-logits.safetensors", NULL,
+                    "tiny-mixtral");
+  check_model_vs_hf("tiny-qwen3-moe", "fixtures/tiny-qwen3-moe-logits.safetensors", NULL,
+                    "tiny-qwen3-moe");
+  check_model_vs_hf("tiny-qwen3-moe", "fixtures/tiny-qwen3-moe-logits.safetensors", &small,
+                    "tiny-qwen3-moe (batch 1)");
   /* batching: one window per chunk and per batch, the blocks of the first batch kept for the
    * second (the default), or loaded again for each batch */
-  const struct hq_eval_opts small = {.chunk_tokens = 1, .batch_windows = 1};
   check_model_vs_hf("llama-sotu-5m", "fixtures/llama-sotu-5m-logits.safetensors", &small,
                     "llama-sotu-5m (batch 1)");
   const struct hq_eval_opts streamed = {.chunk_tokens = 1, .batch_windows = 1, .keep_bytes = -1};

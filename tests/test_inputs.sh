@@ -13,6 +13,8 @@
 #     impossible --nsamples / --batch, fewer windows than ranks); the leftover of a run killed
 #     before its first flush is recognised by --resume and inspect; RTN never exports
 #     desc_act true
+#  6. mixtures of experts: eval runs them; quantize refuses them (not implemented yet) before
+#     creating --out; a missing expert tensor is named; hpcq layer refuses a MoE block's MLP
 set -u
 source "$(dirname "$0")/testlib.sh"
 hq_tmpdir inputs
@@ -152,4 +154,27 @@ expect "--resume of a complete file" 1 "already complete: nothing to resume" "$B
 python3 -c "import h5py, numpy as np, sys; h5py.File(sys.argv[1], 'r+').attrs['act_order'] = np.int64(1)" "$T/rtn.h5" 2>/dev/null
 "$BIN" export "$T/rtn.h5" --out "$T/rtn.gptq" --quiet 2>"$T/e.log" && grep -qE '"desc_act":[[:space:]]*false' "$T/rtn.gptq/quantize_config.json" &&
   ok "RTN exports desc_act false" || bad "RTN export: $(cat "$T/e.log") $(grep desc_act "$T/rtn.gptq/quantize_config.json")"
+# ---- 6. mixtures of experts: eval runs them, quantize refuses them before creating anything,
+# a missing expert is named ----
+MOE=$HQ_TESTDATA/tiny-mixtral
+MT=$HQ_TESTDATA/stories260K-hf/wikitext2-test.tok512.i32
+if timeout 60 "$BIN" eval --model "$MOE" --tokens "$MT" --seqlen 64 --max-windows 16 >"$T/moe.txt" 2>&1 &&
+   grep -qE "^perplexity [0-9.]+ .* 16 windows of 64" "$T/moe.txt"; then ok "eval a Mixtral: $(tail -1 "$T/moe.txt")"
+else bad "eval a Mixtral: $(tail -2 "$T/moe.txt")"; fi
+expect --no-file "$T/moe.h5" "quantize a Mixtral" 1 "mixture of experts.*does not quantize experts" \
+  "$BIN" quantize --model "$MOE" --calib "$MT" --nsamples 4 --seqlen 64 --out "$T/moe.h5"
+rm -rf "$T/moe" && mkdir "$T/moe" && cp "$MOE/config.json" "$T/moe/"
+python3 - "$MOE/model.safetensors" "$T/moe/model.safetensors" <<'PY'
+import json, struct, sys
+b = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+del h["model.layers.1.block_sparse_moe.experts.3.w2.weight"]   # its bytes stay, unreferenced
+j = json.dumps(h).encode()
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(j)) + j + b[8 + n:])
+PY
+expect "Mixtral without one expert" 1 "model.layers.1.block_sparse_moe.experts.3.w2.weight.*missing" \
+  "$BIN" eval --model "$T/moe" --tokens "$MT" --seqlen 64 --max-windows 4
+expect "hpcq layer on a MoE block's MLP" 1 "mixture of experts.*attention linears" \
+  "$BIN" layer --model "$MOE" --calib "$MT" --linear mlp.up_proj --block 0 --nsamples 4 --seqlen 64
 finish test_inputs

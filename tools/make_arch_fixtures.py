@@ -8,6 +8,11 @@ What it writes (all small and committed):
       vocab 512 (the stories260K tokenizer's size, so its token files feed it):
         tiny-qwen3  Qwen3ForCausalLM: hidden 64, 2 layers, 4 heads / 2 KV heads,
                     head_dim 32 (not hidden / heads), per-head q_norm / k_norm, untied head
+        tiny-mixtral  MixtralForCausalLM: hidden 64, 2 layers, 4 experts of 96, top-2
+                    (always renormalised)
+        tiny-qwen3-moe  Qwen3MoeForCausalLM: hidden 64, 3 layers, 8 experts of 48, top-2,
+                    norm_topk_prob false, layer 1 dense (mlp_only_layers [1], intermediate 128),
+                    q/k norms, head_dim 32
       Norm weights are drawn around 1 (not left at 1), so a norm hpcq forgot to apply
       changes the logits.
   tests/data/fixtures/tiny-<arch>-logits.safetensors
@@ -26,7 +31,7 @@ import numpy as np
 import torch
 import transformers
 from safetensors.numpy import save_file
-from transformers import AutoModelForCausalLM, Qwen3Config
+from transformers import AutoModelForCausalLM, MixtralConfig, Qwen3Config, Qwen3MoeConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data")
@@ -44,6 +49,13 @@ COMMON = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention
 ARCHS = {
     "tiny-qwen3": lambda: Qwen3Config(**COMMON, intermediate_size=128, head_dim=32,
                                       rope_theta=1000000.0),
+    "tiny-mixtral": lambda: MixtralConfig(**COMMON, intermediate_size=96, num_local_experts=4,
+                                          num_experts_per_tok=2),
+    "tiny-qwen3-moe": lambda: Qwen3MoeConfig(**(COMMON | {"num_hidden_layers": 3}),
+                                             intermediate_size=128, moe_intermediate_size=48,
+                                             num_experts=8, num_experts_per_tok=2,
+                                             norm_topk_prob=False, mlp_only_layers=[1],
+                                             decoder_sparse_step=1, head_dim=32),
 }
 
 
@@ -102,6 +114,7 @@ def make(name, cfg_fn, seed):
 
 
 def main():
+    torch.set_num_threads(1)  # the same logits bits on every rerun
     for i, (name, fn) in enumerate(ARCHS.items()):
         make(name, fn, 1000 + i)
 

@@ -313,6 +313,11 @@ static void print_header(const struct layer_opts *o, const struct layer_w *w, do
 static int layer_prepare(const struct hq_backend *be, const struct hq_model *m,
                          const struct layer_opts *o, struct layer_w *w) {
   HQ_TRY(check_model(m, o));
+  if (w->lin >= HQ_LIN_GATE && hq_config_moe_block(&m->cfg, o->block))
+    return hq_fail(HQ_ERR_UNSUPPORTED, "--block %lld of this %s is a mixture of experts: it has "
+                   "no %s; hpcq layer takes its attention linears (self_attn.q_proj, k_proj, "
+                   "v_proj, o_proj)", (long long)o->block, m->cfg.arch_name,
+                   hq_linear_name(w->lin));
   hq_linear_shape(&m->cfg, w->lin, &w->rows, &w->cols);
   w->W = malloc(sizeof(float) * (size_t)(w->rows * w->cols));
   if (!w->W)

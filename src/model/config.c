@@ -1,6 +1,7 @@
 /* config.json of a Hugging Face Llama-family checkpoint -> struct hq_model_config.
- * Supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM with SiLU
- * MLPs, RMSNorm and RoPE (default or "llama3" scaling). Anything else is refused with a message naming what is
+ * Supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM and the
+ * mixtures of experts MixtralForCausalLM, Qwen3MoeForCausalLM, with SiLU MLPs (or experts),
+ * RMSNorm and RoPE (default or "llama3" scaling). Anything else is refused with a message naming what is
  * supported, never guessed. */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -13,8 +14,9 @@
 #include "fileio.h"
 #include "model.h"
 
-#define SUPPORTED_ARCHS \
-  "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM"
+#define SUPPORTED_ARCHS                                                                    \
+  "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "              \
+  "MixtralForCausalLM and Qwen3MoeForCausalLM"
 
 static const cJSON *get(const cJSON *o, const char *key) {
   const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
@@ -143,7 +145,8 @@ static int parse_sliding_window(const cJSON *root, const char *what, struct hq_m
     return hq_fail(HQ_ERR_UNSUPPORTED, "%s: use_sliding_window true is not supported; hpcq "
                    "supports full causal attention", what);
   c->sliding_window = 0;
-  if (c->arch == HQ_ARCH_MISTRAL) HQ_TRY(get_int(root, "sliding_window", 0, &c->sliding_window, what));
+  if (c->arch == HQ_ARCH_MISTRAL || c->arch == HQ_ARCH_MIXTRAL)
+    HQ_TRY(get_int(root, "sliding_window", 0, &c->sliding_window, what));
   return HQ_OK;
 }
 
@@ -169,6 +172,8 @@ static int parse_arch(const cJSON *root, const char *what, struct hq_model_confi
   else if (strcmp(an, "MistralForCausalLM") == 0) c->arch = HQ_ARCH_MISTRAL;
   else if (strcmp(an, "Qwen2ForCausalLM") == 0) c->arch = HQ_ARCH_QWEN2;
   else if (strcmp(an, "Qwen3ForCausalLM") == 0) c->arch = HQ_ARCH_QWEN3;
+  else if (strcmp(an, "MixtralForCausalLM") == 0) c->arch = HQ_ARCH_MIXTRAL;
+  else if (strcmp(an, "Qwen3MoeForCausalLM") == 0) c->arch = HQ_ARCH_QWEN3_MOE;
   else
     return hq_fail(HQ_ERR_UNSUPPORTED, "%s: architecture \"%.60s\" is not supported; hpcq "
                    "supports " SUPPORTED_ARCHS, what, an);
@@ -203,19 +208,20 @@ static int parse_sizes(const cJSON *root, const char *what, struct hq_model_conf
   c->head_dim = c->arch == HQ_ARCH_QWEN3 ? 128 : 0; /* Qwen3Config's default is 128, not
                                                       hidden / heads */
   HQ_TRY(get_int(root, "head_dim", 0, &c->head_dim, what));
-  c->max_pos = c->arch == HQ_ARCH_LLAMA ? 2048 : c->arch == HQ_ARCH_MISTRAL ? 131072 : 32768;
+  c->max_pos = c->arch == HQ_ARCH_LLAMA ? 2048
+             : c->arch == HQ_ARCH_MISTRAL || c->arch == HQ_ARCH_MIXTRAL ? 131072 : 32768;
   return get_int(root, "max_position_embeddings", 0, &c->max_pos, what);
 }
 
 /* RMSNorm eps, RoPE theta and scaling, tied embeddings, q/k/v bias (always on for Qwen2), the
  * per-head q/k RMSNorm (always on for Qwen3). */
 static int parse_norm_rope(const cJSON *root, const char *what, struct hq_model_config *c) {
-  double eps = 1e-6;
+  double eps = c->arch == HQ_ARCH_MIXTRAL ? 1e-5 : 1e-6; /* transformers' defaults */
   HQ_TRY(get_num(root, "rms_norm_eps", &eps, what));
   if (!(eps > 0 && eps < 1))
     return hq_fail(HQ_ERR_INPUT, "%s: rms_norm_eps %g must be in (0, 1)", what, eps);
   c->rms_eps = (float)eps;
-  c->rope_theta = 10000.0;
+  c->rope_theta = c->arch == HQ_ARCH_MIXTRAL ? 1e6 : 10000.0;
   HQ_TRY(get_num(root, "rope_theta", &c->rope_theta, what));
   const cJSON *rp = get(root, "rope_parameters");
   if (rp) HQ_TRY(parse_rope_parameters(root, rp, what, c));
@@ -226,7 +232,7 @@ static int parse_norm_rope(const cJSON *root, const char *what, struct hq_model_
   int ab = 0;
   HQ_TRY(get_bool(root, "attention_bias", &ab, what));
   c->qkv_bias = ab || c->arch == HQ_ARCH_QWEN2;
-  c->qk_norm = c->arch == HQ_ARCH_QWEN3;
+  c->qk_norm = c->arch == HQ_ARCH_QWEN3 || c->arch == HQ_ARCH_QWEN3_MOE;
   return rp ? HQ_OK : parse_rope_scaling(get(root, "rope_scaling"), what, c);
 }
 
@@ -254,6 +260,60 @@ static int check_shapes(const char *what, struct hq_model_config *c) {
   return HQ_OK;
 }
 
+/* Qwen3-MoE: block b is sparse unless listed in mlp_only_layers, when (b + 1) is a multiple of
+ * decoder_sparse_step (transformers' Qwen3MoeDecoderLayer). */
+static int parse_sparse_layers(const cJSON *root, const char *what, struct hq_model_config *c) {
+  int64_t step = 1;
+  HQ_TRY(get_int(root, "decoder_sparse_step", 0, &step, what));
+  for (int64_t b = 0; b < c->n_layers; b++) c->moe_layer[b] = (b + 1) % step == 0;
+  const cJSON *only = get(root, "mlp_only_layers");
+  if (!only) return HQ_OK;
+  if (!cJSON_IsArray(only))
+    return hq_fail(HQ_ERR_INPUT, "%s: \"mlp_only_layers\" must be a list of layer indices", what);
+  for (const cJSON *e = only->child; e; e = e->next) {
+    const double v = cJSON_IsNumber(e) ? e->valuedouble : -1;
+    if (!(v >= 0 && v < (double)c->n_layers) || v != floor(v))
+      return hq_fail(HQ_ERR_INPUT, "%s: mlp_only_layers holds %s; each entry must be a layer "
+                     "index in [0, %lld)", what, cJSON_IsNumber(e) ? "an index out of range"
+                     : "a non-number", (long long)c->n_layers);
+    c->moe_layer[(int64_t)v] = 0;
+  }
+  return HQ_OK;
+}
+
+/* The experts of Mixtral (num_local_experts of intermediate_size, renormalised top-k) and
+ * Qwen3-MoE (num_experts or num_local_experts of moe_intermediate_size, norm_topk_prob). */
+static int parse_moe(const cJSON *root, const char *what, struct hq_model_config *c) {
+  const int mix = c->arch == HQ_ARCH_MIXTRAL;
+  if (!mix && c->arch != HQ_ARCH_QWEN3_MOE) return HQ_OK;
+  c->n_experts = mix ? 8 : 128;
+  c->top_k = mix ? 2 : 8;
+  c->moe_intermediate = mix ? c->intermediate : 768;
+  c->norm_topk = mix;
+  HQ_TRY(get_int(root, "num_local_experts", 0, &c->n_experts, what));
+  if (!mix) HQ_TRY(get_int(root, "num_experts", 0, &c->n_experts, what));
+  HQ_TRY(get_int(root, "num_experts_per_tok", 0, &c->top_k, what));
+  if (!mix) HQ_TRY(get_int(root, "moe_intermediate_size", 0, &c->moe_intermediate, what));
+  if (!mix) HQ_TRY(get_bool(root, "norm_topk_prob", &c->norm_topk, what));
+  if (c->top_k > c->n_experts)
+    return hq_fail(HQ_ERR_INPUT, "%s: num_experts_per_tok %lld is more than the %lld experts",
+                   what, (long long)c->top_k, (long long)c->n_experts);
+  if (c->n_experts > 65536)
+    return hq_fail(HQ_ERR_UNSUPPORTED, "%s: %lld experts; hpcq supports up to 65536", what,
+                   (long long)c->n_experts);
+  if (!(c->moe_layer = calloc((size_t)c->n_layers, 1)))
+    return hq_fail(HQ_ERR_NOMEM, "out of memory");
+  if (mix) {
+    memset(c->moe_layer, 1, (size_t)c->n_layers);
+    return HQ_OK;
+  }
+  return parse_sparse_layers(root, what, c);
+}
+
+int hq_config_moe_block(const struct hq_model_config *c, int64_t b) {
+  return c->moe_layer && b >= 0 && b < c->n_layers && c->moe_layer[b];
+}
+
 static int parse(const cJSON *root, const char *what, struct hq_model_config *c) {
   if (!cJSON_IsObject(root))
     return hq_fail(HQ_ERR_INPUT, "%s: not a JSON object; expected a Hugging Face config.json",
@@ -264,6 +324,7 @@ static int parse(const cJSON *root, const char *what, struct hq_model_config *c)
   HQ_TRY(parse_sliding_window(root, what, c));
   HQ_TRY(parse_sizes(root, what, c));
   HQ_TRY(parse_norm_rope(root, what, c));
+  HQ_TRY(parse_moe(root, what, c));
   return check_shapes(what, c);
 }
 
@@ -279,11 +340,15 @@ int hq_config_parse(const char *text, size_t len, const char *what, struct hq_mo
   int rc = parse(root, what, c);
   cJSON_Delete(root);
   if (rc != HQ_OK) {
+    free(c->moe_layer);
     memset(c, 0, sizeof *c);
     return rc;
   }
   c->json = malloc(len + 1);
-  if (!c->json) return hq_fail(HQ_ERR_NOMEM, "out of memory");
+  if (!c->json) {
+    hq_config_free(c);
+    return hq_fail(HQ_ERR_NOMEM, "out of memory");
+  }
   memcpy(c->json, text, len);
   c->json[len] = 0;
   return HQ_OK;
@@ -339,4 +404,6 @@ void hq_config_free(struct hq_model_config *c) {
   if (!c) return;
   free(c->json);
   c->json = NULL;
+  free(c->moe_layer);
+  c->moe_layer = NULL;
 }

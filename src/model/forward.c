@@ -10,6 +10,7 @@
 #include "actquant.h"
 #include "error.h"
 #include "fastmath.h"
+#include "forward_moe.h"
 
 /* ---------------- rope ---------------- */
 
@@ -116,10 +117,33 @@ static float **dev_slot(struct hq_block_dev *d, enum hq_btensor k) {
   }
 }
 
+/* a copy of the router and experts of w into d (host backends); non-zero when out of memory */
+static int upload_experts(const struct hq_backend *be, const struct hq_model_config *c,
+                          const struct hq_block_weights *w, struct hq_block_dev *d) {
+  const size_t rb = (size_t)(c->n_experts * c->hidden) * sizeof(float);
+  if (!(d->router = be->alloc(rb))) return 1;
+  be->upload(d->router, w->router, rb);
+  if (!(d->experts = calloc((size_t)w->n_expert_slots, sizeof *d->experts))) return 1;
+  d->n_expert_slots = w->n_expert_slots;
+  for (int64_t i = 0; i < w->n_expert_slots; i++) {
+    int64_t rows, cols;
+    hq_expert_shape(c, (enum hq_expert_part)(i % 3), &rows, &cols);
+    const size_t bytes = (size_t)(rows * cols) * sizeof(float);
+    if (!(d->experts[i] = be->alloc(bytes))) return 1;
+    be->upload(d->experts[i], w->experts[i], bytes);
+  }
+  return 0;
+}
+
 int hq_block_dev_upload(const struct hq_backend *be, const struct hq_model_config *c,
                         const struct hq_block_weights *w, struct hq_block_dev *d) {
   memset(d, 0, sizeof *d);
+  if (w->experts && be->on_device)
+    return hq_fail(HQ_ERR_UNSUPPORTED, "a mixture-of-experts block runs on the cpu backend only "
+                   "(the %s backend has no expert routing yet); use --backend cpu", be->name);
+  if (w->experts && upload_experts(be, c, w, d)) goto oom;
   for (int l = 0; l < HQ_LIN_COUNT; l++) {
+    if (!w->lin[l]) continue; /* gate/up/down of a MoE block */
     int64_t rows, cols;
     hq_linear_shape(c, (enum hq_linear)l, &rows, &cols);
     const size_t bytes = (size_t)(rows * cols) * sizeof(float);
@@ -145,6 +169,9 @@ int hq_block_dev_borrow(const struct hq_backend *be, const struct hq_model_confi
   if (be->on_device) return hq_block_dev_upload(be, c, w, d);
   memset(d, 0, sizeof *d);
   memcpy(d->lin, w->lin, sizeof d->lin);
+  d->router = w->router;
+  d->experts = w->experts;
+  d->n_expert_slots = w->n_expert_slots;
   for (int k = 0; k < HQ_BT_COUNT; k++)
     *dev_slot(d, (enum hq_btensor)k) = *hq_block_tensor_slot((struct hq_block_weights *)w,
                                                              (enum hq_btensor)k);
@@ -159,6 +186,10 @@ void hq_block_dev_free(const struct hq_backend *be, struct hq_block_dev *d) {
   }
   for (int l = 0; l < HQ_LIN_COUNT; l++)
     if (d->lin[l]) be->free(d->lin[l]);
+  if (d->router) be->free(d->router);
+  for (int64_t i = 0; d->experts && i < d->n_expert_slots; i++)
+    if (d->experts[i]) be->free(d->experts[i]);
+  free(d->experts);
   for (int k = 0; k < HQ_BT_COUNT; k++) {
     float **p = dev_slot(d, (enum hq_btensor)k);
     if (*p) be->free(*p);
@@ -418,6 +449,11 @@ int hq_forward_block(const struct hq_backend *be, const struct hq_model_config *
   if (capture && capture(ctx, HQ_GROUP_O, ws->att, ntok, qd)) return 1;
   st_mlp_in(&f, x, ws->att, ws->h);
   if (capture && capture(ctx, HQ_GROUP_GATEUP, ws->xn, ntok, H)) return 1;
+  if (w->experts) { /* sparse MLP: the experts' inputs are not captured here */
+    hq_forward_moe(be, c, w->router, w->experts, ws->act_bits, nseq, seqlen, ws->xn, ws->h);
+    be->copy(x, ws->h, (size_t)(ntok * H) * sizeof(float));
+    return 0;
+  }
   st_mlp(&f, ws->g);
   if (capture && capture(ctx, HQ_GROUP_DOWN, ws->g, ntok, c->intermediate)) return 1;
   st_out(&f, ws->g, ws->h, x);
@@ -442,7 +478,7 @@ int hq_forward_group_input(const struct hq_backend *be, const struct hq_model_co
     st_mlp_in(&f, cr->x, cr->att, cr->h);
     return capture(ctx, g, ws->xn, ntok, H);
   default:
-    HQ_ASSERT(g == HQ_GROUP_DOWN);
+    HQ_ASSERT(g == HQ_GROUP_DOWN && !w->experts);
     st_mlp_norm(&f, cr->h);
     st_mlp(&f, cr->act);
     return capture(ctx, g, cr->act, ntok, c->intermediate);
@@ -528,17 +564,29 @@ double hq_forward_nll(const struct hq_backend *be, const struct hq_model_config 
 #define HQ_EVAL_ACT_BUDGET (1LL << 30)  /* bytes of resident activations by default */
 #define HQ_EVAL_KEEP_BUDGET (4LL << 30) /* bytes of f32 weights kept across batches by default */
 
-/* f32 bytes of what every batch would stream: each block (7 linears [rows x cols], q/k/v
- * biases, 2 norms) and an untied lm_head [vocab x hidden] */
-static int64_t model_weight_bytes(const struct hq_model_config *c) {
-  int64_t per_block = 2 * c->hidden;
-  for (int l = 0; l < HQ_LIN_COUNT; l++) {
+/* f32 floats of block b's weights: its linears [rows x cols] (a MoE block: attention, router
+ * and experts) and its unquantized vectors (hq_block_tensors) */
+static int64_t block_weight_floats(const struct hq_model_config *c, int64_t b) {
+  const int moe = hq_config_moe_block(c, b);
+  int64_t n = 0;
+  for (int l = 0; l < (moe ? HQ_LIN_GATE : HQ_LIN_COUNT); l++) {
     int64_t rows, cols;
     hq_linear_shape(c, (enum hq_linear)l, &rows, &cols);
-    per_block += rows * cols + (c->qkv_bias && l <= HQ_LIN_V ? rows : 0);
+    n += rows * cols;
   }
-  const int64_t head = c->tie_embeddings ? 0 : c->vocab * c->hidden;
-  return (per_block * c->n_layers + head) * (int64_t)sizeof(float);
+  if (moe) n += c->n_experts * (c->hidden + 3 * c->hidden * c->moe_intermediate);
+  struct hq_block_tensor bt[HQ_BT_COUNT];
+  const int nbt = hq_block_tensors(c, bt);
+  for (int k = 0; k < nbt; k++) n += bt[k].len;
+  return n;
+}
+
+/* f32 bytes of what every batch would stream: each block and an untied lm_head
+ * [vocab x hidden] */
+static int64_t model_weight_bytes(const struct hq_model_config *c) {
+  int64_t n = c->tie_embeddings ? 0 : c->vocab * c->hidden;
+  for (int64_t b = 0; b < c->n_layers; b++) n += block_weight_floats(c, b);
+  return n * (int64_t)sizeof(float);
 }
 
 int hq_forward_model_plan(const struct hq_model_config *c, int64_t nwin, int64_t seqlen,

@@ -28,6 +28,9 @@ struct hq_block_dev {
   float *bias[HQ_LIN_COUNT];
   float *ln_attn, *ln_mlp;
   float *q_norm, *k_norm; /* [head_dim] when cfg.qk_norm, else NULL */
+  float *router;          /* MoE block (host backends only): as in hq_block_weights */
+  float **experts;        /* [n_expert_slots] */
+  int64_t n_expert_slots;
   int borrowed; /* the host weights themselves (hq_block_dev_borrow): free leaves them */
 };
 int hq_block_dev_upload(const struct hq_backend *be, const struct hq_model_config *c,

@@ -44,6 +44,27 @@ void hq_linear_shape(const struct hq_model_config *c, enum hq_linear l, int64_t 
   }
 }
 
+static const char *const exp_parts[2][3] = {{"w1", "w3", "w2"},
+                                              {"gate_proj", "up_proj", "down_proj"}};
+
+void hq_expert_name(const struct hq_model_config *c, int64_t b, int64_t e,
+                    enum hq_expert_part part, char *buf, size_t n) {
+  const int mix = c->arch == HQ_ARCH_MIXTRAL;
+  snprintf(buf, n, "model.layers.%lld.%s.experts.%lld.%s", (long long)b,
+           mix ? "block_sparse_moe" : "mlp", (long long)e, exp_parts[mix ? 0 : 1][part]);
+}
+
+void hq_router_name(const struct hq_model_config *c, int64_t b, char *buf, size_t n) {
+  snprintf(buf, n, "model.layers.%lld.%s.gate.weight", (long long)b,
+           c->arch == HQ_ARCH_MIXTRAL ? "block_sparse_moe" : "mlp");
+}
+
+void hq_expert_shape(const struct hq_model_config *c, enum hq_expert_part part, int64_t *rows,
+                     int64_t *cols) {
+  *rows = part == HQ_EXP_DOWN ? c->hidden : c->moe_intermediate;
+  *cols = part == HQ_EXP_DOWN ? c->moe_intermediate : c->hidden;
+}
+
 void hq_shape_str(const int64_t *s, int nd, char *buf, size_t n) {
   size_t o = 0;
   o += (size_t)snprintf(buf + o, n - o, "[");
@@ -119,13 +140,36 @@ float **hq_block_tensor_slot(struct hq_block_weights *w, enum hq_btensor k) {
   }
 }
 
+/* the router and every expert's linears of MoE block b */
+static int check_block_experts(const struct hq_model *m, int64_t b) {
+  const struct hq_model_config *c = &m->cfg;
+  char name[256], why[160];
+  snprintf(why, sizeof why, "num_experts=%lld, hidden_size=%lld", (long long)c->n_experts,
+           (long long)c->hidden);
+  hq_router_name(c, b, name, sizeof name);
+  HQ_TRY(expect(m, name, 2, c->n_experts, c->hidden, why));
+  snprintf(why, sizeof why, "hidden_size=%lld, expert intermediate size %lld",
+           (long long)c->hidden, (long long)c->moe_intermediate);
+  for (int64_t e = 0; e < c->n_experts; e++)
+    for (int p = 0; p < 3; p++) {
+      int64_t r, k;
+      hq_expert_shape(c, (enum hq_expert_part)p, &r, &k);
+      hq_expert_name(c, b, e, (enum hq_expert_part)p, name, sizeof name - 8);
+      strcat(name, ".weight");
+      HQ_TRY(expect(m, name, 2, r, k, why));
+    }
+  return HQ_OK;
+}
+
 static int check_block_linears(const struct hq_model *m, int64_t b) {
   const struct hq_model_config *c = &m->cfg;
   char name[256], why[160];
   snprintf(why, sizeof why, "hidden_size=%lld, intermediate_size=%lld, heads=%lld, "
            "kv_heads=%lld, head_dim=%lld", (long long)c->hidden, (long long)c->intermediate,
            (long long)c->n_heads, (long long)c->n_kv_heads, (long long)c->head_dim);
-  for (int l = 0; l < HQ_LIN_COUNT; l++) {
+  const int moe = hq_config_moe_block(c, b);
+  if (moe) HQ_TRY(check_block_experts(m, b));
+  for (int l = 0; l < (moe ? HQ_LIN_GATE : HQ_LIN_COUNT); l++) {
     int64_t r, k;
     hq_linear_shape(c, (enum hq_linear)l, &r, &k);
     snprintf(name, sizeof name, "model.layers.%lld.%s.weight", (long long)b, lin_names[l]);
@@ -259,15 +303,34 @@ int hq_model_load_linear_rows(const struct hq_model *m, int64_t b, enum hq_linea
   return HQ_OK;
 }
 
+/* the router and all experts of MoE block b into w */
+static int load_experts(const struct hq_model *m, int64_t b, struct hq_block_weights *w) {
+  const struct hq_model_config *c = &m->cfg;
+  char name[256];
+  hq_router_name(c, b, name, sizeof name);
+  HQ_TRY(hq_model_load_f32(m, name, &w->router, NULL));
+  if (!(w->experts = calloc((size_t)(3 * c->n_experts), sizeof *w->experts)))
+    return hq_fail(HQ_ERR_NOMEM, "out of memory (block %lld's experts)", (long long)b);
+  w->n_expert_slots = 3 * c->n_experts;
+  for (int64_t i = 0; i < 3 * c->n_experts; i++) {
+    hq_expert_name(c, b, i / 3, (enum hq_expert_part)(i % 3), name, sizeof name - 8);
+    strcat(name, ".weight");
+    HQ_TRY(hq_model_load_f32(m, name, &w->experts[i], NULL));
+  }
+  return HQ_OK;
+}
+
 int hq_model_load_block_part(const struct hq_model *m, int64_t b, int linears,
                              struct hq_block_weights *w) {
   memset(w, 0, sizeof *w);
   if (b < 0 || b >= m->cfg.n_layers)
     return hq_fail(HQ_ERR_INPUT, "block %lld does not exist; the model has %lld layers",
                    (long long)b, (long long)m->cfg.n_layers);
+  const int moe = hq_config_moe_block(&m->cfg, b);
   int rc = HQ_OK;
-  for (int l = 0; l < HQ_LIN_COUNT && rc == HQ_OK && linears; l++)
+  for (int l = 0; l < (moe ? HQ_LIN_GATE : HQ_LIN_COUNT) && rc == HQ_OK && linears; l++)
     rc = hq_model_load_linear(m, b, (enum hq_linear)l, w);
+  if (rc == HQ_OK && linears && moe) rc = load_experts(m, b, w);
   struct hq_block_tensor bt[HQ_BT_COUNT];
   const int nbt = hq_block_tensors(&m->cfg, bt);
   for (int k = 0; k < nbt && rc == HQ_OK; k++) {
@@ -289,5 +352,8 @@ void hq_block_weights_free(struct hq_block_weights *w) {
   free(w->ln_mlp);
   free(w->q_norm);
   free(w->k_norm);
+  free(w->router);
+  for (int64_t i = 0; w->experts && i < w->n_expert_slots; i++) free(w->experts[i]);
+  free(w->experts);
   memset(w, 0, sizeof *w);
 }

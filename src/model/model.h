@@ -56,7 +56,8 @@ void hq_st_release(const struct hq_st_tensor *t);
 void hq_st_close(struct hq_safetensors *st);
 
 /* ---------------- config ---------------- */
-enum hq_arch { HQ_ARCH_LLAMA = 0, HQ_ARCH_MISTRAL = 1, HQ_ARCH_QWEN2 = 2, HQ_ARCH_QWEN3 = 3 };
+enum hq_arch { HQ_ARCH_LLAMA = 0, HQ_ARCH_MISTRAL = 1, HQ_ARCH_QWEN2 = 2, HQ_ARCH_QWEN3 = 3,
+               HQ_ARCH_MIXTRAL = 4, HQ_ARCH_QWEN3_MOE = 5 };
 enum hq_rope_type { HQ_ROPE_DEFAULT = 0, HQ_ROPE_LLAMA3 = 1 };
 
 struct hq_model_config {
@@ -79,7 +80,16 @@ struct hq_model_config {
   int qkv_bias;              /* attention_bias, or Qwen2 (always) */
   int qk_norm;               /* Qwen3: per-head RMSNorm of q and k (self_attn.q_norm / k_norm,
                                 [head_dim]) after the projection, before RoPE */
-  int64_t sliding_window;    /* Mistral's sliding_window (0: none / null); see below */
+  int64_t sliding_window;    /* Mistral's / Mixtral's sliding_window (0: none / null); see below */
+  /* Mixture of experts (Mixtral, Qwen3-MoE): the MLP of a sparse block is n_experts SiLU-gated
+   * experts of moe_intermediate, top_k of them per token chosen by a router (an unquantized
+   * linear [n_experts x hidden]: softmax in fp32, top-k, renormalised when norm_topk). */
+  int64_t n_experts;         /* num_local_experts / num_experts; 0: a dense model */
+  int64_t top_k;             /* num_experts_per_tok */
+  int64_t moe_intermediate;  /* Qwen3-MoE moe_intermediate_size; Mixtral intermediate_size */
+  int norm_topk;             /* Mixtral always; Qwen3-MoE norm_topk_prob */
+  unsigned char *moe_layer;  /* [n_layers] 1: the block's MLP is sparse (Qwen3-MoE:
+                                decoder_sparse_step, mlp_only_layers); NULL for a dense model */
   char *json;                /* the config.json text as read (for the HDF5 metadata) */
 };
 
@@ -90,6 +100,8 @@ int hq_config_load(const char *dir, struct hq_model_config *c);
  * hpcq's full causal attention does not implement. */
 int hq_config_check_seqlen(const struct hq_model_config *c, int64_t seqlen, const char *opt);
 void hq_config_free(struct hq_model_config *c);
+/* 1 when block b's MLP is the sparse mixture of experts, 0 when it is the dense MLP. */
+int hq_config_moe_block(const struct hq_model_config *c, int64_t b);
 
 /* ---------------- model ---------------- */
 /* The seven linears of a Llama block, in true-sequential order. */
@@ -138,7 +150,25 @@ struct hq_block_weights {
   float *ln_attn;             /* input_layernorm.weight [hidden] */
   float *ln_mlp;              /* post_attention_layernorm.weight [hidden] */
   float *q_norm, *k_norm;     /* self_attn.q_norm / k_norm.weight [head_dim] when cfg.qk_norm */
+  /* MoE block: lin[GATE], lin[UP], lin[DOWN] stay NULL and these hold its MLP */
+  float *router;              /* [n_experts x hidden] */
+  float **experts;            /* [3 * n_experts]: expert e's part p at 3e + p (hq_expert_shape) */
+  int64_t n_expert_slots;     /* 3 * n_experts when experts is set */
 };
+
+/* Mixture-of-experts blocks (hq_config_moe_block): the MLP is a router and n_experts experts
+ * of three linears each instead of gate/up/down_proj. */
+enum hq_expert_part { HQ_EXP_GATE = 0, HQ_EXP_UP = 1, HQ_EXP_DOWN = 2 };
+/* "model.layers.<b>.block_sparse_moe.experts.<e>.w1" (Mixtral: w1 gate, w3 up, w2 down) or
+ * "model.layers.<b>.mlp.experts.<e>.gate_proj" (Qwen3-MoE), without ".weight". */
+void hq_expert_name(const struct hq_model_config *c, int64_t b, int64_t e,
+                    enum hq_expert_part part, char *buf, size_t n);
+/* "model.layers.<b>.block_sparse_moe.gate.weight" / "model.layers.<b>.mlp.gate.weight": the
+ * router [n_experts x hidden], kept unquantized. */
+void hq_router_name(const struct hq_model_config *c, int64_t b, char *buf, size_t n);
+/* rows (out) and cols (in) of an expert's linear */
+void hq_expert_shape(const struct hq_model_config *c, enum hq_expert_part part, int64_t *rows,
+                     int64_t *cols);
 
 /* The unquantized tensors of a block the forward reads (norms, q/k/v biases), in this order:
  * input_layernorm, post_attention_layernorm, q/k/v bias (cfg.qkv_bias), q_norm and k_norm
