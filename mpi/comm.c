@@ -160,6 +160,17 @@ void hq_comm_allreduce_i64(const struct hq_comm *c, int64_t *buf, int64_t count)
   allreduce_chunked(c, buf, count, sizeof(int64_t), MPI_INT64_T, MPI_SUM);
 }
 /* Collective. */
+void hq_comm_reduce_i64(const struct hq_comm *c, int64_t *buf, int64_t count, int root) {
+  HQ_ASSERT(count >= 0);
+  for (int64_t off = 0; off < count; off += hq_comm_chunk) {
+    const int64_t n = count - off < hq_comm_chunk ? count - off : hq_comm_chunk;
+    if (c->rank == root)
+      MPI_Reduce(MPI_IN_PLACE, buf + off, (int)n, MPI_INT64_T, MPI_SUM, root, c->comm);
+    else
+      MPI_Reduce(buf + off, NULL, (int)n, MPI_INT64_T, MPI_SUM, root, c->comm);
+  }
+}
+/* Collective. */
 void hq_comm_allreduce_max_f64(const struct hq_comm *c, double *buf, int64_t count) {
   allreduce_chunked(c, buf, count, sizeof(double), MPI_DOUBLE, MPI_MAX);
 }

@@ -45,6 +45,9 @@ int hq_comm_agree(const struct hq_comm *c, int status);
 void hq_comm_allreduce_f32(const struct hq_comm *c, float *buf, int64_t count);
 void hq_comm_allreduce_f64(const struct hq_comm *c, double *buf, int64_t count);
 void hq_comm_allreduce_i64(const struct hq_comm *c, int64_t *buf, int64_t count);
+/* Collective. Sum over ranks into root's buf (in place there; the others' buf is left as it
+ * was or garbage). */
+void hq_comm_reduce_i64(const struct hq_comm *c, int64_t *buf, int64_t count, int root);
 /* Collective. In-place max over ranks. */
 void hq_comm_allreduce_max_f64(const struct hq_comm *c, double *buf, int64_t count);
 /* Collective. Broadcast bytes from root. */

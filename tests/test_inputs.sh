@@ -13,8 +13,9 @@
 #     impossible --nsamples / --batch, fewer windows than ranks); the leftover of a run killed
 #     before its first flush is recognised by --resume and inspect; RTN never exports
 #     desc_act true
-#  6. mixtures of experts: eval runs them; quantize refuses them (not implemented yet) before
-#     creating --out; a missing expert tensor is named; hpcq layer refuses a MoE block's MLP
+#  6. mixtures of experts: eval runs them; quantize refuses what it does not support for them
+#     (block groups, equalization, the CUDA backend) and a bad --moe-fallback before creating
+#     --out; a missing expert tensor is named; hpcq layer refuses a MoE block's MLP
 set -u
 source "$(dirname "$0")/testlib.sh"
 hq_tmpdir inputs
@@ -161,8 +162,13 @@ MT=$HQ_TESTDATA/stories260K-hf/wikitext2-test.tok512.i32
 if timeout 60 "$BIN" eval --model "$MOE" --tokens "$MT" --seqlen 64 --max-windows 16 >"$T/moe.txt" 2>&1 &&
    grep -qE "^perplexity [0-9.]+ .* 16 windows of 64" "$T/moe.txt"; then ok "eval a Mixtral: $(tail -1 "$T/moe.txt")"
 else bad "eval a Mixtral: $(tail -2 "$T/moe.txt")"; fi
-expect --no-file "$T/moe.h5" "quantize a Mixtral" 1 "mixture of experts.*does not quantize experts" \
-  "$BIN" quantize --model "$MOE" --calib "$MT" --nsamples 4 --seqlen 64 --out "$T/moe.h5"
+for bad_opt in "--block-groups 2" "--equalize smooth" "--backend cuda"; do
+  # shellcheck disable=SC2086
+  expect --no-file "$T/moe.h5" "quantize a Mixtral with $bad_opt" 1 "mixture of experts.*${bad_opt%% *}.*not supported" \
+    "$BIN" quantize --model "$MOE" --calib "$MT" --nsamples 4 --seqlen 64 --out "$T/moe.h5" $bad_opt
+done
+expect --no-file "$T/moe.h5" "quantize --moe-fallback bad" 2 "--moe-fallback must be block or rtn" \
+  "$BIN" quantize --model "$MOE" --calib "$MT" --out "$T/moe.h5" --moe-fallback gptq
 rm -rf "$T/moe" && mkdir "$T/moe" && cp "$MOE/config.json" "$T/moe/"
 python3 - "$MOE/model.safetensors" "$T/moe/model.safetensors" <<'PY'
 import json, struct, sys

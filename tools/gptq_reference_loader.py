@@ -151,10 +151,63 @@ def dequantize(qweight, qzeros, scales, g_idx, bits, checkpoint_format):
 
 
 # ----------------------------------------------------------------------------------------
-# Llama forward (Hugging Face LlamaForCausalLM; Qwen3's q/k norms when present), float64.
+# Llama forward (Hugging Face LlamaForCausalLM; Qwen3's q/k norms when present; the sparse MLP
+# of Mixtral / Qwen3-MoE blocks), float64.
 
 def rms_norm(x, w, eps):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+
+
+def moe_layer(cfg, layer):
+    """A sparse block (transformers: every Mixtral block; a Qwen3-MoE block unless in
+    mlp_only_layers, when (layer + 1) % decoder_sparse_step == 0)."""
+    arch = (cfg.get("architectures") or [""])[0]
+    if arch == "MixtralForCausalLM":
+        return True
+    if arch != "Qwen3MoeForCausalLM":
+        return False
+    n = cfg.get("num_experts", cfg.get("num_local_experts", 128))
+    return (layer not in (cfg.get("mlp_only_layers") or []) and n > 0 and
+            (layer + 1) % cfg.get("decoder_sparse_step", 1) == 0)
+
+
+def expert_names(cfg, layer, e):
+    """(gate, up, down) names of expert e without .weight, in the published layouts."""
+    if cfg["architectures"][0] == "MixtralForCausalLM":
+        p = f"model.layers.{layer}.block_sparse_moe.experts.{e}."
+        return p + "w1", p + "w3", p + "w2"
+    p = f"model.layers.{layer}.mlp.experts.{e}."
+    return p + "gate_proj", p + "up_proj", p + "down_proj"
+
+
+def moe_mlp(cfg, W, layer, h):
+    """The sparse MLP as transformers' Mixtral / Qwen3-MoE blocks compute it: softmax of the
+    router logits, the top-k experts (renormalised for Mixtral, for Qwen3-MoE when
+    norm_topk_prob), sum of weight * down(silu(gate(h)) * up(h)) over the chosen experts."""
+    mix = cfg["architectures"][0] == "MixtralForCausalLM"
+    E = cfg.get("num_local_experts", 8) if mix else cfg.get("num_experts", cfg.get("num_local_experts", 128))
+    K = cfg.get("num_experts_per_tok", 2 if mix else 8)
+    norm = True if mix else cfg.get("norm_topk_prob", False)
+    router = W[f"model.layers.{layer}.{'block_sparse_moe' if mix else 'mlp'}.gate.weight"]
+    shape = h.shape
+    x = h.reshape(-1, shape[-1])
+    logits = x @ router.T
+    prob = np.exp(logits - logits.max(-1, keepdims=True))
+    prob /= prob.sum(-1, keepdims=True)
+    top = np.argsort(-prob, axis=-1, kind="stable")[:, :K]     # ties: the lower index first
+    wt = np.take_along_axis(prob, top, -1)
+    if norm:
+        wt = wt / wt.sum(-1, keepdims=True)
+    out = np.zeros_like(x)
+    for e in range(E):
+        t, k = np.nonzero(top == e)
+        if len(t) == 0:
+            continue
+        gn, un, dn = expert_names(cfg, layer, e)
+        g = x[t] @ W[gn + ".weight"].T
+        u = x[t] @ W[un + ".weight"].T
+        out[t] += (g / (1.0 + np.exp(-g)) * u) @ W[dn + ".weight"].T * wt[t, k][:, None]
+    return out.reshape(shape)
 
 
 def llama_logits(cfg, W, ids):
@@ -187,6 +240,11 @@ def llama_logits(cfg, W, ids):
             y = y + W[name + ".bias"]
         return y
 
+    def mlp(p, h):
+        g = lin(p + "mlp.gate_proj", h)
+        u = lin(p + "mlp.up_proj", h)
+        return lin(p + "mlp.down_proj", g / (1.0 + np.exp(-g)) * u)
+
     mask = np.triu(np.full((T, T), -np.inf), 1)
     for layer in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{layer}."
@@ -207,24 +265,32 @@ def llama_logits(cfg, W, ids):
         o = (a @ v).transpose(0, 2, 1, 3).reshape(nseq, T, nh * hd)
         x = x + lin(p + "self_attn.o_proj", o)
         h = rms_norm(x, W[p + "post_attention_layernorm.weight"], eps)
-        g = lin(p + "mlp.gate_proj", h)
-        u = lin(p + "mlp.up_proj", h)
-        x = x + lin(p + "mlp.down_proj", g / (1.0 + np.exp(-g)) * u)
+        x = x + (moe_mlp(cfg, W, layer, h) if moe_layer(cfg, layer) else mlp(p, h))
     x = rms_norm(x, W["model.norm.weight"], eps)
     head = W.get("lm_head.weight", W["model.embed_tokens.weight"])
     return x @ head.T
 
 
-def linear_shapes(cfg):
-    """(in, out) of each Llama projection."""
+def linear_shapes(cfg, layer):
+    """(in, out) of each quantized projection of a block, by name after "model.layers.N.":
+    the Llama ones, or the attention and every expert's of a sparse MoE block."""
     H = cfg["hidden_size"]
     nh = cfg["num_attention_heads"]
     nkv = cfg.get("num_key_value_heads") or nh
     hd = cfg.get("head_dim") or H // nh
     I = cfg["intermediate_size"]
-    return {"self_attn.q_proj": (H, nh * hd), "self_attn.k_proj": (H, nkv * hd),
-            "self_attn.v_proj": (H, nkv * hd), "self_attn.o_proj": (nh * hd, H),
-            "mlp.gate_proj": (H, I), "mlp.up_proj": (H, I), "mlp.down_proj": (I, H)}
+    att = {"self_attn.q_proj": (H, nh * hd), "self_attn.k_proj": (H, nkv * hd),
+           "self_attn.v_proj": (H, nkv * hd), "self_attn.o_proj": (nh * hd, H)}
+    if not moe_layer(cfg, layer):
+        return att | {"mlp.gate_proj": (H, I), "mlp.up_proj": (H, I), "mlp.down_proj": (I, H)}
+    mix = cfg["architectures"][0] == "MixtralForCausalLM"
+    E = cfg.get("num_local_experts", 8) if mix else cfg.get("num_experts", cfg.get("num_local_experts", 128))
+    Ie = I if mix else cfg.get("moe_intermediate_size", 768)
+    pre = f"model.layers.{layer}."
+    for e in range(E):
+        g, u, d = (n[len(pre):] for n in expert_names(cfg, layer, e))
+        att |= {g: (H, Ie), u: (H, Ie), d: (Ie, H)}
+    return att
 
 
 # ----------------------------------------------------------------------------------------
@@ -266,14 +332,12 @@ def check(args, ckpt):
     T = load_checkpoint(ckpt)
     view, _ = read_safetensors(args.view)
     src = load_checkpoint(args.source)
-    shapes = linear_shapes(cfg)
-
     W = {}
     nlin = 0
     maxq = (1 << bits) - 1
     sym_v1_words = set()
     for layer in range(cfg["num_hidden_layers"]):
-        for sub, (fin, fout) in shapes.items():
+        for sub, (fin, fout) in linear_shapes(cfg, layer).items():
             p = f"model.layers.{layer}.{sub}"
             if p + ".weight" in T:
                 err(f"{p}.weight present in a quantized checkpoint")
@@ -337,14 +401,15 @@ def check(args, ckpt):
         if sdt != dt or sarr.shape != arr.shape or sarr.tobytes() != arr.tobytes():
             err(f"{name}: {dt} {arr.shape} differs from the source {sdt} {sarr.shape}")
         W[name] = as_f32(dt, arr).astype(np.float64)
+    quantized = {f"model.layers.{l}.{s}" for l in range(cfg["num_hidden_layers"])
+                 for s in linear_shapes(cfg, l)}
     for name in src:
-        if name.endswith(".weight") and name[:-7] in {f"model.layers.{l}.{s}" for l in
-                                                     range(cfg["num_hidden_layers"]) for s in shapes}:
+        if name.endswith(".weight") and name[:-7] in quantized:
             continue
         if name not in T:
             err(f"source tensor {name} missing from the checkpoint")
-    if nlin != cfg["num_hidden_layers"] * len(shapes):
-        err(f"{nlin} quantized linears, expected {cfg['num_hidden_layers'] * len(shapes)}")
+    if nlin != len(quantized):
+        err(f"{nlin} quantized linears, expected {len(quantized)}")
 
     summary = f"{ckpt}: bits {bits} gs {gs} desc_act {qc['desc_act']} sym {qc['sym']} {fmt}: " \
               f"{nlin} linears dequantize exactly to hpcq's weights"

@@ -27,6 +27,9 @@ struct linear_row {
   struct hq_h5_linear_desc d;
   double lg, lr, damp, tc, tg; /* proxy losses of GPTQ and RTN, damping, seconds */
   char owners[256];            /* "0,1": the ranks that held its rows */
+  int width;                   /* of the name column */
+  int64_t tokens;              /* a MoE expert's routed calibration tokens; -2: not an expert */
+  char fallback[16];           /* its fallback: "none", "block", "rtn" ("" when not one) */
 };
 
 /* The row of linear `name`; a read failure (a damaged file) returns its status. */
@@ -47,6 +50,16 @@ static int read_row(struct hq_h5 *h, const char *name, struct linear_row *r) {
     i += snprintf(r->owners + i, sizeof r->owners - (size_t)i, "%s%lld", k ? "," : "",
                   (long long)own[k]);
   free(own);
+  r->tokens = -2;
+  r->fallback[0] = 0;
+  if (!rc && hq_h5_attr_exists(h, obj, "moe_tokens"))
+    rc = hq_h5_attr_get_i64(h, obj, "moe_tokens", &r->tokens);
+  if (!rc && hq_h5_attr_exists(h, obj, "moe_fallback")) {
+    char *f = NULL;
+    rc = hq_h5_attr_get_str(h, obj, "moe_fallback", &f);
+    if (!rc) snprintf(r->fallback, sizeof r->fallback, "%s", f);
+    free(f);
+  }
   return rc;
 }
 
@@ -55,27 +68,81 @@ static void print_row(const char *name, const struct linear_row *r, int64_t i, i
   const struct hq_h5_linear_desc *d = &r->d;
   if (json) {
     printf("%s{\"name\": \"%s\", \"rows\": %lld, \"cols\": %lld, \"bits\": %d, \"group_size\": %lld, "
-           "\"loss_proxy_gptq\": %.9g, \"loss_proxy_rtn\": %.9g, \"damp_used\": %.9g, \"owner_rows\": [%s]}",
+           "\"loss_proxy_gptq\": %.9g, \"loss_proxy_rtn\": %.9g, \"damp_used\": %.9g, \"owner_rows\": [%s]",
            i ? ", " : "", name, (long long)d->rows, (long long)d->cols, d->bits,
            (long long)d->group_size,
            isfinite(r->lg) ? r->lg : -1.0, isfinite(r->lr) ? r->lr : -1.0,
            isfinite(r->damp) ? r->damp : -1.0, r->owners);
+    if (r->tokens > -2)
+      printf(", \"moe_tokens\": %lld, \"moe_fallback\": \"%s\"}", (long long)r->tokens, r->fallback);
+    else
+      printf("}");
     return;
   }
-  char shape[48];
+  char shape[48], moe[64] = "";
   snprintf(shape, sizeof shape, "%lldx%lld", (long long)d->rows, (long long)d->cols);
-  printf("%-36s %11s %4d %5lld %12.5g %12.5g %7.3f %10.3g %8.3f %8.3f %s\n", name, shape, d->bits,
-         (long long)d->group_size, r->lg, r->lr, r->lg / r->lr, r->damp, r->tc, r->tg, r->owners);
+  if (r->tokens > -2) snprintf(moe, sizeof moe, "  tokens %lld fallback %s", (long long)r->tokens, r->fallback);
+  printf("%-*s %11s %4d %5lld %12.5g %12.5g %7.3f %10.3g %8.3f %8.3f %s%s\n", r->width, name, shape,
+         d->bits, (long long)d->group_size, r->lg, r->lr, r->lg / r->lr, r->damp, r->tc, r->tg,
+         r->owners, moe);
 }
 
-/* One row of the table (sums[] += its proxy losses); a read failure returns before printing. */
-static int print_linear(struct hq_h5 *h, const char *name, int64_t i, int json, double sums[2]) {
+/* The experts of a MoE model: one routed-token count per expert (its gate's row) and how
+ * many took a fallback. */
+struct moe_sum {
+  int64_t *tok, n, fallback;
+};
+
+static int is_expert_gate(const char *name) {
+  const size_t n = strlen(name);
+  return strstr(name, ".experts.") &&
+         ((n > 3 && !strcmp(name + n - 3, ".w1")) || (n > 10 && !strcmp(name + n - 10, ".gate_proj")));
+}
+
+/* One row of the table (sums[] += its proxy losses, ms the experts'); a read failure returns
+ * before printing. */
+static int print_linear(struct hq_h5 *h, const char *name, int64_t i, int json, int width,
+                        double sums[2], struct moe_sum *ms) {
   struct linear_row r;
   HQ_TRY(read_row(h, name, &r));
+  r.width = width;
   if (isfinite(r.lg)) sums[0] += r.lg;
   if (isfinite(r.lr)) sums[1] += r.lr;
+  if (r.tokens > -2 && is_expert_gate(name)) {
+    ms->tok = realloc(ms->tok, (size_t)(ms->n + 1) * sizeof(int64_t));
+    HQ_ASSERT(ms->tok);
+    ms->tok[ms->n++] = r.tokens;
+    ms->fallback += strcmp(r.fallback, "none") != 0;
+  }
   print_row(name, &r, i, json);
   return HQ_OK;
+}
+
+static int cmp_i64(const void *a, const void *b) {
+  const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* The experts' routed tokens (min / median / max) and fallbacks, text or JSON (after the
+ * linears' list). */
+static void print_moe(const struct moe_sum *ms, int json) {
+  if (!ms->n) return;
+  int64_t *t = ms->tok;
+  qsort(t, (size_t)ms->n, sizeof *t, cmp_i64);
+  const double med = ms->n % 2 ? (double)t[ms->n / 2] : 0.5 * (double)(t[ms->n / 2 - 1] + t[ms->n / 2]);
+  if (json) {
+    printf(", \"moe\": {\"experts\": %lld, \"tokens_min\": %lld, \"tokens_median\": %.1f, "
+           "\"tokens_max\": %lld, \"fallback\": %lld}", (long long)ms->n, (long long)t[0], med,
+           (long long)t[ms->n - 1], (long long)ms->fallback);
+    return;
+  }
+  if (t[0] < 0) {
+    printf("experts: %lld (no calibration: no routing)\n", (long long)ms->n);
+    return;
+  }
+  printf("experts: %lld; calibration tokens routed per expert: min %lld, median %.1f, max %lld; "
+         "%lld took the fallback\n", (long long)ms->n, (long long)t[0], med,
+         (long long)t[ms->n - 1], (long long)ms->fallback);
 }
 
 /* The file and --json into *path / *json; HQ_CLI_HELP (usage printed) or HQ_ERR_INPUT. */
@@ -143,7 +210,7 @@ static void print_groups(const struct inspect_file *f) {
 }
 
 /* The run's state and settings, then the table header (text) or the opening of "linears". */
-static void print_header(const char *path, const struct inspect_file *f, int json) {
+static void print_header(const char *path, const struct inspect_file *f, int json, int width) {
   const struct hq_h5_state *st = &f->st;
   if (json) {
     printf("{\"file\": \"%s\", \"complete\": %s, \"blocks_done\": %lld, \"n_blocks\": %lld, "
@@ -157,20 +224,31 @@ static void print_header(const char *path, const struct inspect_file *f, int jso
          st->complete ? " (complete)" : " (INCOMPLETE: resume with --resume)");
   print_groups(f);
   printf("settings: %s\n\n", f->settings ? f->settings : "?");
-  printf("%-36s %11s %4s %5s %12s %12s %7s %10s %8s %8s %s\n", "linear", "shape", "bits", "group",
+  printf("%-*s %11s %4s %5s %12s %12s %7s %10s %8s %8s %s\n", width, "linear", "shape", "bits", "group",
          "loss_gptq", "loss_rtn", "ratio", "damp", "chol_s", "gptq_s", "owner rows");
 }
 
 /* Header, rows and the closing line (JSON) or the total proxy losses (text). */
 static int print_file(const char *path, const struct inspect_file *f, int json) {
-  print_header(path, f, json);
+  int width = 36;
+  for (int64_t i = 0; i < f->n; i++)
+    width = (int)strlen(f->names[i]) > width ? (int)strlen(f->names[i]) : width;
+  print_header(path, f, json, width);
   double sums[2] = {0, 0};
-  for (int64_t i = 0; i < f->n; i++) HQ_TRY(print_linear(f->h, f->names[i], i, json, sums));
-  if (json) printf("]}\n");
-  else if (f->n)
+  struct moe_sum ms = {NULL, 0, 0};
+  int rc = HQ_OK;
+  for (int64_t i = 0; i < f->n && !rc; i++) rc = print_linear(f->h, f->names[i], i, json, width, sums, &ms);
+  if (!rc && json) {
+    printf("]");
+    print_moe(&ms, json);
+    printf("}\n");
+  } else if (!rc && f->n) {
     printf("\ntotal proxy loss: GPTQ %.6g, RTN %.6g (ratio %.3f)\n", sums[0], sums[1],
            sums[0] / sums[1]);
-  return HQ_OK;
+    print_moe(&ms, json);
+  }
+  free(ms.tok);
+  return rc;
 }
 
 int hq_cli_inspect(int argc, char **argv) {

@@ -43,6 +43,10 @@ static void usage(FILE *f) {
           "                      first block from full-precision inputs (default 1: every\n"
           "                      block from the quantized blocks before it; docs/readme/\n"
           "                      block-groups.md)\n"
+          "  --moe-min-tokens N  mixtures of experts: an expert routed fewer calibration\n"
+          "                      tokens gets the fallback (default: hidden_size)\n"
+          "  --moe-fallback F    block (default: GPTQ with the Hessian of all the block's\n"
+          "                      tokens) or rtn (docs/readme/moe.md)\n"
           "  --backend B         cpu (default), cuda or auto\n"
           "  --hqq-scale         hqq: also optimise the scale (default: zero point only)\n"
           "  --hqq-iters N       hqq: iterations (default 20, early stop)\n"
@@ -84,6 +88,14 @@ static int parse_method(const char *opt, const char *v, void *dst) {
   return HQ_OK;
 }
 
+static int parse_moe_fallback(const char *opt, const char *v, void *dst) {
+  int *f = dst;
+  if (!strcmp(v, "block")) *f = HQ_MOE_FALLBACK_BLOCK;
+  else if (!strcmp(v, "rtn")) *f = HQ_MOE_FALLBACK_RTN;
+  else return hq_fail(HQ_ERR_INPUT, "%s must be block or rtn (got '%s')", opt, v);
+  return HQ_OK;
+}
+
 static int parse_equalize(const char *opt, const char *v, void *dst) {
   if ((*(int *)dst = hq_equalize_parse(v)) < 0)
     return hq_fail(HQ_ERR_INPUT, "%s must be none, smooth, cle or smooth,cle (got '%s')", opt, v);
@@ -119,6 +131,8 @@ static int parse(int argc, char **argv, struct hq_quant_opts *o, int *gs_given) 
       HQ_ARG_I64("--batch", &o->batch, 1, 1 << 20),
       HQ_ARG_I64("--keep-activations-mib", &o->keep_act_mib, 0, 1LL << 40),
       HQ_ARG_INT("--block-groups", &o->block_groups, 1, 1 << 20),
+      HQ_ARG_I64("--moe-min-tokens", &o->moe_min_tokens, 0, 1LL << 40),
+      HQ_ARG_FN("--moe-fallback", &o->moe_fallback, parse_moe_fallback),
       HQ_ARG_FLAG("--sym", &o->g.sym),
       HQ_ARG_FLAG("--mse", &o->g.mse),
       HQ_ARG_FLAG("--act-order", &o->g.act_order),

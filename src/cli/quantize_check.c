@@ -114,27 +114,28 @@ static int check_windows(const struct hq_quant_opts *o, int nranks) {
   return rc;
 }
 
-/* Mixtures of experts are read and evaluated, not quantized yet. */
-static int check_dense(const struct hq_quant_opts *o) {
+/* Mixtures of experts: one block group, no equalization, the CPU backend. */
+static int check_moe(const struct hq_quant_opts *o) {
   struct hq_model_config c;
   if (hq_config_load(o->model_dir, &c) != HQ_OK) { /* the pipeline reports it in full */
     hq_error_clear();
     return HQ_OK;
   }
+  const char *what = !c.n_experts ? NULL : o->block_groups > 1 ? "--block-groups above 1"
+                     : o->equalize ? "--equalize" : !strcmp(o->backend, "cuda") ? "--backend cuda"
+                     : NULL;
   int rc = HQ_OK;
-  if (c.n_experts > 0)
-    rc = hq_fail(HQ_ERR_UNSUPPORTED, "%s is a mixture of experts (%s, %lld experts, top-%lld): "
-                 "hpcq eval runs it, but hpcq quantize does not quantize experts yet (expert "
-                 "Hessians from the routed tokens are not implemented); quantize a dense "
-                 "Llama, Mistral, Qwen2 or Qwen3 model", o->model_dir, c.arch_name,
-                 (long long)c.n_experts, (long long)c.top_k);
+  if (what)
+    rc = hq_fail(HQ_ERR_UNSUPPORTED, "%s is a mixture of experts (%s, %lld experts): %s is not "
+                 "supported for it yet (docs/readme/moe.md); leave it out", o->model_dir,
+                 c.arch_name, (long long)c.n_experts, what);
   hq_config_free(&c);
   return rc;
 }
 
 int hq_quant_preflight(const struct hq_quant_opts *o, int nranks, int *usage) {
   *usage = 0;
-  HQ_TRY(check_dense(o));
+  HQ_TRY(check_moe(o));
   *usage = 1;
   HQ_TRY(check_out_path(o->out_path, "--out"));
   HQ_TRY(check_out_path(o->json_summary, "--json-summary"));

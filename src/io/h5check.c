@@ -84,21 +84,21 @@ static int check_zeros(const struct hq_packed *p, const char *name) {
   return rc;
 }
 
-/* Shape and settings of linear l of block b against the config and the root attributes. */
+/* Shape and settings of a linear against the config (rows x cols) and the root attributes. */
 static int check_linear_desc(struct hq_h5 *h, const struct hq_model_config *c,
-                             const struct root_q *r, const char *name, enum hq_linear l) {
+                             const struct root_q *r, const char *name, int64_t rows,
+                             int64_t cols) {
   struct hq_h5_linear_desc d;
   int rc = hq_h5_linear_info(h, name, &d);
   if (rc) return hq_fail_ctx(rc, "linear %s is missing or unreadable: ", name);
-  int64_t rows, cols;
-  hq_linear_shape(c, l, &rows, &cols);
   if (d.rows != rows || d.cols != cols)
     return hq_fail(HQ_ERR_INPUT, "linear %s is %lld x %lld (out x in) but the file's "
                    "model_config_json implies %lld x %lld (hidden_size %lld, intermediate_size "
-                   "%lld, %lld heads, %lld kv heads, head_dim %lld); " DAMAGED, name,
-                   (long long)d.rows, (long long)d.cols, (long long)rows, (long long)cols,
-                   (long long)c->hidden, (long long)c->intermediate, (long long)c->n_heads,
-                   (long long)c->n_kv_heads, (long long)c->head_dim);
+                   "%lld, %lld heads, %lld kv heads, head_dim %lld, expert intermediate %lld); "
+                   DAMAGED, name, (long long)d.rows, (long long)d.cols, (long long)rows,
+                   (long long)cols, (long long)c->hidden, (long long)c->intermediate,
+                   (long long)c->n_heads, (long long)c->n_kv_heads, (long long)c->head_dim,
+                   (long long)c->moe_intermediate);
   const int64_t gs = d.group_size > 0 ? d.group_size : -1;
   if (d.bits != r->bits || gs != r->group_size)
     return hq_fail(HQ_ERR_INPUT, "linear %s has %d bits, group size %lld, but the file's root "
@@ -107,11 +107,13 @@ static int check_linear_desc(struct hq_h5 *h, const struct hq_model_config *c,
   return HQ_OK;
 }
 
+/* Linear k of block b (hq_block_linear) */
 static int check_linear(struct hq_h5 *h, const struct hq_model_config *c,
-                        const struct root_q *r, int64_t b, enum hq_linear l) {
+                        const struct root_q *r, int64_t b, int64_t k) {
   char name[256];
-  snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)b, hq_linear_name(l));
-  HQ_TRY(check_linear_desc(h, c, r, name, l));
+  int64_t rows, cols;
+  hq_block_linear(c, b, k, NULL, name, sizeof name, &rows, &cols);
+  HQ_TRY(check_linear_desc(h, c, r, name, rows, cols));
   struct hq_packed p;
   int rc = hq_h5_linear_read(h, name, &p);
   if (rc) return hq_fail_ctx(rc, "linear %s: ", name);
@@ -157,7 +159,9 @@ static int check_block_tensors(struct hq_h5 *h, const struct hq_model_config *c,
     snprintf(name, sizeof name, "model.layers.%lld.%s", (long long)b, bt[k].suffix);
     HQ_TRY(check_tensor(h, name, 1, bt[k].len, 0, bt[k].why));
   }
-  return HQ_OK;
+  if (!hq_config_moe_block(c, b)) return HQ_OK;
+  hq_router_name(c, b, name, sizeof name);
+  return check_tensor(h, name, 2, c->n_experts, c->hidden, "the router: num_experts x hidden_size");
 }
 
 int hq_h5_check_block(struct hq_h5 *h, const struct hq_model_config *c, int64_t b) {
@@ -166,7 +170,7 @@ int hq_h5_check_block(struct hq_h5 *h, const struct hq_model_config *c, int64_t 
   if (b < 0 || b >= c->n_layers)
     return hq_fail(HQ_ERR_INPUT, "block %lld does not exist: the config has %lld layers",
                    (long long)b, (long long)c->n_layers);
-  for (int l = 0; l < HQ_LIN_COUNT; l++) HQ_TRY(check_linear(h, c, &r, b, (enum hq_linear)l));
+  for (int64_t k = 0; k < hq_block_nlinears(c, b); k++) HQ_TRY(check_linear(h, c, &r, b, k));
   return check_block_tensors(h, c, b);
 }
 
@@ -178,10 +182,22 @@ static const char *block_suffix(const struct hq_model_config *c, const char *nam
   return b >= 0 && b < c->n_layers ? name + end : NULL;
 }
 
+/* the block number of a name "model.layers.<b>...." (b < n_layers), else -1 */
+static int64_t block_of(const struct hq_model_config *c, const char *name) {
+  long long b = -1;
+  if (!block_suffix(c, name)) return -1;
+  sscanf(name, "model.layers.%lld.", &b);
+  return b;
+}
+
 static int expected_linear(const struct hq_model_config *c, const char *name) {
-  const char *s = block_suffix(c, name);
-  for (int l = 0; s && l < HQ_LIN_COUNT; l++)
-    if (!strcmp(s, hq_linear_name((enum hq_linear)l))) return 1;
+  const int64_t b = block_of(c, name);
+  char want[256];
+  int64_t rows, cols;
+  for (int64_t k = 0; b >= 0 && k < hq_block_nlinears(c, b); k++) {
+    hq_block_linear(c, b, k, NULL, want, sizeof want, &rows, &cols);
+    if (!strcmp(name, want)) return 1;
+  }
   return 0;
 }
 
@@ -195,7 +211,11 @@ static int expected_tensor(const struct hq_model_config *c, const char *name) {
   const int nbt = hq_block_tensors(c, bt);
   for (int k = 0; k < nbt; k++)
     if (!strcmp(s, bt[k].suffix)) return 1;
-  return 0;
+  char router[256];
+  const int64_t b = block_of(c, name);
+  if (!hq_config_moe_block(c, b)) return 0;
+  hq_router_name(c, b, router, sizeof router);
+  return !strcmp(name, router);
 }
 
 /* No linear or tensor that the config does not describe. */

@@ -65,6 +65,26 @@ void hq_expert_shape(const struct hq_model_config *c, enum hq_expert_part part, 
   *cols = part == HQ_EXP_DOWN ? c->moe_intermediate : c->hidden;
 }
 
+int64_t hq_block_nlinears(const struct hq_model_config *c, int64_t b) {
+  return hq_config_moe_block(c, b) ? HQ_LIN_GATE + 3 * c->n_experts : HQ_LIN_COUNT;
+}
+
+float **hq_block_linear(const struct hq_model_config *c, int64_t b, int64_t k,
+                        struct hq_block_weights *w, char *name, size_t n, int64_t *rows,
+                        int64_t *cols) {
+  HQ_ASSERT(k >= 0 && k < hq_block_nlinears(c, b));
+  if (!hq_config_moe_block(c, b) || k < HQ_LIN_GATE) {
+    snprintf(name, n, "model.layers.%lld.%s", (long long)b, lin_names[k]);
+    hq_linear_shape(c, (enum hq_linear)k, rows, cols);
+    return w ? &w->lin[k] : NULL;
+  }
+  const int64_t e = (k - HQ_LIN_GATE) / 3;
+  const enum hq_expert_part part = (enum hq_expert_part)((k - HQ_LIN_GATE) % 3);
+  hq_expert_name(c, b, e, part, name, n);
+  hq_expert_shape(c, part, rows, cols);
+  return w && w->experts ? &w->experts[3 * e + part] : NULL;
+}
+
 void hq_shape_str(const int64_t *s, int nd, char *buf, size_t n) {
   size_t o = 0;
   o += (size_t)snprintf(buf + o, n - o, "[");
@@ -303,10 +323,10 @@ int hq_model_load_linear_rows(const struct hq_model *m, int64_t b, enum hq_linea
   return HQ_OK;
 }
 
-/* the router and all experts of MoE block b into w */
-static int load_experts(const struct hq_model *m, int64_t b, struct hq_block_weights *w) {
+int hq_model_load_experts(const struct hq_model *m, int64_t b, struct hq_block_weights *w) {
   const struct hq_model_config *c = &m->cfg;
   char name[256];
+  if (w->experts) return HQ_OK;
   hq_router_name(c, b, name, sizeof name);
   HQ_TRY(hq_model_load_f32(m, name, &w->router, NULL));
   if (!(w->experts = calloc((size_t)(3 * c->n_experts), sizeof *w->experts)))
@@ -330,7 +350,7 @@ int hq_model_load_block_part(const struct hq_model *m, int64_t b, int linears,
   int rc = HQ_OK;
   for (int l = 0; l < (moe ? HQ_LIN_GATE : HQ_LIN_COUNT) && rc == HQ_OK && linears; l++)
     rc = hq_model_load_linear(m, b, (enum hq_linear)l, w);
-  if (rc == HQ_OK && linears && moe) rc = load_experts(m, b, w);
+  if (rc == HQ_OK && linears && moe) rc = hq_model_load_experts(m, b, w);
   struct hq_block_tensor bt[HQ_BT_COUNT];
   const int nbt = hq_block_tensors(&m->cfg, bt);
   for (int k = 0; k < nbt && rc == HQ_OK; k++) {

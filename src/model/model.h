@@ -170,6 +170,15 @@ void hq_router_name(const struct hq_model_config *c, int64_t b, char *buf, size_
 void hq_expert_shape(const struct hq_model_config *c, enum hq_expert_part part, int64_t *rows,
                      int64_t *cols);
 
+/* The quantized linears of block b: the seven of a dense block (enum hq_linear order), or of a
+ * MoE block q, k, v, o then expert e's gate, up, down at 4 + 3e + part. */
+int64_t hq_block_nlinears(const struct hq_model_config *c, int64_t b);
+/* Linear k of block b: its name without ".weight" (hq_pipeline_lin_name / hq_expert_name) and
+ * shape; the member of w that holds it (w may be NULL). */
+float **hq_block_linear(const struct hq_model_config *c, int64_t b, int64_t k,
+                        struct hq_block_weights *w, char *name, size_t n, int64_t *rows,
+                        int64_t *cols);
+
 /* The unquantized tensors of a block the forward reads (norms, q/k/v biases), in this order:
  * input_layernorm, post_attention_layernorm, q/k/v bias (cfg.qkv_bias), q_norm and k_norm
  * (cfg.qk_norm). One list for loading, the checks of a checkpoint and of an .h5 result, and
@@ -193,6 +202,8 @@ int hq_model_load_block_part(const struct hq_model *m, int64_t b, int linears,
                              struct hq_block_weights *w);
 int hq_model_load_linear(const struct hq_model *m, int64_t b, enum hq_linear l,
                          struct hq_block_weights *w);
+/* The router and all experts of MoE block b into w (no-op if w holds them). */
+int hq_model_load_experts(const struct hq_model *m, int64_t b, struct hq_block_weights *w);
 /* Rows [r0, r1) of linear l of block b into W, the caller's [rows x cols] buffer of the whole
  * linear (its other rows untouched): a node's ranks convert their shares of one node-shared
  * copy. Safetensors checkpoints only (HQ_ERR_UNSUPPORTED for an .h5 model). */

@@ -44,7 +44,7 @@ static int linear_prefix(const char *name, char *out, size_t n) {
   size_t len = strlen(name);
   const char *suf = ".weight";
   if (len <= 7 || strcmp(name + len - 7, suf) || len - 7 >= n) return 0;
-  if (!strstr(name, "_proj")) return 0;
+  if (!strstr(name, "_proj") && !strstr(name, ".experts.")) return 0; /* Mixtral: w1, w2, w3 */
   memcpy(out, name, len - 7);
   out[len - 7] = 0;
   return 1;

@@ -63,6 +63,12 @@ void hq_quant_opts_default(struct hq_quant_opts *o) {
   o->smooth_alpha = 0.5f;
   o->scale_from_hessian = 0;
   o->block_groups = 1;
+  o->moe_min_tokens = -1;
+  o->moe_fallback = HQ_MOE_FALLBACK_BLOCK;
+}
+
+const char *hq_moe_fallback_name(int f) {
+  return f == HQ_MOE_FALLBACK_BLOCK ? "block" : f == HQ_MOE_FALLBACK_RTN ? "rtn" : "none";
 }
 
 int64_t hq_pipeline_ws_floats_per_token(const struct hq_model_config *c) {
@@ -144,6 +150,7 @@ int hq_pipeline_carried_input(struct run *R, enum hq_group g, hq_capture_fn cap,
 
 /* Not collective: the block output from the carry after DOWN, or the whole block forward */
 static void forward_output(struct run *R, const struct hq_block_dev *dev) {
+  if (R->carry_stage == HQ_CARRY_OUTPUT) return;
   if (R->carry_stage != HQ_GROUP_COUNT) {
     hq_pipeline_forward_local(R, dev, NULL, NULL);
     return;
@@ -450,10 +457,13 @@ static int run_block(struct run *R, int64_t b, struct hq_block_weights *bw) {
   }
   HQ_TRY(world_agree(R, rc));
   if (quant && (o->equalize & HQ_EQ_CLE)) hq_equalize_cle(&R->model.cfg, bw); /* data-free */
-  for (int g = 0; g < HQ_GROUP_COUNT; g++) {
+  /* a MoE block: its attention groups here, its experts in pipeline_moe.c (one block group) */
+  const int moe = b >= 0 && hq_config_moe_block(&R->model.cfg, b);
+  for (int g = 0; g < (moe ? HQ_GROUP_GATEUP : HQ_GROUP_COUNT); g++) {
     HQ_TRY(hq_pipeline_group(R, quant ? b : -1, (enum hq_group)g, bw));
     if (quant) group_line(R, b, (enum hq_group)g);
   }
+  if (moe && quant) HQ_TRY(hq_pipeline_moe(R, b, bw));
   if (o->equalize) HQ_TRY(hq_pipeline_write_equalized(R, bw));
   if (b >= 0 && hq_pipeline_need_calib(o)) rc = forward_block(R, bw);
   HQ_TRY(world_agree(R, rc));

@@ -41,7 +41,17 @@ struct hq_quant_opts {
   int block_groups;        /* --block-groups G (default 1): the ranks in G groups that quantize
                               their own contiguous ranges of blocks at the same time, each
                               group's first block from full-precision inputs */
+  /* mixtures of experts (docs/readme/moe.md): an expert routed fewer than moe_min_tokens
+   * calibration tokens (-1, the default: the model's hidden_size) gets moe_fallback */
+  int64_t moe_min_tokens;
+  int moe_fallback;        /* enum hq_moe_fallback */
 };
+
+/* What an expert with too few routed tokens gets: GPTQ with the Hessian of all the block's
+ * tokens (its gate/up: every token's router input; its down: its activations on every
+ * token), or round-to-nearest. */
+enum hq_moe_fallback { HQ_MOE_FALLBACK_NONE = 0, HQ_MOE_FALLBACK_BLOCK = 1, HQ_MOE_FALLBACK_RTN = 2 };
+const char *hq_moe_fallback_name(int f);
 
 void hq_quant_opts_default(struct hq_quant_opts *o);
 /* The forward workspace's floats per token (src/model/forward.c) */

@@ -89,6 +89,10 @@ static char *settings_json(const struct run *R) {
   }
   if (o->scale_from_hessian) cJSON_AddBoolToObject(j, "scale_from_hessian", 1);
   if (o->block_groups > 1) cJSON_AddNumberToObject(j, "block_groups", o->block_groups);
+  if (R->model.cfg.n_experts > 0 && hq_pipeline_need_hessian(o)) {
+    cJSON_AddNumberToObject(j, "moe_min_tokens", (double)hq_pipeline_moe_min_tokens(R));
+    cJSON_AddStringToObject(j, "moe_fallback", hq_moe_fallback_name(o->moe_fallback));
+  }
   cJSON_AddStringToObject(j, "zero_convention", "gptq_v2");
   settings_model(j, R);
   char *s = cJSON_PrintUnformatted(j);
@@ -174,7 +178,7 @@ int hq_pipeline_write_equalized(struct run *R, const struct hq_block_weights *bw
 }
 
 /* Name k of the unquantized tensors a run stores: embedding, final norm, an untied lm_head,
- * then every block's tensors (hq_block_tensors); 0 past the end. */
+ * every block's tensors (hq_block_tensors), the MoE blocks' routers; 0 past the end. */
 static int unquantized_name(const struct hq_model_config *c, int64_t k, char *name, size_t n) {
   const char *fixed[3] = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"};
   const int nfixed = c->tie_embeddings ? 2 : 3;
@@ -185,9 +189,17 @@ static int unquantized_name(const struct hq_model_config *c, int64_t k, char *na
     return 1;
   }
   k -= nfixed;
-  if (k >= nbt * c->n_layers) return 0;
-  snprintf(name, n, "model.layers.%lld.%s", (long long)(k / nbt), bt[k % nbt].suffix);
-  return 1;
+  if (k < nbt * c->n_layers) {
+    snprintf(name, n, "model.layers.%lld.%s", (long long)(k / nbt), bt[k % nbt].suffix);
+    return 1;
+  }
+  k -= nbt * c->n_layers; /* then the routers of the MoE blocks */
+  for (int64_t b = 0; b < c->n_layers; b++)
+    if (hq_config_moe_block(c, b) && k-- == 0) {
+      hq_router_name(c, b, name, n);
+      return 1;
+    }
+  return 0;
 }
 
 static int write_unquantized(struct run *R) {
@@ -220,11 +232,9 @@ static int write_unquantized(struct run *R) {
 
 /* the stored linear must have the shape this model and these settings give (a file of
  * another model must not be dequantized into this one's buffers) */
-static int check_stored_linear(struct run *R, const char *name, enum hq_linear l) {
+static int check_stored_linear(struct run *R, const char *name, int64_t rows, int64_t cols) {
   struct hq_h5_linear_desc d;
   HQ_TRY(hq_h5_linear_info(R->h5, name, &d));
-  int64_t rows, cols;
-  hq_linear_shape(&R->model.cfg, l, &rows, &cols);
   const int64_t gs = R->o->g.group_size > 0 ? R->o->g.group_size : -1;
   if (d.rows != rows || d.cols != cols || d.bits != R->o->g.bits || (d.group_size > 0 ? d.group_size : -1) != gs)
     return hq_fail(HQ_ERR_INPUT, "resume: %s is %lld x %lld at %d bits, group %lld in the file; this "
@@ -240,15 +250,17 @@ int hq_pipeline_load_done_block(struct run *R, int64_t b, struct hq_block_weight
    * anything of it is decoded; then replace the linears of block b by its dequantized weights */
   int rc0 = hq_h5_check_block(R->h5, &R->model.cfg, b);
   if (rc0) return hq_fail_ctx(rc0, "resume: block %lld: ", (long long)b);
-  for (int l = 0; l < HQ_LIN_COUNT; l++) {
+  for (int64_t k = 0; k < hq_block_nlinears(&R->model.cfg, b); k++) {
     char name[256];
-    hq_pipeline_lin_name(name, sizeof name, b, (enum hq_linear)l);
+    int64_t rows, cols;
+    float **dst = hq_block_linear(&R->model.cfg, b, k, bw, name, sizeof name, &rows, &cols);
+    HQ_ASSERT(dst && *dst); /* a done block is loaded whole */
     struct hq_packed p;
-    int rc = check_stored_linear(R, name, (enum hq_linear)l);
+    int rc = check_stored_linear(R, name, rows, cols);
     if (rc) return rc;
     rc = hq_h5_linear_read(R->h5, name, &p);
     if (rc) return hq_fail_ctx(rc, "resume: reading %s: ", name);
-    rc = hq_pack_dequantize(&p, bw->lin[l]);
+    rc = hq_pack_dequantize(&p, *dst);
     hq_pack_free(&p);
     if (rc) return hq_fail_ctx(rc, "resume: %s: ", name);
   }

@@ -22,17 +22,10 @@
 
 /* ---- the unit of work ---------------------------------------------------------------- */
 
-struct unit {
-  enum hq_group g;
-  int nl;
-  enum hq_linear lins[4];
-  int64_t rows[4], cols;   /* rows of each linear, their common input width */
-  int64_t my0[4], myn[4];  /* the rows this rank owns of each */
-};
-
 static void unit_make(const struct run *R, enum hq_group g, struct unit *u) {
   memset(u, 0, sizeof *u);
   u->g = g;
+  u->expert = -1;
   for (int l = 0; l < HQ_LIN_COUNT; l++) {
     if (hq_linear_group((enum hq_linear)l) != g) continue;
     const int i = u->nl++;
@@ -44,24 +37,23 @@ static void unit_make(const struct run *R, enum hq_group g, struct unit *u) {
   }
 }
 
+/* linear i of u: its weights in bw, its name in the file */
+static float *unit_w(const struct unit *u, int i, const struct hq_block_weights *bw) {
+  return u->expert >= 0 ? bw->experts[3 * u->expert + u->parts[i]] : bw->lin[u->lins[i]];
+}
+static void unit_name(const struct run *R, const struct unit *u, int i, int64_t b, char *buf,
+                      size_t n) {
+  if (u->expert >= 0) hq_expert_name(&R->model.cfg, b, u->expert, u->parts[i], buf, n);
+  else hq_pipeline_lin_name(buf, n, b, u->lins[i]);
+}
+
 static int unit_owns_rows(const struct unit *u) {
   for (int i = 0; i < u->nl; i++)
     if (u->myn[i]) return 1;
   return 0;
 }
 
-/* per row, in row order: the method's proxy loss (HQQ: Σ|w - q|), RTN's on the same grid
- * (HQQ: its Σ|w - q|), and GPTQ's reference loss */
-enum { ST_METHOD, ST_RTN, ST_REF, NSTAT };
-
-/* this rank's block of one linear */
-struct part {
-  struct hq_gptq_result res;
-  float *W;   /* [myn x cols] dequantized */
-  double *st; /* [myn x NSTAT] */
-};
-
-static void part_free(struct part *p) {
+void hq_pipeline_part_free(struct part *p) {
   hq_gptq_result_free(&p->res);
   free(p->W);
   free(p->st);
@@ -152,16 +144,8 @@ static int cap_hessian(void *ctx, enum hq_group g, const float *X, int64_t ntok,
   return 1;
 }
 
-/* A group's Hessian, made where its sums were: the node's one copy in a node-shared buffer
- * (R->node_share), this rank's own backend memory (host backends), or malloc'ed (device). */
-struct hbuf {
-  float *H; /* [cols x cols] */
-  struct hq_node_buf shm;
-  const struct hq_backend *be; /* H is this backend's memory */
-};
-
 /* Collective over the node when shared (every rank frees at the same point). */
-static void hbuf_free(struct hbuf *hb) {
+void hq_pipeline_hbuf_free(struct hbuf *hb) {
   if (hb->shm.ptr) hq_comm_node_free(&hb->shm);
   else if (hb->be) hb->be->free(hb->H);
   else free(hb->H);
@@ -465,7 +449,7 @@ static int part_begin(struct run *R, const struct unit *u, int i, const struct h
                       const float *H, struct part *p) {
   const int64_t n = u->myn[i], cols = u->cols;
   const size_t bytes = (size_t)(n * cols) * sizeof(float);
-  const float *W0 = bw->lin[u->lins[i]] + u->my0[i] * cols;
+  const float *W0 = unit_w(u, i, bw) + u->my0[i] * cols;
   p->W = malloc(bytes + 1);
   p->st = calloc((size_t)(n * NSTAT) + 1, sizeof(double));
   if (!p->W || !p->st)
@@ -484,18 +468,22 @@ static int part_quantize(struct run *R, const struct unit *u, int i,
                          const struct hq_block_weights *bw, const float *H,
                          const struct hq_gptq_prep *prep, struct part *p) {
   const int64_t n = u->myn[i], cols = u->cols;
-  const float *W0 = bw->lin[u->lins[i]] + u->my0[i] * cols;
+  const float *W0 = unit_w(u, i, bw) + u->my0[i] * cols;
   double t = hq_now();
-  const enum hq_method m = R->o->method;
+  const enum hq_method m = u->rtn ? HQ_METHOD_RTN : R->o->method;
   int rc;
   if (m == HQ_METHOD_GPTQ) rc = hq_gptq_solve(R->be, &R->g, prep, u->my0[i], n, p->W, &p->res);
   else if (m == HQ_METHOD_HQQ) rc = hq_hqq_quantize(&R->g, &R->o->hqq, n, cols, p->W, &p->res, NULL);
-  else rc = hq_rtn_quantize(R->be, &R->g, n, cols, p->W, R->g.hscale ? H : NULL, &p->res);
+  else {
+    struct hq_gptq_opts go = R->g;
+    go.hscale = go.hscale && !u->rtn; /* an expert's RTN fallback has no Hessian */
+    rc = hq_rtn_quantize(R->be, &go, n, cols, p->W, go.hscale ? H : NULL, &p->res);
+  }
   R->phase[PH_GPTQ] += hq_now() - t;
   t = hq_now();
   if (!rc && m == HQ_METHOD_GPTQ)
     for (int64_t r = 0; r < n; r++) p->st[r * NSTAT + ST_REF] = p->res.row_loss_ref[r];
-  if (!rc && H) rc = part_method_stats(R, u, i, W0, H, prep, p);
+  if (!rc && H && !u->rtn) rc = part_method_stats(R, u, i, W0, H, prep, p);
   if (!rc && m == HQ_METHOD_HQQ) rc = part_l1_stats(R, u, i, W0, p);
   R->phase[PH_STATS] += hq_now() - t;
   return rc;
@@ -506,7 +494,7 @@ static int part_quantize(struct run *R, const struct unit *u, int i,
  * the node), else one per rank that owns rows. Every rank of a node gets the same prep. */
 static int group_prepare(struct run *R, const struct unit *u, struct hbuf *hb,
                          struct hq_gptq_prep *prep) {
-  if (R->o->method != HQ_METHOD_GPTQ) return HQ_OK;
+  if (R->o->method != HQ_METHOD_GPTQ || u->rtn) return HQ_OK;
   const int64_t n = u->cols;
   int rc = HQ_OK;
   if (hb->shm.ptr) {
@@ -523,18 +511,20 @@ static int group_prepare(struct run *R, const struct unit *u, struct hbuf *hb,
 
 /* Collective: every owned block of the group with its statistics; the ranks agree first that
  * all have their rows (a node's ranks then factorise H together). */
-static int group_quantize(struct run *R, int64_t b, const struct unit *u,
-                          const struct hq_block_weights *bw, struct hbuf *hb, struct part *parts,
-                          struct hq_gptq_prep *prep) {
+int hq_pipeline_unit_quantize(struct run *R, int64_t b, const struct unit *u,
+                              const struct hq_block_weights *bw, struct hbuf *hb,
+                              struct part *parts, struct hq_gptq_prep *prep) {
   int rc = HQ_OK;
+  char name[256];
+  unit_name(R, u, 0, b, name, sizeof name);
   for (int i = 0; i < u->nl && !rc; i++)
     if (u->myn[i]) rc = part_begin(R, u, i, bw, hb->H, &parts[i]);
-  if (rc) hq_fail_ctx(rc, "block %lld %s: ", (long long)b, hq_linear_name(u->lins[0]));
+  if (rc) hq_fail_ctx(rc, "%s: ", name);
   HQ_TRY(hq_comm_agree(R->comm, rc));
   rc = group_prepare(R, u, hb, prep);
   for (int i = 0; i < u->nl && !rc; i++)
     if (u->myn[i]) rc = part_quantize(R, u, i, bw, hb->H, prep, &parts[i]);
-  if (rc) hq_fail_ctx(rc, "block %lld %s: ", (long long)b, hq_linear_name(u->lins[0]));
+  if (rc) hq_fail_ctx(rc, "%s: ", name);
   return hq_comm_agree(R->comm, rc);
 }
 
@@ -571,11 +561,6 @@ static void part_gather(struct run *R, const struct unit *u, int i, const struct
 
 /* ---- stage: write ------------------------------------------------------------------------ */
 
-struct group_meta { /* identical on every rank */
-  double damp, dead;
-  double ph[PH_COUNT];
-};
-
 /* Collective: damping and dead columns from the ranks that prepared, slowest phase times. */
 static void group_meta(struct run *R, const struct hq_gptq_prep *prep, struct group_meta *gm) {
   gm->damp = prep->perm ? prep->damp_abs : 0.0; /* perm: this rank prepared */
@@ -610,15 +595,6 @@ static int part_write_packed(struct run *R, const char *name, const struct unit 
   hq_pack_free(&pk);
   return rc;
 }
-
-/* What the write of one input group of one block needs beyond the rows: identical on every
- * rank once exchanged (a block group's root sends it to all ranks). */
-struct group_rec {
-  double sums[4][NSTAT];
-  struct group_meta gm;
-  int64_t *owner[4]; /* [nowner] rows each rank of the block's group quantized */
-  int nowner;
-};
 
 /* Collective over all ranks: linear i's statistics (sums over all rows, meta, owners). */
 static int part_write_stats(struct run *R, const char *name, int i, const struct group_rec *gr) {
@@ -660,12 +636,12 @@ static int part_write_attrs(struct run *R, const char *name, const struct unit *
 
 /* Collective over all ranks: the unit's linears of block b, packed rows (parts: this rank's,
  * NULL when the block is another group's), statistics and attributes. */
-static int unit_write(struct run *R, int64_t b, const struct unit *u, const struct part *parts,
-                      const struct group_rec *gr) {
+int hq_pipeline_unit_write(struct run *R, int64_t b, const struct unit *u,
+                           const struct part *parts, const struct group_rec *gr) {
   int rc = HQ_OK;
   for (int i = 0; i < u->nl && !rc; i++) {
     char name[256];
-    hq_pipeline_lin_name(name, sizeof name, b, u->lins[i]);
+    unit_name(R, u, i, b, name, sizeof name);
     rc = part_write_packed(R, name, u, i, parts ? &parts[i] : NULL);
     if (!rc) rc = part_write_stats(R, name, i, gr);
     if (!rc) rc = part_write_attrs(R, name, u, i, gr->sums[i]);
@@ -695,14 +671,14 @@ static int group_compute(struct run *R, int64_t b, enum hq_group g, struct hq_bl
   struct hbuf hb = {0};
   if (hq_pipeline_need_hessian(R->o)) rc = group_hessian(R, u, bw, &hb);
   if (rc) {
-    hbuf_free(&hb); /* agreed failure: every rank of a node holds the same kind of buffer */
+    hq_pipeline_hbuf_free(&hb); /* agreed failure: every rank of a node holds the same kind of buffer */
     return rc;
   }
   release_done_groups(R, g, bw);
   struct hq_gptq_prep prep;
   memset(&prep, 0, sizeof prep);
-  rc = group_quantize(R, b, u, bw, &hb, out->parts, &prep);
-  hbuf_free(&hb); /* with U, when made in place */
+  rc = hq_pipeline_unit_quantize(R, b, u, bw, &hb, out->parts, &prep);
+  hq_pipeline_hbuf_free(&hb); /* with U, when made in place */
   if (!rc) {
     const double t = hq_now();
     for (int i = 0; i < u->nl; i++) part_gather(R, u, i, &out->parts[i], bw, out->sums[i]);
@@ -756,7 +732,7 @@ static int step_write(struct run *R, enum hq_group g, const int64_t *blocks, con
     struct group_rec gr;
     rc = group_rec_from(R, k, &u, mine ? out : NULL, &gr);
     const double t = hq_now();
-    if (!rc) rc = unit_write(R, blocks[k], mine ? &out->u : &u, mine ? out->parts : NULL, &gr);
+    if (!rc) rc = hq_pipeline_unit_write(R, blocks[k], mine ? &out->u : &u, mine ? out->parts : NULL, &gr);
     R->phase[PH_WRITE] += hq_now() - t;
     group_rec_free(&gr);
   }
@@ -776,10 +752,10 @@ int hq_pipeline_group(struct run *R, int64_t b, enum hq_group g, struct hq_block
     gr.gm = out.gm;
     for (int i = 0; i < out.u.nl; i++) gr.owner[i] = owner_rows(R, &R->plan, out.u.lins[i]);
     const double t = hq_now();
-    rc = unit_write(R, b, &out.u, out.parts, &gr);
+    rc = hq_pipeline_unit_write(R, b, &out.u, out.parts, &gr);
     R->phase[PH_WRITE] += hq_now() - t;
     group_rec_free(&gr);
   }
-  for (int i = 0; i < 4; i++) part_free(&out.parts[i]);
+  for (int i = 0; i < 4; i++) hq_pipeline_part_free(&out.parts[i]);
   return rc;
 }

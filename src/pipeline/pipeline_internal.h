@@ -4,6 +4,7 @@
 #define HQ_PIPELINE_INTERNAL_H
 
 #include "forward.h"
+#include "gptq.h"
 #include "h5io.h"
 #include "model.h"
 #include "outpath.h"
@@ -44,7 +45,8 @@ struct run {
    * max(q dim, intermediate)] (attention output, then silu(gate)*up) */
   float *carry_h, *carry_mid;
   int carry_stage;          /* the group whose input the carry holds the inputs of: 0 at a
-                               block's start, g+1 once group g's input was computed from it */
+                               block's start, g+1 once group g's input was computed from it;
+                               HQ_CARRY_OUTPUT: R->x holds the block's output already */
   int node_share;           /* one Hessian and one Cholesky factor per node (host backend, more
                                than one rank on a node, HQ_NODE_SHARE not 0): pipeline_group.c */
   int shm_warned;           /* the node leader said that /dev/shm had no room */
@@ -65,6 +67,8 @@ struct run {
   double last_block_s;      /* seconds of the previous block */
   int64_t first_step;       /* the first step in which a block is quantized in this run */
 };
+
+#define HQ_CARRY_OUTPUT (HQ_GROUP_COUNT + 1) /* a MoE block's output made by pipeline_moe.c */
 
 /* Collective over the node: the block's weights freed (node-shared linears too). */
 void hq_pipeline_block_free(struct run *R, struct hq_block_weights *bw);
@@ -91,6 +95,76 @@ int hq_pipeline_carried_input(struct run *R, enum hq_group g, hq_capture_fn cap,
  * R->comm); then write, with the other block groups' blocks of this step (R->step_blocks).
  * b = -1: this rank's group quantizes nothing at this step (it writes the others' only). */
 int hq_pipeline_group(struct run *R, int64_t b, enum hq_group g, struct hq_block_weights *bw);
+
+/* ---- pipeline_group.c's unit of work, shared with pipeline_moe.c ---- */
+/* Linears that share one input (one Hessian) and the rows of each that this rank owns: a dense
+ * input group (expert -1; lins) or the gate/up or down of one expert (parts). */
+struct unit {
+  enum hq_group g;
+  int nl;
+  enum hq_linear lins[4];
+  int64_t expert;               /* -1: a dense group; else this expert of a MoE block */
+  enum hq_expert_part parts[4]; /* expert >= 0: the expert's linears */
+  int rtn;                      /* round-to-nearest whatever the method (an expert's fallback) */
+  int64_t rows[4], cols;   /* rows of each linear, their common input width */
+  int64_t my0[4], myn[4];  /* the rows this rank owns of each */
+};
+
+/* per row, in row order: the method's proxy loss (HQQ: Σ|w - q|), RTN's on the same grid
+ * (HQQ: its Σ|w - q|), and GPTQ's reference loss */
+enum { ST_METHOD, ST_RTN, ST_REF, NSTAT };
+
+/* this rank's block of one linear */
+struct part {
+  struct hq_gptq_result res;
+  float *W;   /* [myn x cols] dequantized */
+  double *st; /* [myn x NSTAT] */
+};
+void hq_pipeline_part_free(struct part *p);
+
+/* A group's Hessian, made where its sums were: the node's one copy in a node-shared buffer
+ * (R->node_share), this rank's own backend memory (host backends), or malloc'ed (device). */
+struct hbuf {
+  float *H; /* [cols x cols] */
+  struct hq_node_buf shm;
+  const struct hq_backend *be; /* H is this backend's memory */
+};
+/* Collective over the node when shared (every rank frees at the same point). */
+void hq_pipeline_hbuf_free(struct hbuf *hb);
+
+struct group_meta { /* identical on every rank */
+  double damp, dead;
+  double ph[PH_COUNT];
+};
+
+/* What the write of one input group of one block needs beyond the rows: identical on every
+ * rank once exchanged (a block group's root sends it to all ranks). */
+struct group_rec {
+  double sums[4][NSTAT];
+  struct group_meta gm;
+  int64_t *owner[4]; /* [nowner] rows each rank of the block's group quantized */
+  int nowner;
+};
+
+/* Collective over R->comm: the method on the rows of u this rank owns (parts[i] for each
+ * linear i with myn[i] > 0; H in hb, NULL without a Hessian, consumed by GPTQ's factor in
+ * prep), with per-row statistics; the ranks agree first that all have their rows. */
+int hq_pipeline_unit_quantize(struct run *R, int64_t b, const struct unit *u,
+                              const struct hq_block_weights *bw, struct hbuf *hb,
+                              struct part *parts, struct hq_gptq_prep *prep);
+/* Collective over all ranks (R->world): u's linears of block b: packed rows (parts: this
+ * rank's, NULL when it has none), statistics and attributes. */
+int hq_pipeline_unit_write(struct run *R, int64_t b, const struct unit *u,
+                           const struct part *parts, const struct group_rec *gr);
+
+/* pipeline_moe.c */
+/* Collective over R->comm (= R->world: MoE runs have one block group). The sparse MLP of MoE
+ * block b (after its attention groups): the router's inputs, the routing, each expert's
+ * gate/up and then down quantized by the rank that owns it from the tokens routed to it (or
+ * its fallback), the quantized experts in bw on every rank, written with their token counts. */
+int hq_pipeline_moe(struct run *R, int64_t b, struct hq_block_weights *bw);
+/* --moe-min-tokens, or its default (hidden_size) */
+int64_t hq_pipeline_moe_min_tokens(const struct run *R);
 
 /* pipeline_chain.c */
 /* Collective over R->world. With G > 1 block groups and calibration windows: R->x of every
