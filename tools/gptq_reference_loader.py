@@ -210,8 +210,9 @@ def moe_mlp(cfg, W, layer, h):
     return out.reshape(shape)
 
 
-def llama_logits(cfg, W, ids):
-    """ids [nseq, T] -> logits [nseq, T, vocab]; W: name -> float64 array (HF names)."""
+def llama_logits(cfg, W, ids, moe_hook=None):
+    """ids [nseq, T] -> logits [nseq, T, vocab]; W: name -> float64 array (HF names).
+    moe_hook(layer, h): called with the sparse MLP's input of every MoE block."""
     H = cfg["hidden_size"]
     nh = cfg["num_attention_heads"]
     nkv = cfg.get("num_key_value_heads") or nh
@@ -265,6 +266,8 @@ def llama_logits(cfg, W, ids):
         o = (a @ v).transpose(0, 2, 1, 3).reshape(nseq, T, nh * hd)
         x = x + lin(p + "self_attn.o_proj", o)
         h = rms_norm(x, W[p + "post_attention_layernorm.weight"], eps)
+        if moe_hook and moe_layer(cfg, layer):
+            moe_hook(layer, h)
         x = x + (moe_mlp(cfg, W, layer, h) if moe_layer(cfg, layer) else mlp(p, h))
     x = rms_norm(x, W["model.norm.weight"], eps)
     head = W.get("lm_head.weight", W["model.embed_tokens.weight"])
