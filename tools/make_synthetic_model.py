@@ -5,12 +5,16 @@ real-size tests.
 usage: make_synthetic_model.py OUTDIR [--hidden 2048] [--intermediate 5632] [--layers 2]
                                [--heads 16] [--kv-heads 4] [--vocab 4096] [--seed 0]
                                [--untied] [--shard-mb N]
+                               [--experts E --top-k K --moe-intermediate I --head-dim D]
 Needs numpy only. Weights ~ N(0, 0.02) (o/down scaled by 1/sqrt(2*layers)), norms = 1. Each
 tensor comes from its own generator (seeded by --seed and the tensor's name), so a tensor's
 values do not depend on the layout: --shard-mb N writes model-0000k-of-0000n.safetensors
 shards of at most N MB (a tensor larger than N gets a shard of its own) with
 model.safetensors.index.json, as Hugging Face does; without it one model.safetensors.
---untied adds lm_head.weight and sets tie_word_embeddings false. Tensors are generated and
+--untied adds lm_head.weight and sets tie_word_embeddings false. --experts E writes a
+Qwen3MoeForCausalLM instead (q/k norms, every block a mixture of E experts of
+--moe-intermediate, top --top-k, norm_topk_prob true, router weights ~ N(0, 0.02)); --head-dim
+sets head_dim (default hidden / heads). Tensors are generated and
 written one at a time (memory: the largest tensor, not the model).
 """
 import argparse, json, os, zlib
@@ -28,8 +32,12 @@ ap.add_argument("--max-pos", type=int, default=2048)
 ap.add_argument("--seed", type=int, default=0)
 ap.add_argument("--untied", action="store_true")
 ap.add_argument("--shard-mb", type=int, default=0)
+ap.add_argument("--experts", type=int, default=0)
+ap.add_argument("--top-k", type=int, default=8)
+ap.add_argument("--moe-intermediate", type=int, default=1536)
+ap.add_argument("--head-dim", type=int, default=0)
 a = ap.parse_args()
-h, i, hd = a.hidden, a.intermediate, a.hidden // a.heads
+h, i, hd = a.hidden, a.intermediate, a.head_dim or a.hidden // a.heads
 
 specs = {}  # name -> (shape, std or None for ones)
 def add(name, shape, std=0.02, ones=False):
@@ -47,6 +55,16 @@ for l in range(a.layers):
     add(p + "self_attn.k_proj.weight", (a.kv_heads * hd, h))
     add(p + "self_attn.v_proj.weight", (a.kv_heads * hd, h))
     add(p + "self_attn.o_proj.weight", (h, a.heads * hd), 0.02 / np.sqrt(2 * a.layers))
+    if a.experts:
+        add(p + "self_attn.q_norm.weight", (hd,), ones=True)
+        add(p + "self_attn.k_norm.weight", (hd,), ones=True)
+        add(p + "mlp.gate.weight", (a.experts, h))
+        for e in range(a.experts):
+            q = f"{p}mlp.experts.{e}."
+            add(q + "gate_proj.weight", (a.moe_intermediate, h))
+            add(q + "up_proj.weight", (a.moe_intermediate, h))
+            add(q + "down_proj.weight", (h, a.moe_intermediate), 0.02 / np.sqrt(2 * a.layers))
+        continue
     add(p + "mlp.gate_proj.weight", (i, h))
     add(p + "mlp.up_proj.weight", (i, h))
     add(p + "mlp.down_proj.weight", (h, i), 0.02 / np.sqrt(2 * a.layers))
@@ -109,6 +127,13 @@ cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_siz
        "num_key_value_heads": a.kv_heads, "vocab_size": a.vocab, "max_position_embeddings": a.max_pos,
        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": not a.untied,
        "hidden_act": "silu", "torch_dtype": "bfloat16", "bos_token_id": 1, "eos_token_id": 2}
+if a.head_dim:
+    cfg["head_dim"] = hd
+if a.experts:
+    cfg |= {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
+            "num_experts": a.experts, "num_experts_per_tok": a.top_k,
+            "moe_intermediate_size": a.moe_intermediate, "norm_topk_prob": True,
+            "decoder_sparse_step": 1, "mlp_only_layers": [], "head_dim": hd}
 with open(os.path.join(a.out, "config.json"), "w") as f:
     json.dump(cfg, f, indent=2)
 print(f"wrote {a.out}: {a.layers} layers, hidden {h}, intermediate {i}, {total/1e6:.1f} MB")

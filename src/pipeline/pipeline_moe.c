@@ -332,6 +332,23 @@ static int moe_round(struct moe *M, struct hq_block_weights *bw, int64_t j, int 
   return rc;
 }
 
+/* Rank 0: a line per round while the block takes longer than 30 s (as the dense groups'
+ * lines), with the share of the block's expert rounds done and an estimate of the rest */
+static void round_line(const struct moe *M, int64_t j, int down) {
+  const struct run *R = M->R;
+  const double in_block = hq_now() - R->t_block;
+  if (R->world->rank != 0 || R->o->quiet || (in_block < 30.0 && R->last_block_s < 30.0)) return;
+  const double done = (double)(down * M->nrounds + j + 1) / (double)(2 * M->nrounds);
+  char els[32], rest[32];
+  hq_format_duration(in_block, els, sizeof els);
+  hq_format_duration(in_block / done * (1.0 - done), rest, sizeof rest);
+  fprintf(stderr, "block %lld/%lld experts %s round %lld/%lld done (%lld experts, %d ranks), %s "
+          "into the block, about %s to the block's end | hess %.1f allred %.1f chol %.1f gptq %.1f\n",
+          (long long)M->b + 1, (long long)M->c->n_layers, down ? "down" : "gate-up",
+          (long long)j + 1, (long long)M->nrounds, (long long)M->c->n_experts, R->comm->size, els,
+          rest, R->phase[PH_HESSIAN], R->phase[PH_ALLREDUCE], R->phase[PH_CHOL], R->phase[PH_GPTQ]);
+}
+
 /* Not collective: the block output R->x = h + MoE(xn) with the quantized experts, from the
  * carry (h) when it holds the residual after the attention; else the pipeline forwards the
  * whole block afterwards. */
@@ -353,14 +370,21 @@ int hq_pipeline_moe(struct run *R, int64_t b, struct hq_block_weights *bw) {
   M.count = calloc((size_t)c->n_experts, sizeof(int64_t));
   M.owner = calloc((size_t)c->n_experts, sizeof(int));
   M.fallback = calloc((size_t)c->n_experts, sizeof(int));
-  HQ_ASSERT(M.count && M.owner && M.fallback && !R->be->on_device);
-  int rc = hq_comm_agree(R->comm, hq_model_load_experts(&R->model, b, bw));
+  HQ_ASSERT(M.count && M.owner && M.fallback);
+  int rc = R->be->on_device
+               ? hq_fail(HQ_ERR_UNSUPPORTED, "block %lld is a mixture of experts, which runs on the "
+                         "cpu backend only; use --backend cpu", (long long)b)
+               : hq_model_load_experts(&R->model, b, bw);
+  rc = hq_comm_agree(R->comm, rc);
   if (!rc && M.calib) rc = moe_route(&M, bw);
   if (!M.calib)
     for (int64_t e = 0; e < c->n_experts; e++) M.count[e] = -1;
   if (!rc) moe_plan(&M);
   for (int down = 0; down < 2 && !rc; down++)
-    for (int64_t j = 0; j < M.nrounds && !rc; j++) rc = moe_round(&M, bw, j, down);
+    for (int64_t j = 0; j < M.nrounds && !rc; j++) {
+      rc = moe_round(&M, bw, j, down);
+      round_line(&M, j, down);
+    }
   if (!rc && M.calib) moe_output(&M, bw);
   moe_free(&M);
   return rc;
