@@ -15,6 +15,7 @@
 #     routing) dequantizes every expert to hpcq's weights and gets hpcq's logits
 #  6. RTN without calibration (no routing: token counts -1); a result missing one expert's
 #     qweight is refused by eval, naming it
+#  7. the trained Qwen3-MoE of tools/train_tiny_moe.py: np 1 = np 3, inspect's routing summary
 set -u
 source "$(dirname "$0")/testlib.sh"
 hq_tmpdir moe
@@ -119,4 +120,12 @@ cp "$T/MIX1.h5" "$T/dmg.h5"
 python3 -c "import h5py, sys; f = h5py.File(sys.argv[1], 'r+'); del f['linears/model.layers.1.block_sparse_moe.experts.2.w2/qweight']" "$T/dmg.h5"
 expect_fail "eval of a result missing an expert" "model.layers.1.block_sparse_moe.experts.2.w2" \
   "$BIN" eval --model "$T/dmg.h5" --tokens "$TOK" --seqlen 64 --max-windows 2
+# ---- 7. the trained MoE (real routing, tools/train_tiny_moe.py) ----
+TM=$D/qwen3moe-sotu-2m
+TS=(--calib "$D/llama-sotu-5m/calib.i32" --nsamples 12 --seqlen 128)
+q tm1 1 "$TM" "${TS[@]}"
+q tm3 3 "$TM" "${TS[@]}" --batch 2
+same "trained Qwen3-MoE: np 3 (batch 2) = np 1" "$T/tm1.h5" "$T/tm3.h5"
+"$BIN" inspect "$T/tm1.h5" | tail -1 | grep -qE "^experts: 32; calibration tokens routed per expert: min [0-9]+, median [0-9.]+, max [0-9]+; [0-9]+ took the fallback$" &&
+  ok "trained Qwen3-MoE: $("$BIN" inspect "$T/tm1.h5" | tail -1)" || bad "trained MoE inspect: $("$BIN" inspect "$T/tm1.h5" | tail -1)"
 finish test_moe

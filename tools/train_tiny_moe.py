@@ -4,16 +4,21 @@ the bundled calibration texts, so MoE quantization is measured on real routing.
 
 Model: Qwen3MoeForCausalLM, hidden 128, 4 layers, 4 heads / 2 KV heads of 32, 8 experts of
 moe_intermediate 128, top-2 with norm_topk_prob, tied embeddings, vocab 4096 (the tokenizer of
-tests/data/llama-sotu-5m, copied alongside). Data: tests/data/llama-sotu-5m/calib.i32 (300k
-tokens of State of the Union addresses, the Brown corpus and Jane Austen, public domain),
-random windows of 128 tokens, batch 16, AdamW (lr 3e-3, cosine to 3e-4, 60 warm-up steps),
+tests/data/llama-sotu-5m, copied alongside). Data: the texts the 5M model was trained on (State of
+the Union addresses, the Brown corpus, Jane Austen; public domain), read from --text (the
+project's shared data set, shared/data/text: sotu.txt, brown.txt, austen.txt, ~21 MB), cut at
+blank lines into pieces of at most ~8 kB, each encoded with the tokenizer as bos + text + eos
+(~5M tokens; without --text: tests/data/llama-sotu-5m/calib.i32, 300k tokens of the same
+texts); random windows of 128 tokens, batch 16, AdamW (lr 3e-3, cosine to 3e-4, 60 warm-up steps),
 the router's load-balancing loss on (router_aux_loss_coef 0.01) so that every expert is used;
 float32 on the CPU, torch's seed fixed. WikiText-2 (tests/data/llama-sotu-5m/wikitext2-test.i32)
 is never seen: it is the evaluation text. Weights saved as bf16 with save_pretrained (the
 load-balancing flag off in the saved config).
 
-Rerun (from the repository root; needs torch, transformers, numpy; ~10 min on 2 cores):
-    python3 tools/train_tiny_moe.py [--steps 1500] [--out tests/data/qwen3moe-sotu-2m]
+Rerun (from the repository root; needs torch, transformers, numpy, sentencepiece; ~8 min on
+2 cores):
+    python3 tools/train_tiny_moe.py --text ../shared/data/text [--steps 2000]
+                                    [--out tests/data/qwen3moe-sotu-2m]
 """
 import argparse
 import math
@@ -29,9 +34,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(ROOT, "tests", "data", "llama-sotu-5m")
 
 
+def load_text(d):
+    """bos + piece + eos for every piece (blank-line separated, <= ~8 kB) of the three texts."""
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(SRC, "tokenizer.model"))
+    out = []
+    for name in ("sotu.txt", "brown.txt", "austen.txt"):
+        text = open(os.path.join(d, name), encoding="utf-8").read()
+        piece = []
+        for para in text.split("\n\n"):
+            piece.append(para)
+            if sum(map(len, piece)) > 8000:
+                out += [sp.bos_id()] + sp.encode("\n\n".join(piece)) + [sp.eos_id()]
+                piece = []
+        if piece:
+            out += [sp.bos_id()] + sp.encode("\n\n".join(piece)) + [sp.eos_id()]
+    return np.array(out, dtype=np.int64)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--text", default=None, help="folder with sotu.txt, brown.txt, austen.txt")
     ap.add_argument("--out", default=os.path.join(ROOT, "tests", "data", "moe-sotu-3m"))
     a = ap.parse_args()
     torch.manual_seed(0)
@@ -44,7 +68,9 @@ def main():
                          tie_word_embeddings=True, output_router_logits=True,
                          router_aux_loss_coef=0.01, bos_token_id=1, eos_token_id=2)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    ids = torch.from_numpy(np.fromfile(os.path.join(SRC, "calib.i32"), dtype="<i4").astype(np.int64))
+    ids = torch.from_numpy(load_text(a.text) if a.text else
+                           np.fromfile(os.path.join(SRC, "calib.i32"), dtype="<i4").astype(np.int64))
+    print(f"{len(ids)} training tokens", flush=True)
     S, B, lr0, warm = 128, 16, 3e-3, 60
     opt = torch.optim.AdamW(model.parameters(), lr=lr0, weight_decay=0.01, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(1)
