@@ -27,9 +27,13 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Python used by tests must have numpy and h5py (the system packages serve /usr/bin/python3; a
 # python3 first on PATH from elsewhere gets them from PyPI).
-for mod in numpy h5py; do
+# tools/hpcq_tokenize.py (calibration tokens from text) needs the tokenizer libraries and, for
+# Parquet datasets, pyarrow.
+for mod in numpy h5py tokenizers sentencepiece pyarrow; do
   if ! python3 -c "import $mod" 2>/dev/null; then
-    python3 -m pip install -q "$mod" || { echo "cannot install $mod for $(command -v python3)"; exit 1; }
+    # Debian's own python3 refuses pip installs (PEP 668) unless told
+    python3 -m pip install -q "$mod" 2>/dev/null || python3 -m pip install -q --break-system-packages "$mod" ||
+      { echo "cannot install $mod for $(command -v python3)"; exit 1; }
   fi
 done
 echo "dependencies: all installed"

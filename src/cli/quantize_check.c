@@ -53,7 +53,8 @@ int hq_quant_opts_validate(const struct hq_quant_opts *o) {
   HQ_TRY(validate_method(o));
   if (needs_calib(o) && !o->calib_path)
     return hq_fail(HQ_ERR_INPUT, "%s needs calibration tokens: --calib FILE (raw int32 token ids "
-                   "made with the model's tokenizer)", o->method == HQ_METHOD_GPTQ ? "GPTQ"
+                   "made with the model's tokenizer, e.g. by tools/hpcq_tokenize.py --model DIR --out "
+                   "FILE.i32 TEXT...)", o->method == HQ_METHOD_GPTQ ? "GPTQ"
                    : o->scale_from_hessian ? "--scale-from-hessian" : "--equalize smooth");
   return HQ_OK;
 }

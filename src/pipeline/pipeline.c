@@ -211,7 +211,8 @@ static int check_options(const struct run *R) {
     return hq_fail(HQ_ERR_INPUT, "--smooth-alpha must be in [0, 1], got %g", (double)o->smooth_alpha);
   if (hq_pipeline_need_calib(o) && !o->calib_path)
     return hq_fail(HQ_ERR_INPUT, "%s needs calibration tokens: --calib FILE (raw int32 token ids "
-                   "made with the model's tokenizer)", o->method == HQ_METHOD_GPTQ ? "GPTQ"
+                   "made with the model's tokenizer, e.g. by tools/hpcq_tokenize.py --model DIR --out "
+                   "FILE.i32 TEXT...)", o->method == HQ_METHOD_GPTQ ? "GPTQ"
                    : o->scale_from_hessian ? "--scale-from-hessian" : "--equalize smooth");
   if (o->block_groups < 1)
     return hq_fail(HQ_ERR_INPUT, "--block-groups must be 1 or more (got %d)", o->block_groups);
