@@ -88,13 +88,7 @@ run ref 2 "${A[@]}" --quiet
 # fast the machine (a signal sent later could arrive after the last step); caught: testlib.sh
 "$MPIEXEC" -np 2 "$BIN" "${A[@]}" --out "$T/int.h5" 2> "$T/int.log" &
 pid=$!
-ranks=""
-for _ in $(seq 1 3000); do
-  ranks=$(pgrep -f "^$BIN quantize.*$T/int.h5" | tr '\n' ' '); n=0
-  for p in $ranks; do caught "$p" && n=$((n + 1)); done
-  [ "$n" -ge 2 ] && break; sleep 0.01
-done
-kill -TERM $ranks 2> /dev/null
+term_caught "^$BIN quantize.*$T/int.h5" 2
 wait $pid; rc=$?
 state=$("$BIN" inspect "$T/int.h5" 2>&1 | head -1)
 if [ $rc -eq 75 ] && grep -q "stopped by a signal after step 1 of 3" "$T/int.log" && [[ $state == *INCOMPLETE* ]]; then

@@ -85,13 +85,7 @@ print(m)" > "$T/js.txt" 2>&1 && ok "inspect --json: $(cat "$T/js.txt")" || bad "
 R=(quantize --model "$Q3M" "${S[@]}" --nsamples 48)
 "$MPIEXEC" -np 2 "$BIN" "${R[@]}" --out "$T/int.h5" 2> "$T/int.log" &
 pid=$!
-ranks=""
-for _ in $(seq 1 3000); do
-  ranks=$(pgrep -f "^$BIN quantize.*$T/int.h5" | tr '\n' ' '); n=0
-  for p in $ranks; do caught "$p" && n=$((n + 1)); done
-  [ "$n" -ge 2 ] && break; sleep 0.01
-done
-kill -TERM $ranks 2> /dev/null
+term_caught "^$BIN quantize.*$T/int.h5" 2
 wait $pid; rc=$?
 [ $rc -eq 75 ] && grep -q "after block 1 of 3" "$T/int.log" && ok "SIGTERM: exit 75 after block 1 of 3" ||
   bad "SIGTERM: exit $rc: $(grep -v '^block' "$T/int.log" | tail -2)"

@@ -6,6 +6,7 @@
 #   attr FILE LINEAR NAME   one attribute of /linears/LINEAR
 #   within A B R            A > 0 and |A - B| / A <= R (numbers as awk reads them)
 #   complete_result FILE    FILE is an hpcq result that hpcq inspect calls complete
+#   term_caught PATTERN N   SIGTERM the N processes matching PATTERN once all have the handler
 #   expect [--no-result FILE] [--no-file FILE] NAME STATUS PATTERN CMD...
 #                           CMD (stdin /dev/null) exits with STATUS ("fail": any status but 0)
 #                           within $EXPECT_TIMEOUT (120) s and its stderr matches the extended
@@ -27,6 +28,18 @@ attr() { h5dump -a "/linears/$2/$3" "$1" 2>/dev/null | sed -n 's/.*(0): *\([0-9.
 within() { awk -v a="$1" -v b="$2" -v r="$3" 'BEGIN{d=(a-b)/a; if (d<0) d=-d; exit !(a>0 && d<=r)}'; }
 # caught PID: the process has a handler for SIGTERM (bit 15 of SigCgt in /proc/PID/status)
 caught() { local m; m=$(sed -n 's/^SigCgt:\s*//p' "/proc/$1/status" 2>/dev/null) && [ -n "$m" ] && (((16#$m >> 14) & 1)); }
+# term_caught PATTERN N: SIGTERM the N processes whose command lines match PATTERN (pgrep -f) as
+# soon as all N have a SIGTERM handler (they install it before creating their output), so a
+# stop is requested at their first step however fast the machine
+term_caught() {
+  local ranks="" n p
+  for _ in $(seq 1 3000); do
+    ranks=$(pgrep -f "$1" | tr '\n' ' '); n=0
+    for p in $ranks; do caught "$p" && n=$((n + 1)); done
+    [ "$n" -ge "$2" ] && break; sleep 0.01
+  done
+  kill -TERM $ranks 2> /dev/null
+}
 complete_result() { [ -f "$1" ] && "$BIN" inspect "$1" 2>/dev/null | grep -q "(complete)"; }
 expect() {
   local keep="" none="" name want pat rc

@@ -166,7 +166,7 @@ def moe_layer(cfg, layer):
         return True
     if arch != "Qwen3MoeForCausalLM":
         return False
-    n = cfg.get("num_experts", cfg.get("num_local_experts", 128))
+    n = moe_dims(cfg)[0]
     return (layer not in (cfg.get("mlp_only_layers") or []) and n > 0 and
             (layer + 1) % cfg.get("decoder_sparse_step", 1) == 0)
 
@@ -180,26 +180,38 @@ def expert_names(cfg, layer, e):
     return p + "gate_proj", p + "up_proj", p + "down_proj"
 
 
-def moe_mlp(cfg, W, layer, h):
-    """The sparse MLP as transformers' Mixtral / Qwen3-MoE blocks compute it: softmax of the
-    router logits, the top-k experts (renormalised for Mixtral, for Qwen3-MoE when
-    norm_topk_prob), sum of weight * down(silu(gate(h)) * up(h)) over the chosen experts."""
+def moe_dims(cfg):
+    """(experts, top-k, expert intermediate size, renormalise top-k) with transformers' defaults."""
+    if cfg["architectures"][0] == "MixtralForCausalLM":
+        return cfg.get("num_local_experts", 8), cfg.get("num_experts_per_tok", 2), \
+            cfg["intermediate_size"], True
+    return cfg.get("num_experts", cfg.get("num_local_experts", 128)), \
+        cfg.get("num_experts_per_tok", 8), cfg.get("moe_intermediate_size", 768), \
+        cfg.get("norm_topk_prob", False)
+
+
+def moe_route(cfg, W, layer, x):
+    """Rows x [n, H] -> (top [n, K] chosen experts, wt [n, K] weights): softmax of the router
+    logits, the K most probable (ties: the lower index first), renormalised when the model
+    says so (Mixtral always, Qwen3-MoE with norm_topk_prob)."""
+    _, K, _, norm = moe_dims(cfg)
     mix = cfg["architectures"][0] == "MixtralForCausalLM"
-    E = cfg.get("num_local_experts", 8) if mix else cfg.get("num_experts", cfg.get("num_local_experts", 128))
-    K = cfg.get("num_experts_per_tok", 2 if mix else 8)
-    norm = True if mix else cfg.get("norm_topk_prob", False)
-    router = W[f"model.layers.{layer}.{'block_sparse_moe' if mix else 'mlp'}.gate.weight"]
-    shape = h.shape
-    x = h.reshape(-1, shape[-1])
-    logits = x @ router.T
+    logits = x @ W[f"model.layers.{layer}.{'block_sparse_moe' if mix else 'mlp'}.gate.weight"].T
     prob = np.exp(logits - logits.max(-1, keepdims=True))
     prob /= prob.sum(-1, keepdims=True)
-    top = np.argsort(-prob, axis=-1, kind="stable")[:, :K]     # ties: the lower index first
+    top = np.argsort(-prob, axis=-1, kind="stable")[:, :K]
     wt = np.take_along_axis(prob, top, -1)
-    if norm:
-        wt = wt / wt.sum(-1, keepdims=True)
+    return top, (wt / wt.sum(-1, keepdims=True) if norm else wt)
+
+
+def moe_mlp(cfg, W, layer, h):
+    """The sparse MLP as transformers' Mixtral / Qwen3-MoE blocks compute it: the sum of
+    weight * down(silu(gate(h)) * up(h)) over the experts moe_route chose."""
+    shape = h.shape
+    x = h.reshape(-1, shape[-1])
+    top, wt = moe_route(cfg, W, layer, x)
     out = np.zeros_like(x)
-    for e in range(E):
+    for e in range(moe_dims(cfg)[0]):
         t, k = np.nonzero(top == e)
         if len(t) == 0:
             continue
@@ -286,9 +298,7 @@ def linear_shapes(cfg, layer):
            "self_attn.v_proj": (H, nkv * hd), "self_attn.o_proj": (nh * hd, H)}
     if not moe_layer(cfg, layer):
         return att | {"mlp.gate_proj": (H, I), "mlp.up_proj": (H, I), "mlp.down_proj": (I, H)}
-    mix = cfg["architectures"][0] == "MixtralForCausalLM"
-    E = cfg.get("num_local_experts", 8) if mix else cfg.get("num_experts", cfg.get("num_local_experts", 128))
-    Ie = I if mix else cfg.get("moe_intermediate_size", 768)
+    E, _, Ie, _ = moe_dims(cfg)
     pre = f"model.layers.{layer}."
     for e in range(E):
         g, u, d = (n[len(pre):] for n in expert_names(cfg, layer, e))

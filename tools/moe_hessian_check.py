@@ -58,13 +58,8 @@ def main():
 
     def hook(layer, h):
         x = h.reshape(-1, h.shape[-1])
-        mix = cfg["architectures"][0] == "MixtralForCausalLM"
-        router = W[f"model.layers.{layer}.{'block_sparse_moe' if mix else 'mlp'}.gate.weight"]
-        logits = x @ router.T
-        prob = np.exp(logits - logits.max(-1, keepdims=True))
-        K = cfg.get("num_experts_per_tok")
-        top = np.argsort(-prob, axis=-1, kind="stable")[:, :K]
-        nexp, nfb = router.shape[0], 0
+        top, _ = ref.moe_route(cfg, W, layer, x)
+        nexp, nfb = ref.moe_dims(cfg)[0], 0
         for e in range(nexp):
             gn, un, dn = ref.expert_names(cfg, layer, e)
             rows = np.nonzero((top == e).any(-1))[0]

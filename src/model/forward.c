@@ -105,16 +105,8 @@ void hq_rope_table_free(struct hq_rope_table *r, const struct hq_backend *be) {
 
 /* d's member for block tensor kind k (as hq_block_tensor_slot for host weights) */
 static float **dev_slot(struct hq_block_dev *d, enum hq_btensor k) {
-  switch (k) {
-  case HQ_BT_LN_ATTN: return &d->ln_attn;
-  case HQ_BT_LN_MLP: return &d->ln_mlp;
-  case HQ_BT_BIAS_Q: return &d->bias[HQ_LIN_Q];
-  case HQ_BT_BIAS_K: return &d->bias[HQ_LIN_K];
-  case HQ_BT_BIAS_V: return &d->bias[HQ_LIN_V];
-  case HQ_BT_Q_NORM: return &d->q_norm;
-  case HQ_BT_K_NORM: return &d->k_norm;
-  default: HQ_DIE("bad block tensor %d", (int)k);
-  }
+  HQ_BT_RETURN_MEMBER(d, k)
+  HQ_DIE("bad block tensor %d", (int)k);
 }
 
 /* a copy of the router and experts of w into d (host backends); non-zero when out of memory */

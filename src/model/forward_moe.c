@@ -78,15 +78,21 @@ static void moe_buf_free(struct moe_buf *b) {
   free(b->X), free(b->G), free(b->U), free(b->D), free(b->acc);
 }
 
-/* Expert e on its ne gathered rows b->X: b->D = down(silu(gate(X)) * up(X)). Each GEMM is one
- * segment of ne rows: a row's result depends on the window's own routing alone. */
+void hq_moe_expert_act(const struct hq_backend *be, const struct hq_model_config *c,
+                       float *const *w, int act_bits, int64_t n, const float *X, float *G,
+                       float *U) {
+  const int64_t H = c->hidden, I = c->moe_intermediate;
+  be->gemm_rows(0, n, 0, 1, n, I, H, 1.0f, X, H, w[HQ_EXP_GATE], H, 0.0f, G, I);
+  be->gemm_rows(0, n, 0, 1, n, I, H, 1.0f, X, H, w[HQ_EXP_UP], H, 0.0f, U, I);
+  be->swiglu(n * I, G, U, G);
+  if (act_bits) hq_act_quant_apply(be, G, n, I, act_bits, NULL);
+}
+
+/* Expert e on its ne gathered rows b->X: b->D = down(silu(gate(X)) * up(X)). */
 static void expert_mlp(const struct hq_backend *be, const struct hq_model_config *c,
                        float *const *w, int act_bits, int64_t ne, struct moe_buf *b) {
   const int64_t H = c->hidden, I = c->moe_intermediate;
-  be->gemm_rows(0, ne, 0, 1, ne, I, H, 1.0f, b->X, H, w[HQ_EXP_GATE], H, 0.0f, b->G, I);
-  be->gemm_rows(0, ne, 0, 1, ne, I, H, 1.0f, b->X, H, w[HQ_EXP_UP], H, 0.0f, b->U, I);
-  be->swiglu(ne * I, b->G, b->U, b->G);
-  if (act_bits) hq_act_quant_apply(be, b->G, ne, I, act_bits, NULL);
+  hq_moe_expert_act(be, c, w, act_bits, ne, b->X, b->G, b->U);
   be->gemm_rows(0, ne, 0, 1, ne, H, I, 1.0f, b->G, I, w[HQ_EXP_DOWN], I, 0.0f, b->D, H);
 }
 

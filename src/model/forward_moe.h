@@ -20,6 +20,13 @@ void hq_moe_route(const struct hq_model_config *c, const float *logits, int64_t 
  * slot[i] (its index into sel / wt); returns their count. tok and slot hold ntok entries. */
 int64_t hq_moe_gather(const struct hq_model_config *c, const int32_t *sel, int64_t ntok,
                       int64_t e, int64_t *tok, int64_t *slot);
+/* The down_proj input of expert w (its three linears, as experts + 3e) for n rows X
+ * [n x hidden]: G = silu(X gateᵀ) * (X upᵀ) [n x moe_intermediate], fake-quantized per token
+ * when act_bits > 0; U [n x moe_intermediate] is scratch. Each GEMM is one segment of n rows, so
+ * a row's result depends on its index among the n and its own values alone. */
+void hq_moe_expert_act(const struct hq_backend *be, const struct hq_model_config *c,
+                       float *const *w, int act_bits, int64_t n, const float *X, float *G,
+                       float *U);
 /* h += MoE(xn) for nseq windows of seqlen tokens (host memory, row-major [ntok x hidden]); the
  * router [n_experts x hidden] and experts[3e + part] as in struct hq_block_weights. Each window
  * is routed and computed on its own, so its result does not depend on the batching. act_bits

@@ -148,16 +148,8 @@ int hq_block_tensors(const struct hq_model_config *c, struct hq_block_tensor t[H
 }
 
 float **hq_block_tensor_slot(struct hq_block_weights *w, enum hq_btensor k) {
-  switch (k) {
-  case HQ_BT_LN_ATTN: return &w->ln_attn;
-  case HQ_BT_LN_MLP: return &w->ln_mlp;
-  case HQ_BT_BIAS_Q: return &w->bias[HQ_LIN_Q];
-  case HQ_BT_BIAS_K: return &w->bias[HQ_LIN_K];
-  case HQ_BT_BIAS_V: return &w->bias[HQ_LIN_V];
-  case HQ_BT_Q_NORM: return &w->q_norm;
-  case HQ_BT_K_NORM: return &w->k_norm;
-  default: HQ_DIE("bad block tensor %d", (int)k);
-  }
+  HQ_BT_RETURN_MEMBER(w, k)
+  HQ_DIE("bad block tensor %d", (int)k);
 }
 
 /* the router and every expert's linears of MoE block b */

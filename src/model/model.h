@@ -195,6 +195,19 @@ struct hq_block_tensor {
 int hq_block_tensors(const struct hq_model_config *c, struct hq_block_tensor t[HQ_BT_COUNT]);
 /* The member of w that holds tensor kind k. */
 float **hq_block_tensor_slot(struct hq_block_weights *w, enum hq_btensor k);
+/* Its body, shared with struct hq_block_dev (forward.h), whose members have the same names:
+ * returns &w->member for kind k, falls through for an unknown k. */
+#define HQ_BT_RETURN_MEMBER(w, k)                                                           \
+  switch (k) {                                                                              \
+  case HQ_BT_LN_ATTN: return &(w)->ln_attn;                                                 \
+  case HQ_BT_LN_MLP: return &(w)->ln_mlp;                                                   \
+  case HQ_BT_BIAS_Q: return &(w)->bias[HQ_LIN_Q];                                           \
+  case HQ_BT_BIAS_K: return &(w)->bias[HQ_LIN_K];                                           \
+  case HQ_BT_BIAS_V: return &(w)->bias[HQ_LIN_V];                                           \
+  case HQ_BT_Q_NORM: return &(w)->q_norm;                                                   \
+  case HQ_BT_K_NORM: return &(w)->k_norm;                                                   \
+  default: break;                                                                           \
+  }
 int hq_model_load_block(const struct hq_model *m, int64_t b, struct hq_block_weights *w);
 /* The same without the linears when `linears` is 0 (norms and biases only); then
  * hq_model_load_linear converts one linear when it is needed (no-op if w holds it). */

@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "actquant.h"
 #include "error.h"
 #include "forward_moe.h"
 #include "hessian.h"
@@ -138,12 +137,12 @@ static void moe_plan(struct moe *M) {
 /* Expert e's input rows of local window w into X (cols wide): the tokens routed to it (all
  * tokens with the block fallback); its gate/up input is the router's input, its down input
  * silu(gate(x)) * up(x) with bw's (already quantized) gate and up. Returns the row count.
- * xg [S x hidden], g, u [S x moe_intermediate], tok, slot [S]: scratch. */
+ * xg [S x hidden], u [S x moe_intermediate], tok, slot [S]: scratch. */
 static int64_t expert_rows(const struct moe *M, const struct hq_block_weights *bw, int64_t e,
-                           int down, int64_t w, float *X, float *xg, float *g, float *u,
-                           int64_t *tok, int64_t *slot) {
+                           int down, int64_t w, float *X, float *xg, float *u, int64_t *tok,
+                           int64_t *slot) {
   const struct hq_model_config *c = M->c;
-  const int64_t S = M->S, H = c->hidden, I = c->moe_intermediate;
+  const int64_t S = M->S, H = c->hidden;
   const float *xw = M->xn + w * S * H;
   int64_t n = S;
   if (M->fallback[e] == HQ_MOE_FALLBACK_BLOCK) {
@@ -153,14 +152,8 @@ static int64_t expert_rows(const struct moe *M, const struct hq_block_weights *b
   }
   float *dst = down ? xg : X;
   for (int64_t i = 0; i < n; i++) memcpy(dst + i * H, xw + tok[i] * H, (size_t)H * sizeof(float));
-  if (!down || n == 0) return n;
-  const struct hq_backend *be = M->R->be;
-  float *const *ew = bw->experts + 3 * e;
-  be->gemm_rows(0, n, 0, 1, n, I, H, 1.0f, xg, H, ew[HQ_EXP_GATE], H, 0.0f, g, I);
-  be->gemm_rows(0, n, 0, 1, n, I, H, 1.0f, xg, H, ew[HQ_EXP_UP], H, 0.0f, u, I);
-  be->swiglu(n * I, g, u, X);
-  const int ab = hq_fwd_ws_act_bits(M->R->ws);
-  if (ab) hq_act_quant_rows(X, n, I, ab);
+  if (down && n > 0)
+    hq_moe_expert_act(M->R->be, c, bw->experts + 3 * e, hq_fwd_ws_act_bits(M->R->ws), n, xg, X, u);
   return n;
 }
 
@@ -172,18 +165,18 @@ static double expert_inputs(const struct moe *M, const struct hq_block_weights *
   const int64_t S = M->S, H = c->hidden, I = c->moe_intermediate, cols = down ? I : H;
   const int64_t nloc = M->R->nloc;
   float *xg = hq_xmalloc((size_t)(S * H) * sizeof(float));
-  float *g = hq_xmalloc((size_t)(S * I) * sizeof(float)), *u = hq_xmalloc((size_t)(S * I) * sizeof(float));
+  float *u = hq_xmalloc((size_t)(S * I) * sizeof(float));
   int64_t *tok = hq_xmalloc((size_t)S * sizeof(int64_t)), *slot = hq_xmalloc((size_t)S * sizeof(int64_t));
   *X = hq_xmalloc((size_t)(M->ntok * cols) * sizeof(float) + 1);
   double bound = 0.0;
   off[0] = 0;
   for (int64_t w = 0; w < nloc; w++) {
     float *Xw = *X + off[w] * cols;
-    const int64_t n = expert_rows(M, bw, e, down, w, Xw, xg, g, u, tok, slot);
+    const int64_t n = expert_rows(M, bw, e, down, w, Xw, xg, u, tok, slot);
     off[w + 1] = off[w] + n;
     if (n) bound = fmax(bound, hq_hessian_window_bound(M->R->be, Xw, n, cols, cols));
   }
-  free(xg), free(g), free(u), free(tok), free(slot);
+  free(xg), free(u), free(tok), free(slot);
   return bound;
 }
 
