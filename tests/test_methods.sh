@@ -11,6 +11,9 @@
 #  4. --act-bits 8 in quantize and eval (eval defaults to the file's act_bits, 0 turns it off);
 #     --scale-from-hessian runs and is recorded.
 #  5. bad combinations fail with a clear message.
+#  6. hpcq inspect --plot: a PNG of a GPTQ result (the table on stdout unchanged), and exit 1
+#     with a message and no file for a missing folder, gnuplot missing from PATH, a failing
+#     gnuplot and a result without proxy losses or damping (hqq).
 set -u
 source "$(dirname "$0")/testlib.sh"
 hq_tmpdir methods
@@ -70,4 +73,27 @@ expect_fail "smooth without calibration" "needs calibration" "${BADQ[@]}" --meth
 expect_fail "act-bits with rtn" "hpcq eval --act-bits" "${BADQ[@]}" --method rtn --act-bits 8
 expect_fail "scale-from-hessian with hqq" "not hqq" "${BADQ[@]}" --method hqq --scale-from-hessian
 expect_fail "unknown equalize" "must be none, smooth, cle" "${BADQ[@]}" --equalize foo
+
+# ---- 6. inspect --plot ----
+"$BIN" inspect "$T/a8.h5" > "$T/table.txt" 2>&1
+if command -v gnuplot > /dev/null; then
+  "$BIN" inspect "$T/a8.h5" --plot "$T/a8.png" > "$T/plot.txt" 2> "$T/plot.err" && ok "inspect --plot: $(cat "$T/plot.err")" ||
+    bad "inspect --plot: $(cat "$T/plot.err")"
+  sig=$(head -c 8 "$T/a8.png" 2>/dev/null | od -An -tx1 | tr -d ' \n'); sz=$(stat -c %s "$T/a8.png" 2>/dev/null || echo 0)
+  [ "$sig" = 89504e470d0a1a0a ] && [ "$sz" -gt 10000 ] && ok "--plot wrote a PNG of $sz bytes" || bad "--plot: signature '$sig', $sz bytes"
+  cmp -s "$T/table.txt" "$T/plot.txt" && ok "--plot leaves the table on stdout unchanged" || bad "--plot changed stdout"
+  [ ! -e "$T/a8.png.tmp" ] && ok "--plot: no temporary left" || bad "--plot left $T/a8.png.tmp"
+  expect --no-file "$T/h.png" "--plot of an hqq result" 1 "nothing to draw.*no Hessian" "$BIN" inspect "$T/hqq1.h5" --plot "$T/h.png"
+else echo "skipped: inspect --plot PNG checks (gnuplot not installed; Debian: gnuplot-nox)"; fi
+expect --no-file "$T/no/such/p.png" "--plot into a missing folder" 1 "folder .*/no/such does not exist.*mkdir -p" \
+  "$BIN" inspect "$T/a8.h5" --plot "$T/no/such/p.png"
+[ -s "$T/out.txt" ] && bad "--plot into a missing folder printed the table before failing" || true
+mkdir -p "$T/nognuplot" "$T/badgnuplot"
+expect --no-file "$T/p.png" "--plot without gnuplot on PATH" 1 "install gnuplot-nox \(Debian\) or drop --plot" \
+  env PATH="$T/nognuplot" "$BIN" inspect "$T/a8.h5" --plot "$T/p.png"
+printf '#!/bin/sh\necho "fake gnuplot: broken" >&2\nexit 3\n' > "$T/badgnuplot/gnuplot"; chmod +x "$T/badgnuplot/gnuplot"
+expect --no-file "$T/p.png" "--plot with a failing gnuplot" 1 "gnuplot exited with status 3 \(its messages above\)" \
+  env PATH="$T/badgnuplot:$PATH" "$BIN" inspect "$T/a8.h5" --plot "$T/p.png"
+grep -q "fake gnuplot: broken" "$T/err.txt" && ok "gnuplot's messages are shown" || bad "gnuplot's stderr not shown: $(cat "$T/err.txt")"
+[ ! -e "$T/p.png.tmp" ] || bad "a failed --plot left $T/p.png.tmp"
 finish test_methods

@@ -9,7 +9,8 @@
 #     gate/up) or, for the block fallback, from all tokens; they must equal the file's
 #  3. the fallbacks: --moe-min-tokens above some experts' counts gives them "block" or "rtn"
 #     (no proxy losses), recorded per expert and summed up by inspect (text and JSON); the
-#     token counts of a block add up to windows x seqlen x top_k
+#     token counts of a block add up to windows x seqlen x top_k; inspect --plot draws the
+#     others and says that the RTN-fallback experts are left out of the loss panel
 #  4. SIGTERM after block 1 of 3, --resume at another rank count = the uninterrupted run
 #  5. export (gptq v1 and v2): tools/gptq_reference_loader.py (numpy, with the published MoE
 #     routing) dequantizes every expert to hpcq's weights and gets hpcq's logits
@@ -74,6 +75,12 @@ for fb in block rtn; do
   else bad "--moe-fallback $fb: $n experts, $(tail -1 "$T/fb$fb.txt")"; fi
 done
 grep "fallback rtn" "$T/fbrtn.txt" | head -1 | grep -q " nan " && ok "rtn fallback: no proxy losses (nan)" || bad "rtn fallback losses: $(grep 'fallback rtn' "$T/fbrtn.txt" | head -1)"
+if command -v gnuplot > /dev/null; then
+  "$BIN" inspect "$T/fbrtn.h5" --plot "$T/fbrtn.png" > /dev/null 2> "$T/fbplot.err" &&
+    [ "$(head -c 8 "$T/fbrtn.png" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] &&
+    grep -q "linears have no loss ratio .* left out of the loss panel" "$T/fbplot.err" &&
+    ok "inspect --plot, RTN-fallback experts: $(head -1 "$T/fbplot.err")" || bad "inspect --plot of a MoE: $(cat "$T/fbplot.err")"
+fi
 "$BIN" inspect --json "$T/fbblock.h5" | python3 -c "
 import json, sys; d = json.load(sys.stdin); m = d['moe']
 e = [l for l in d['linears'] if l['name'].endswith('.w1')]
