@@ -46,7 +46,7 @@ grep -q "block groups: 2 (blocks 1-3, 4-6)" "$T/inspect" && ok "inspect shows th
 
 # ---- 2. group 0 = G 1; the others not ----
 "$BIN" compare "$T/g1.h5" "$T/g2np2.h5" > "$T/cmp12" 2>&1
-n0=$(grep -cE '^model\.layers\.[0-2]\..* 1\.000000 +1\.000000 +1\.000000 +0 +0$' "$T/cmp12")
+n0=$(grep -cE '^model\.layers\.[0-2]\..* 1\.000000 +1\.000000 +1\.000000 +0 +0 +0$' "$T/cmp12")
 n1=$(grep -E '^model\.layers\.[3-5]\.' "$T/cmp12" | grep -c 'differs')
 [ "$n0" -eq 21 ] && ok "G 2: blocks 1-3 (group 0) equal G 1's (21 linears)" || bad "G 2 vs 1: $n0 of 21 linears of blocks 1-3 equal"
 [ "$n1" -eq 21 ] && ok "G 2: blocks 4-6 differ from G 1's (their inputs are full precision)" || bad "G 2 vs 1: $n1 of 21 linears of blocks 4-6 differ"

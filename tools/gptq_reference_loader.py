@@ -16,6 +16,10 @@ Used by tests/test_export.sh to prove `hpcq export`:
   3. W = scales[g_idx] * (q - zero) (zero = stored + 1 for "gptq", stored for "gptq_v2")
      equals, bit for bit, hpcq's dequantized weight "<prefix>.weight" in VIEW (written by the
      test helper export_hpcq_view from the .h5 result);
+     A quantization_config "dynamic" (GPTQModel's per-module overrides, which transformers
+     reads too) gives a module other bits / group_size ("+:REGEX": {...}) or leaves it
+     unquantized ("-:REGEX": {}, a plain "<prefix>.weight"): the first key whose regex
+     re.match-es the module name decides, as in GPTQModel's dynamic_get;
   4. every unquantized tensor has the source checkpoint's dtype and exactly its bytes;
   5. a numpy Llama forward (float64, from the published architecture) over VIEW["ids"] gives
      logits within fp16 tolerance of hpcq's VIEW["logits"] and the same perplexity;
@@ -29,6 +33,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 
 import numpy as np
@@ -308,6 +313,19 @@ def linear_shapes(cfg, layer):
 
 # ----------------------------------------------------------------------------------------
 
+def module_settings(qc, name):
+    """(bits, group_size) of module `name`, or None when the config's "dynamic" leaves it
+    unquantized: the first pattern (in order) that re.match-es the name decides, "-:" skips,
+    "+:" (or no prefix) overrides the keys it names (GPTQModel's dynamic_get)."""
+    for pat, ov in (qc.get("dynamic") or {}).items():
+        if pat.startswith("-:"):
+            if re.match(pat[2:], name):
+                return None
+        elif re.match(pat[2:] if pat.startswith("+:") else pat, name):
+            return ov.get("bits", qc["bits"]), ov.get("group_size", qc["group_size"])
+    return qc["bits"], qc["group_size"]
+
+
 def check(args, ckpt):
     errors = []
 
@@ -347,11 +365,19 @@ def check(args, ckpt):
     src = load_checkpoint(args.source)
     W = {}
     nlin = 0
-    maxq = (1 << bits) - 1
     sym_v1_words = set()
+    skipped = set()
     for layer in range(cfg["num_hidden_layers"]):
         for sub, (fin, fout) in linear_shapes(cfg, layer).items():
             p = f"model.layers.{layer}.{sub}"
+            ms = module_settings(qc, p)
+            if ms is None:  # left unquantized by "dynamic": a plain weight (checked below)
+                skipped.add(p)
+                if p + ".weight" not in T:
+                    err(f"{p}: dynamic skips it but {p}.weight is missing")
+                continue
+            bits, gs = ms
+            maxq = (1 << bits) - 1
             if p + ".weight" in T:
                 err(f"{p}.weight present in a quantized checkpoint")
             need = {"qweight": ("I32", (fin * bits // 32, fout)),
@@ -415,7 +441,7 @@ def check(args, ckpt):
             err(f"{name}: {dt} {arr.shape} differs from the source {sdt} {sarr.shape}")
         W[name] = as_f32(dt, arr).astype(np.float64)
     quantized = {f"model.layers.{l}.{s}" for l in range(cfg["num_hidden_layers"])
-                 for s in linear_shapes(cfg, l)}
+                 for s in linear_shapes(cfg, l)} - skipped
     for name in src:
         if name.endswith(".weight") and name[:-7] in quantized:
             continue
@@ -424,8 +450,11 @@ def check(args, ckpt):
     if nlin != len(quantized):
         err(f"{nlin} quantized linears, expected {len(quantized)}")
 
+    bits, gs = qc["bits"], qc["group_size"]
     summary = f"{ckpt}: bits {bits} gs {gs} desc_act {qc['desc_act']} sym {qc['sym']} {fmt}: " \
-              f"{nlin} linears dequantize exactly to hpcq's weights"
+              f"{nlin} linears dequantize exactly to hpcq's weights" + \
+              (f" ({len(qc['dynamic'])} dynamic rules, {len(skipped)} linears unquantized)"
+               if qc.get("dynamic") else "")
     if not args.no_forward and not errors:
         ids = view["ids"][1].astype(np.int64)
         logits = llama_logits(cfg, W, ids)
@@ -460,7 +489,8 @@ def count_zeros(ckpt):
     first = None
     for name, (dt, arr) in T.items():
         if name.endswith(".qzeros"):
-            z = unpack(arr, qc["bits"], 1) + (1 if qc["checkpoint_format"] == "gptq" else 0)
+            b = module_settings(qc, name[:-len(".qzeros")])[0]
+            z = unpack(arr, b, 1) + (1 if qc["checkpoint_format"] == "gptq" else 0)
             c = int((z == 0).sum())
             if c and first is None:
                 first = name[:-len(".qzeros")]

@@ -1,10 +1,14 @@
-/* hpcq compare A.h5 B.h5: do two results hold the same quantized model? Per linear: the
- * fractions of identical codes, zero points and g_idx entries, the largest relative
- * difference of the scales and of the statistics (proxy losses of the method and of RTN, the
- * reference loss, the damping, the dead columns). Used to check that runs at different rank
- * counts, batches, thread counts, resumed runs and Slurm runs agree. Exit status 0 when every
- * linear meets --min-equal (default 1.0), --scale-rtol (default 0 with --min-equal 1, else
- * not checked) and --loss-rtol (default 0), 1 otherwise. Not collective. */
+/* hpcq compare A B: do two results hold the same quantized model? A and B are hpcq .h5
+ * results or GPTQ checkpoint folders (hpcq export's, or GPTQModel's / AutoGPTQ's: a user
+ * compares hpcq with the tool they know). Per linear: the fractions of identical codes, zero
+ * points and g_idx entries, the largest relative difference of the scales and of the
+ * statistics (proxy losses of the method and of RTN, the reference loss, the damping, the dead
+ * columns; only between two .h5 files, a checkpoint has none) and the relative Frobenius
+ * distance of the dequantized weights. Used to check that runs at different rank counts,
+ * batches, thread counts, resumed runs and Slurm runs agree. Exit status 0 when every linear
+ * meets --min-equal (default 1.0), --scale-rtol (default 0 with --min-equal 1, else not
+ * checked), --loss-rtol (default 0) and --weight-rtol (default: not checked), 1 otherwise.
+ * Not collective. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +17,7 @@
 #include "cli.h"
 #include "error.h"
 #include "h5io.h"
+#include "model.h"
 #include "pack.h"
 
 /* An optional attribute; NaN when absent. */
@@ -39,60 +44,113 @@ static double stats_rdiff(struct hq_h5 *A, struct hq_h5 *B, const char *obj) {
 
 struct compare_opts {
   const char *pa, *pb;
-  double min_equal, loss_rtol, scale_rtol;
+  double min_equal, loss_rtol, scale_rtol, weight_rtol;
 };
 
 /* The two files and the tolerances into o (--scale-rtol's default follows --min-equal);
  * HQ_CLI_HELP (usage printed) or HQ_ERR_INPUT for a usage error. */
 static int parse(int argc, char **argv, struct compare_opts *o) {
-  *o = (struct compare_opts){NULL, NULL, 1.0, 0.0, -1.0};
+  *o = (struct compare_opts){NULL, NULL, 1.0, 0.0, -1.0, INFINITY};
   const struct hq_opt t[] = {HQ_ARG_F64("--min-equal", &o->min_equal, 0, 1),
                              HQ_ARG_F64("--scale-rtol", &o->scale_rtol, 0, 1e9),
-                             HQ_ARG_F64("--loss-rtol", &o->loss_rtol, 0, 1e9), HQ_ARG_END};
+                             HQ_ARG_F64("--loss-rtol", &o->loss_rtol, 0, 1e9),
+                             HQ_ARG_F64("--weight-rtol", &o->weight_rtol, 0, 1e9), HQ_ARG_END};
   const char *pos[2] = {NULL, NULL};
   int npos = 0;
   int rc = hq_cli_parse(argc, argv, t, "compare", pos, 2, &npos);
   if (rc == HQ_CLI_HELP) {
-    printf("usage: hpcq compare A.h5 B.h5 [--min-equal F] [--scale-rtol S] [--loss-rtol R]\n"
-           "  per linear: fractions of identical codes, zero points and g_idx entries, max relative\n"
-           "  scale difference and max relative difference of the statistics (proxy losses of the\n"
-           "  method and of RTN, reference loss, damping, dead columns); exit 0 when every linear\n"
-           "  has all three fractions >= F (default 1), scales within S (default 0 when F is 1,\n"
-           "  else not checked) and statistics within R (default 0: identical)\n");
+    printf("usage: hpcq compare A B [--min-equal F] [--scale-rtol S] [--loss-rtol R]\n"
+           "                         [--weight-rtol W]\n"
+           "  A, B: .h5 results of hpcq quantize or GPTQ checkpoint folders (hpcq export,\n"
+           "  GPTQModel, AutoGPTQ). Per linear: fractions of identical codes, zero points and\n"
+           "  g_idx entries, max relative scale difference, max relative difference of the\n"
+           "  statistics (proxy losses of the method and of RTN, reference loss, damping, dead\n"
+           "  columns; \"-\" when a side is a checkpoint, which has none) and the relative\n"
+           "  Frobenius distance of the dequantized weights; exit 0 when every linear has all\n"
+           "  three fractions >= F (default 1), scales within S (default 0 when F is 1, else\n"
+           "  not checked), statistics within R (default 0: identical) and the weight distance\n"
+           "  within W (default: not checked). Two tools' GPTQ differ in their codes by\n"
+           "  construction: compare them with --min-equal 0 and look at weight_rdiff\n");
     return rc;
   }
-  if (!rc && npos < 2) rc = hq_fail(HQ_ERR_INPUT, "give two .h5 files written by hpcq quantize");
+  if (!rc && npos < 2) rc = hq_fail(HQ_ERR_INPUT, "give two results: .h5 files of hpcq quantize or GPTQ checkpoint folders");
   o->pa = pos[0];
   o->pb = pos[1];
   if (o->scale_rtol < 0) o->scale_rtol = o->min_equal >= 1.0 ? 0.0 : INFINITY;
   return rc;
 }
 
-/* Both files open, with their lists of linears (the same number of them). */
+/* One side of the comparison: an hpcq .h5 result or a GPTQ checkpoint folder (hpcq export,
+ * GPTQModel, AutoGPTQ; src/model/model_gptq.c), with its list of quantized linears. */
+struct side {
+  const char *path;
+  struct hq_h5 *h;    /* an .h5 result, else NULL */
+  struct hq_model m;  /* a GPTQ checkpoint when m.gptq_format */
+  char **names;
+  int64_t n;
+};
+
+static void side_close(struct side *s) {
+  hq_h5_names_free(s->names, s->n);
+  hq_h5_close(s->h);
+  if (s->m.dir) hq_model_close(&s->m);
+}
+
+/* The linears of a checkpoint: every X with an X.qweight (tensors are sorted by name). */
+static void ckpt_linears(struct side *s) {
+  s->names = hq_xmalloc((size_t)(s->m.st.ntensors + 1) * sizeof *s->names);
+  for (int64_t i = 0; i < s->m.st.ntensors; i++) {
+    const char *t = s->m.st.tensors[i].name;
+    const size_t l = strlen(t);
+    if (l > 8 && !strcmp(t + l - 8, ".qweight")) s->names[s->n++] = strndup(t, l - 8);
+  }
+}
+
+static int side_open(const char *path, struct side *s) {
+  s->path = path;
+  const size_t l = strlen(path);
+  if (l > 3 && !strcmp(path + l - 3, ".h5")) {
+    HQ_TRY(hq_h5_open_read(path, 0, &s->h));
+    return hq_h5_list_linears(s->h, &s->names, &s->n);
+  }
+  HQ_TRY(hq_model_open(path, &s->m));
+  if (!s->m.gptq_format)
+    return hq_fail(HQ_ERR_INPUT, "%s is a full-precision model; hpcq compare takes .h5 results "
+                   "of hpcq quantize and GPTQ checkpoints (quantization_config.quant_method "
+                   "\"gptq\")", path);
+  ckpt_linears(s);
+  return HQ_OK;
+}
+
+/* Linear `name` of side s as a whole-layer packed slab. */
+static int side_read(const struct side *s, const char *name, struct hq_packed *p) {
+  if (s->h) return hq_h5_linear_read(s->h, name, p);
+  char q[512];
+  snprintf(q, sizeof q, "%s.qweight", name);
+  if (!hq_st_find(&s->m.st, q))
+    return hq_fail(HQ_ERR_INPUT, "linear %s is not in %s", name, s->path);
+  return hq_model_gptq_read(&s->m, name, p);
+}
+
+/* Both sides open (the same number of linears). */
 struct compare_files {
-  struct hq_h5 *A, *B;
-  char **na, **nb;
-  int64_t ca, cb;
+  struct side a, b;
 };
 
 /* Closes what files_open opened (also after a partial files_open). */
 static void files_close(struct compare_files *f) {
-  hq_h5_names_free(f->na, f->ca);
-  hq_h5_names_free(f->nb, f->cb);
-  hq_h5_close(f->A);
-  hq_h5_close(f->B);
+  side_close(&f->a);
+  side_close(&f->b);
 }
 
 /* Opens both files of o and lists their linears into f. */
 static int files_open(const struct compare_opts *o, struct compare_files *f) {
   memset(f, 0, sizeof *f);
-  HQ_TRY(hq_h5_open_read(o->pa, 0, &f->A));
-  HQ_TRY(hq_h5_open_read(o->pb, 0, &f->B));
-  HQ_TRY(hq_h5_list_linears(f->A, &f->na, &f->ca));
-  HQ_TRY(hq_h5_list_linears(f->B, &f->nb, &f->cb));
-  if (f->ca != f->cb)
-    return hq_fail(HQ_ERR_INPUT, "%s has %lld linears, %s has %lld", o->pa, (long long)f->ca,
-                   o->pb, (long long)f->cb);
+  HQ_TRY(side_open(o->pa, &f->a));
+  HQ_TRY(side_open(o->pb, &f->b));
+  if (f->a.n != f->b.n)
+    return hq_fail(HQ_ERR_INPUT, "%s has %lld quantized linears, %s has %lld", o->pa,
+                   (long long)f->a.n, o->pb, (long long)f->b.n);
   return HQ_OK;
 }
 
@@ -126,7 +184,28 @@ static int decode(const struct hq_packed *p, struct decoded *d) {
 struct agreement {
   int64_t n, eq;                  /* codes, identical codes */
   double frac, zfrac, gfrac, srd; /* fractions of identical codes / zeros / g_idx, scale rdiff */
+  double wrd;                     /* ||Wa - Wb|| / ||Wa|| (Frobenius) of the dequantized weights */
 };
+
+/* Weight [r, i] of a decoded linear with ngroups groups: scale * (code - zero). */
+static double dq(const struct decoded *d, int64_t in, int64_t ng, int64_t r, int64_t i) {
+  const int64_t g = r * ng + d->g_idx[i];
+  return (double)d->scales[g] * ((double)d->codes[r * in + i] - (double)d->zeros[g]);
+}
+
+/* The relative Frobenius distance of the two dequantized weights (what differs in a model,
+ * also when codes differ by construction, as between two tools) */
+static double weight_rdiff(const struct hq_packed *p, const struct decoded *x,
+                           const struct decoded *y) {
+  double num = 0, den = 0;
+  for (int64_t r = 0; r < p->out; r++)
+    for (int64_t i = 0; i < p->in; i++) {
+      const double a = dq(x, p->in, p->ngroups, r, i), b = dq(y, p->in, p->ngroups, r, i);
+      num += (a - b) * (a - b);
+      den += a * a;
+    }
+  return num == 0 ? 0.0 : sqrt(num / fmax(den, 1e-300));
+}
 
 /* codes, zero points and the column -> group map all count: equal codes with other zeros or
  * another act-order permutation are a different model */
@@ -147,6 +226,7 @@ static void agree(const struct hq_packed *p, const struct decoded *x, const stru
   a->frac = (double)a->eq / (double)n;
   a->zfrac = (double)zeq / (double)ng;
   a->gfrac = (double)geq / (double)p->in;
+  a->wrd = weight_rdiff(p, x, y);
 }
 
 /* Both packed copies of linear `name` (same shape and bits) decoded and compared into a. */
@@ -155,8 +235,8 @@ static int compare_codes(const struct compare_files *f, const char *name, struct
   struct decoded x = {0}, y = {0};
   memset(&p, 0, sizeof p);
   memset(&q, 0, sizeof q);
-  int rc = hq_h5_linear_read(f->A, name, &p);
-  if (!rc) rc = hq_h5_linear_read(f->B, name, &q);
+  int rc = side_read(&f->a, name, &p);
+  if (!rc) rc = side_read(&f->b, name, &q);
   if (!rc && (p.in != q.in || p.out != q.out || p.bits != q.bits || p.ngroups != q.ngroups))
     rc = hq_fail(HQ_ERR_INPUT, "%s: shapes or bits differ", name);
   if (!rc) {
@@ -176,13 +256,15 @@ static int compare_codes(const struct compare_files *f, const char *name, struct
 static int compare_linear(const struct compare_files *f, const struct compare_opts *o,
                           const char *name, struct agreement *a, int *ok) {
   HQ_TRY(compare_codes(f, name, a));
-  char obj[512];
+  char obj[512], lbuf[32] = "-";
   snprintf(obj, sizeof obj, "/linears/%s", name);
-  const double lrd = stats_rdiff(f->A, f->B, obj), me = o->min_equal;
+  /* a checkpoint has no statistics: not compared */
+  const double lrd = f->a.h && f->b.h ? stats_rdiff(f->a.h, f->b.h, obj) : 0.0, me = o->min_equal;
+  if (f->a.h && f->b.h) snprintf(lbuf, sizeof lbuf, "%.3g", lrd);
   *ok = a->frac >= me && a->zfrac >= me && a->gfrac >= me && a->srd <= o->scale_rtol &&
-        lrd <= o->loss_rtol;
-  printf("%-36s %12.6f %12.6f %12.6f %12.3g %12.3g%s\n", name, a->frac, a->zfrac, a->gfrac, a->srd,
-         lrd, *ok ? "" : "  <-- differs");
+        lrd <= o->loss_rtol && a->wrd <= o->weight_rtol;
+  printf("%-36s %12.6f %12.6f %12.6f %12.3g %12s %12.3g%s\n", name, a->frac, a->zfrac, a->gfrac,
+         a->srd, lbuf, a->wrd, *ok ? "" : "  <-- differs");
   return HQ_OK;
 }
 
@@ -190,12 +272,12 @@ static int compare_linear(const struct compare_files *f, const struct compare_op
 static int compare_all(const struct compare_files *f, const struct compare_opts *o, int *bad) {
   int64_t tot = 0, toteq = 0;
   *bad = 0;
-  printf("%-36s %12s %12s %12s %12s %12s\n", "linear", "equal_codes", "equal_zeros", "equal_g_idx",
-         "scale_rdiff", "stats_rdiff");
-  for (int64_t i = 0; i < f->ca; i++) {
+  printf("%-36s %12s %12s %12s %12s %12s %12s\n", "linear", "equal_codes", "equal_zeros",
+         "equal_g_idx", "scale_rdiff", "stats_rdiff", "weight_rdiff");
+  for (int64_t i = 0; i < f->a.n; i++) {
     struct agreement a = {0};
     int ok = 0;
-    HQ_TRY(compare_linear(f, o, f->na[i], &a, &ok));
+    HQ_TRY(compare_linear(f, o, f->a.names[i], &a, &ok));
     *bad += !ok;
     tot += a.n;
     toteq += a.eq;

@@ -181,12 +181,15 @@ struct inspect_file {
   char *settings, *method;
   char **names;
   int64_t n;
+  char **skipped;   /* linears a --rule skipped (stored unquantized in /tensors) */
+  int64_t nskipped;
   int64_t *gb, ngb; /* block_group_first_block [G + 1] (--block-groups > 1), else NULL */
 };
 
 /* Frees and closes what file_open and file_read got (also after a failure). */
 static void file_close(struct inspect_file *f) {
   hq_h5_names_free(f->names, f->n);
+  hq_h5_names_free(f->skipped, f->nskipped);
   hq_h5_state_free(&f->st);
   free(f->settings);
   free(f->method);
@@ -201,6 +204,8 @@ static int file_open(const char *path, struct inspect_file *f) {
   return hq_h5_open_read(path, 1, &f->h);
 }
 
+static int read_skipped(struct inspect_file *f);
+
 /* Everything but the rows' statistics, so that all of it is readable before printing. */
 static int file_read(struct inspect_file *f) {
   int rc = hq_h5_status(f->h, &f->st);
@@ -213,7 +218,26 @@ static int file_read(struct inspect_file *f) {
     struct hq_h5_linear_desc d;
     rc = hq_h5_linear_info(f->h, f->names[i], &d);
   }
+  if (!rc && hq_h5_attr_exists(f->h, "/", "rules")) rc = read_skipped(f);
   return rc;
+}
+
+/* The linears that --rule skipped: "<linear>.weight" tensors of a file with rules */
+static int read_skipped(struct inspect_file *f) {
+  char **t = NULL;
+  int64_t nt = 0;
+  HQ_TRY(hq_h5_list_tensors(f->h, &t, &nt));
+  f->skipped = hq_xcalloc((size_t)nt + 1, sizeof *f->skipped);
+  for (int64_t i = 0; i < nt; i++) {
+    const size_t n = strlen(t[i]);
+    if (n > 12 && !strcmp(t[i] + n - 12, "_proj.weight")) {
+      t[i][n - 7] = 0;
+      f->skipped[f->nskipped++] = t[i];
+      t[i] = NULL;
+    }
+  }
+  hq_h5_names_free(t, nt);
+  return HQ_OK;
 }
 
 /* "block groups: G (blocks 1-3, 4-6)" when the run had several */
@@ -244,6 +268,17 @@ static void print_header(const char *path, const struct inspect_file *f, int jso
          "loss_gptq", "loss_rtn", "ratio", "damp", "chol_s", "gptq_s", "owner rows");
 }
 
+/* The linears --rule skipped: a line (text) or "skipped": [...] (JSON) */
+static void print_skipped(const struct inspect_file *f, int json) {
+  if (!f->skipped) return; /* a file without rules */
+  if (json) printf(", \"skipped\": [");
+  else if (f->nskipped) printf("\nnot quantized (skipped by a rule, stored as tensors): %lld:", (long long)f->nskipped);
+  for (int64_t i = 0; i < f->nskipped; i++)
+    printf(json ? "%s\"%s\"" : "%s %s", json && i ? ", " : "", f->skipped[i]);
+  if (json) printf("]");
+  else if (f->nskipped) printf("\n");
+}
+
 /* Header, rows and the closing line (JSON) or the total proxy losses (text); pt (NULL: no
  * --plot) gets the rows' plot points. */
 static int print_file(const char *path, const struct inspect_file *f, int json, struct plot_pt *pt) {
@@ -259,11 +294,14 @@ static int print_file(const char *path, const struct inspect_file *f, int json, 
   if (!rc && json) {
     printf("]");
     print_moe(&ms, json);
+    print_skipped(f, json);
     printf("}\n");
-  } else if (!rc && f->n) {
-    printf("\ntotal proxy loss: GPTQ %.6g, RTN %.6g (ratio %.3f)\n", sums[0], sums[1],
-           sums[0] / sums[1]);
+  } else if (!rc) {
+    if (f->n)
+      printf("\ntotal proxy loss: GPTQ %.6g, RTN %.6g (ratio %.3f)\n", sums[0], sums[1],
+             sums[0] / sums[1]);
     print_moe(&ms, json);
+    print_skipped(f, json);
   }
   free(ms.tok);
   return rc;

@@ -407,6 +407,12 @@ int hq_cli_layer(int argc, char **argv) {
     fprintf(stderr, "hpcq layer: %s\n", hq_last_error());
     return 1;
   }
+  if (m.gptq_format) {
+    fprintf(stderr, "hpcq layer: %s is a GPTQ checkpoint; give the full-precision model\n",
+            o.model);
+    hq_model_close(&m);
+    return 1;
+  }
   rc = layer_prepare(be, &m, &o, &w);
   if (!rc) rc = layer_table(be, &o, &w);
   if (rc != HQ_OK) fprintf(stderr, "hpcq layer: %s\n", hq_last_error());

@@ -61,6 +61,14 @@ static void usage(FILE *f) {
           "  --smooth-alpha F    SmoothQuant migration strength in [0, 1] (default 0.5)\n"
           "  --scale-from-hessian  EXPERIMENTAL: group scales minimising the H-diagonal-weighted\n"
           "                      error (gptq, rtn; needs --calib)\n"
+          "  --rule PATTERN:KEY=VALUE[,KEY=VALUE...]  (repeatable) other settings for the\n"
+          "                      linears whose name (\"model.layers.5.mlp.down_proj\") matches\n"
+          "                      the extended regular expression PATTERN from its start (like\n"
+          "                      GPTQModel's dynamic / re.match); the first matching rule wins.\n"
+          "                      Keys: bits (2, 3, 4, 8), group_size (>= 1, -1), skip=1 (keep\n"
+          "                      it unquantized). E.g. --rule 'model\\.layers\\.5\\.mlp\\.down_proj:bits=8'\n"
+          "  --rules FILE        rules from a file, one a line ('#' comments), after the --rule\n"
+          "                      options before it and before those after it\n"
           "  --resume            continue an interrupted run from its last complete block\n"
           "                      (a missing --out starts a new run)\n"
           "  --overwrite         replace an existing output file (not with --resume)\n"
@@ -103,9 +111,21 @@ static int parse_equalize(const char *opt, const char *v, void *dst) {
   return HQ_OK;
 }
 
+/* --rule / --rules: appended to the rules in the order given */
+static int parse_rule(const char *opt, const char *v, void *dst) {
+  return hq_rules_add(dst, v, opt);
+}
+static int parse_rules_file(const char *opt, const char *v, void *dst) {
+  (void)opt;
+  return hq_rules_add_file(dst, v);
+}
+
 /* The options into o; *gs_given: --group-size was given. */
-static int parse(int argc, char **argv, struct hq_quant_opts *o, int *gs_given) {
+static int parse(int argc, char **argv, struct hq_quant_opts *o, int *gs_given,
+                 struct hq_rules *rules) {
   const struct hq_opt t[] = {
+      HQ_ARG_FN("--rule", rules, parse_rule),
+      HQ_ARG_FN("--rules", rules, parse_rules_file),
       HQ_ARG_STR("--model", &o->model_dir),
       HQ_ARG_STR("--calib", &o->calib_path),
       HQ_ARG_STR("--out", &o->out_path),
@@ -147,11 +167,12 @@ static int parse(int argc, char **argv, struct hq_quant_opts *o, int *gs_given) 
 
 /* The options into o, defaults first and checked (hq_quant_opts_validate): HQ_OK, HQ_CLI_HELP
  * (usage printed) or HQ_ERR_INPUT for a usage error. */
-static int quantize_args(int argc, char **argv, struct hq_quant_opts *o) {
+static int quantize_args(int argc, char **argv, struct hq_quant_opts *o, struct hq_rules *rules) {
   hq_quant_opts_default(o);
   o->g.group_size = 128;
+  o->rules = rules;
   int gs_given = 0;
-  int rc = parse(argc, argv, o, &gs_given);
+  int rc = parse(argc, argv, o, &gs_given, rules);
   if (rc == HQ_CLI_HELP) {
     usage(stdout);
     return rc;
@@ -172,12 +193,17 @@ static void report_failure(const struct hq_comm *comm, int rc) {
 
 int hq_cli_quantize(int argc, char **argv) {
   struct hq_quant_opts o;
-  int rc = quantize_args(argc, argv, &o);
-  if (rc) return hq_cli_args_exit(rc, "quantize");
+  struct hq_rules rules = {0};
+  int rc = quantize_args(argc, argv, &o, &rules);
+  if (rc) {
+    hq_rules_free(&rules);
+    return hq_cli_args_exit(rc, "quantize");
+  }
   struct hq_comm comm;
   rc = hq_comm_init(&comm, &argc, &argv);
   if (rc) {
     fprintf(stderr, "hpcq quantize: %s\n", hq_last_error());
+    hq_rules_free(&rules);
     return 1;
   }
   int usage = 0;
@@ -185,5 +211,6 @@ int hq_cli_quantize(int argc, char **argv) {
   if (!rc) rc = hq_quantize_run(&comm, &o);
   if (rc) report_failure(&comm, rc);
   hq_comm_finalize(&comm);
+  hq_rules_free(&rules);
   return rc == HQ_OK ? 0 : usage ? 2 : rc == HQ_ERR_INTERRUPTED ? 75 : 1;
 }

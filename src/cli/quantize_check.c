@@ -38,6 +38,17 @@ static int validate_method(const struct hq_quant_opts *o) {
   return HQ_OK;
 }
 
+/* skip keeps a linear as the model has it: equalization would have rescaled it */
+static int validate_rules(const struct hq_quant_opts *o) {
+  for (int i = 0; o->rules && i < o->rules->n; i++)
+    if (o->rules->r[i].skip && o->equalize)
+      return hq_fail(HQ_ERR_INPUT, "rule %d ('%s') skips linears, but --equalize %s rescales "
+                     "them together with the norms (a skipped linear is stored as the model has "
+                     "it); drop --equalize or the skip rule", i + 1, o->rules->r[i].pattern,
+                     hq_equalize_name(o->equalize));
+  return HQ_OK;
+}
+
 int hq_quant_opts_validate(const struct hq_quant_opts *o) {
   if (o->resume && o->overwrite)
     return hq_fail(HQ_ERR_INPUT, "--resume and --overwrite contradict each other: --resume "
@@ -51,6 +62,7 @@ int hq_quant_opts_validate(const struct hq_quant_opts *o) {
                    "128), or -1 for one group per output channel", (long long)o->g.group_size);
   HQ_TRY(hq_gptq_opts_check(&o->g, 1));
   HQ_TRY(validate_method(o));
+  HQ_TRY(validate_rules(o));
   if (needs_calib(o) && !o->calib_path)
     return hq_fail(HQ_ERR_INPUT, "%s needs calibration tokens: --calib FILE (raw int32 token ids "
                    "made with the model's tokenizer, e.g. by tools/hpcq_tokenize.py --model DIR --out "
@@ -134,10 +146,27 @@ static int check_moe(const struct hq_quant_opts *o) {
   return rc;
 }
 
+/* --rule / --rules against the model's linears (not for mixtures of experts yet) */
+static int check_rules(const struct hq_quant_opts *o) {
+  struct hq_model_config c;
+  if (!o->rules || !o->rules->n) return HQ_OK;
+  if (hq_config_load(o->model_dir, &c) != HQ_OK) { /* the pipeline reports it in full */
+    hq_error_clear();
+    return HQ_OK;
+  }
+  int rc = c.n_experts ? hq_fail(HQ_ERR_UNSUPPORTED, "%s is a mixture of experts: --rule / "
+                                 "--rules are not supported for it yet; leave them out",
+                                 o->model_dir)
+                       : hq_rules_check_model(o->rules, &c, o->g.bits, o->g.group_size);
+  hq_config_free(&c);
+  return rc;
+}
+
 int hq_quant_preflight(const struct hq_quant_opts *o, int nranks, int *usage) {
   *usage = 0;
   HQ_TRY(check_moe(o));
   *usage = 1;
+  HQ_TRY(check_rules(o));
   HQ_TRY(check_out_path(o->out_path, "--out"));
   HQ_TRY(check_out_path(o->json_summary, "--json-summary"));
   if (o->block_groups > nranks)

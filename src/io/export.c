@@ -24,6 +24,7 @@
 #include "fileio.h"
 #include "h5check.h"
 #include "h5io.h"
+#include "rules.h"
 #include "util.h"
 
 /* ======================= --max-shard-size ======================= */
@@ -77,6 +78,7 @@ struct export {
   char *cfg_text, *model_dir;     /* root attributes model_config_json, model_dir (or NULL) */
   cJSON *cfg;                     /* cfg_text parsed: becomes config.json */
   int64_t bits, group_size;       /* the file's settings (root attributes) */
+  struct hq_rules rules;          /* root attribute rules (--rule; empty without) */
   char **lin, **ten;              /* quantized linears (plan order), unquantized tensors */
   int64_t nlin, nten;
   struct hq_h5_linear_desc *desc; /* [nlin] */
@@ -97,6 +99,7 @@ static void export_free(struct export *x, int rc) {
   free(x->items);
   free(x->cfg_text);
   free(x->model_dir);
+  hq_rules_free(&x->rules);
 }
 
 /* ======================= open the result ======================= */
@@ -127,6 +130,41 @@ static void warn_act_bits(const struct export *x) {
             "unquantized activations\n", x->h5_path, (long long)act_bits);
 }
 
+/* Where the chosen form will not load as users usually serve it (README "Interoperability",
+ * measured by tools/interop-check.sh; vLLM from its sources): one warning line each. */
+static void warn_serving(const struct export *x) {
+  int64_t sym = 0;
+  attr_i64_or(x->h, "sym", 0, &sym);
+  const int marlin = sym && (x->bits == 4 || x->bits == 8); /* vLLM's fast GPTQ path */
+  if (x->o->quiet) return;
+  if (!marlin)
+    fprintf(stderr, "hpcq export: warning: %s %lld-bit GPTQ does not run in vLLM's Marlin "
+            "kernels (symmetric 4 and 8 bits only); vLLM serves it with its slower gptq "
+            "kernel. Quantize with --sym --bits 4 (or 8) for Marlin\n",
+            sym ? "symmetric" : "asymmetric", (long long)x->bits);
+  if (x->fmt == HQ_PACK_GPTQ_V2 && !marlin)
+    fprintf(stderr, "hpcq export: warning: vLLM reads gptq_v2 as gptq (v1): outside Marlin its "
+            "zero points are then off by one (wrong outputs); export with --checkpoint-format "
+            "gptq for vLLM\n");
+  if (!sym && x->fmt == HQ_PACK_GPTQ)
+    fprintf(stderr, "hpcq export: warning: GPTQModel.load refuses asymmetric gptq (v1) "
+            "checkpoints (transformers loads them); quantize with --sym for GPTQModel\n");
+  if (!sym && x->fmt == HQ_PACK_GPTQ_V2)
+    fprintf(stderr, "hpcq export: warning: GPTQModel.load's CPU kernel mis-reads asymmetric "
+            "gptq_v2 zero points (wrong outputs; transformers loads it correctly); quantize "
+            "with --sym for GPTQModel\n");
+}
+
+/* The rules the file records (already checked against its linears by check_result) */
+static int read_rules(struct export *x) {
+  if (!hq_h5_attr_exists(x->h, "/", "rules")) return HQ_OK;
+  char *txt = NULL;
+  HQ_TRY(hq_h5_attr_get_str(x->h, "/", "rules", &txt));
+  const int rc = hq_rules_add_lines(&x->rules, txt, "root attribute rules");
+  free(txt);
+  return rc ? hq_fail_ctx(rc, "%s: ", x->h5_path) : HQ_OK;
+}
+
 /* The open result's config (after the whole file passed check_result), model folder,
  * settings, and its linears and tensors. */
 static int read_result(struct export *x) {
@@ -141,11 +179,13 @@ static int read_result(struct export *x) {
     hq_h5_attr_get_str(h, "/", "model_dir", &x->model_dir);
   HQ_TRY(hq_h5_attr_get_i64(h, "/", "bits", &x->bits));
   HQ_TRY(hq_h5_attr_get_i64(h, "/", "group_size", &x->group_size));
+  HQ_TRY(read_rules(x));
   HQ_TRY(hq_h5_list_linears(h, &x->lin, &x->nlin));
   HQ_TRY(hq_h5_list_tensors(h, &x->ten, &x->nten));
   if (x->nlin == 0)
     return hq_fail(HQ_ERR_INPUT, "%s holds no quantized linear; nothing to export", x->h5_path);
   warn_act_bits(x);
+  warn_serving(x);
   return HQ_OK;
 }
 
@@ -153,17 +193,19 @@ static int read_result(struct export *x) {
 
 /* Linear i (its description into desc[i]) as the next 4 items, layout of src/io/pack.h:
  * g_idx I32 [in], qweight I32 [in*b/32, out], qzeros I32 [ngroups, out*b/32], scales F16
- * [ngroups, out]. Its bits and group size must be the file's: a GPTQ config has one. */
+ * [ngroups, out]. Its bits and group size must be the file's, or its rule's (the config's
+ * "dynamic" overrides). */
 static int plan_linear(struct export *x, int64_t i) {
   struct hq_h5_linear_desc *d = &x->desc[i];
   HQ_TRY(hq_h5_linear_info(x->h, x->lin[i], d));
   const int64_t gs_file = d->group_size > 0 ? d->group_size : -1;
-  const int64_t gs_root = x->group_size > 0 ? x->group_size : -1;
-  if (d->bits != x->bits || gs_file != gs_root)
+  const struct hq_lin_q q = hq_rules_resolve(&x->rules, x->lin[i], (int)x->bits, x->group_size);
+  if (q.skip || d->bits != q.bits || gs_file != q.group_size)
     return hq_fail(HQ_ERR_UNSUPPORTED, "%s: linear %s has %d bits / group size %lld but the "
-                   "file says %lld / %lld; a GPTQ config has one setting for all layers",
-                   x->h5_path, x->lin[i], d->bits, (long long)d->group_size,
-                   (long long)x->bits, (long long)x->group_size);
+                   "file says %d / %lld%s; the checkpoint's config could not describe it (the "
+                   "file is damaged?)", x->h5_path, x->lin[i], d->bits, (long long)d->group_size,
+                   q.skip ? 0 : q.bits, (long long)q.group_size,
+                   q.rule >= 0 ? (q.skip ? " (its rule skips it)" : " (its rule)") : "");
   const int64_t b = d->bits;
   for (int k = 0; k < 4; k++) {
     struct item *it = &x->items[x->nitems++];
@@ -450,9 +492,28 @@ static const char *tokenizer_files[] = {"tokenizer.model", "tokenizer.json",
                                         "generation_config.json", "added_tokens.json"};
 
 
+/* GPTQModel's / transformers' per-module overrides, one key per rule in order (the first
+ * matching key decides there too): "-:PATTERN": {} skips, "+:PATTERN": {bits, group_size}. */
+static void quant_dynamic(cJSON *q, const struct hq_rules *rs, int bits, int64_t group_size) {
+  if (!rs || !rs->n) return;
+  cJSON *dyn = cJSON_AddObjectToObject(q, "dynamic");
+  for (int i = 0; i < rs->n; i++) {
+    const struct hq_rule *r = &rs->r[i];
+    const size_t n = strlen(r->pattern) + 3;
+    char *key = hq_xmalloc(n);
+    snprintf(key, n, "%s%s", r->skip ? "-:" : "+:", r->pattern);
+    cJSON *o = cJSON_AddObjectToObject(dyn, key);
+    free(key);
+    if (r->skip) continue;
+    const int64_t gs = r->group_size ? r->group_size : group_size;
+    cJSON_AddNumberToObject(o, "bits", r->bits ? r->bits : bits);
+    cJSON_AddNumberToObject(o, "group_size", (double)(gs > 0 ? gs : -1));
+  }
+}
+
 /* The quantization_config object (also the content of quantize_config.json). */
 static cJSON *quant_config(struct hq_h5 *h, int bits, int64_t group_size,
-                           enum hq_pack_format fmt) {
+                           enum hq_pack_format fmt, const struct hq_rules *rules) {
   int64_t sym = 0, ao = 0, sg = 0;
   double damp = 0.01;
   attr_i64_or(h, "sym", 0, &sym);
@@ -475,6 +536,7 @@ static cJSON *quant_config(struct hq_h5 *h, int bits, int64_t group_size,
   cJSON_AddBoolToObject(q, "static_groups", sg != 0);
   cJSON_AddStringToObject(q, "checkpoint_format", hq_pack_format_name(fmt));
   cJSON_AddBoolToObject(q, "lm_head", 0);
+  quant_dynamic(q, rules, bits, group_size);
   cJSON_AddNullToObject(q, "model_name_or_path");
   cJSON_AddNullToObject(q, "model_file_base_name");
   cJSON *meta = cJSON_AddObjectToObject(q, "meta");
@@ -488,7 +550,7 @@ static cJSON *quant_config(struct hq_h5 *h, int bits, int64_t group_size,
 
 /* quantize_config.json, and the same object as "quantization_config" of config.json. */
 static int write_quant_config(struct export *x) {
-  cJSON *q = quant_config(x->h, (int)x->bits, x->group_size, x->fmt);
+  cJSON *q = quant_config(x->h, (int)x->bits, x->group_size, x->fmt, &x->rules);
   int rc = write_json(x, "quantize_config.json", q);
   cJSON_DeleteItemFromObjectCaseSensitive(x->cfg, "quantization_config");
   cJSON_AddItemToObject(x->cfg, "quantization_config", q);

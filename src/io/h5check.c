@@ -8,15 +8,29 @@
 
 #include "error.h"
 #include "pack.h"
+#include "rules.h"
 
 #define DAMAGED "the file is damaged or was changed after hpcq wrote it: quantize the model again"
 
 struct root_q {
   int64_t bits, group_size; /* group_size -1: per channel */
+  struct hq_rules rules;    /* root attribute rules (--rule), empty without */
 };
 
-/* The root attributes every linear must agree with. */
+/* The rules recorded by hpcq quantize --rule (none in files without the attribute) */
+static int root_rules(struct hq_h5 *h, struct root_q *r) {
+  if (!hq_h5_attr_exists(h, "/", "rules")) return HQ_OK;
+  char *txt = NULL;
+  HQ_TRY(hq_h5_attr_get_str(h, "/", "rules", &txt));
+  const int rc = hq_rules_add_lines(&r->rules, txt, "root attribute rules");
+  free(txt);
+  return rc ? hq_fail_ctx(rc, DAMAGED ": ") : HQ_OK;
+}
+
+/* The root attributes every linear must agree with (r->rules freed with hq_rules_free). */
 static int root_settings(struct hq_h5 *h, struct root_q *r) {
+  memset(r, 0, sizeof *r);
+  HQ_TRY(root_rules(h, r));
   HQ_TRY(hq_h5_attr_get_i64(h, "/", "bits", &r->bits));
   HQ_TRY(hq_h5_attr_get_i64(h, "/", "group_size", &r->group_size));
   if (!hq_pack_unit((int)r->bits) || r->bits != (int)r->bits)
@@ -100,11 +114,27 @@ static int check_linear_desc(struct hq_h5 *h, const struct hq_model_config *c,
                    (long long)c->n_heads, (long long)c->n_kv_heads, (long long)c->head_dim,
                    (long long)c->moe_intermediate);
   const int64_t gs = d.group_size > 0 ? d.group_size : -1;
-  if (d.bits != r->bits || gs != r->group_size)
+  const struct hq_lin_q q = hq_rules_resolve(&r->rules, name, (int)r->bits, r->group_size);
+  if (d.bits != q.bits || gs != q.group_size)
     return hq_fail(HQ_ERR_INPUT, "linear %s has %d bits, group size %lld, but the file's root "
-                   "attributes say %lld bits, group size %lld; " DAMAGED, name, d.bits,
-                   (long long)gs, (long long)r->bits, (long long)r->group_size);
+                   "attributes (bits, group_size%s) say %d bits, group size %lld; " DAMAGED, name,
+                   d.bits, (long long)gs, r->rules.n ? ", rules" : "", q.bits,
+                   (long long)q.group_size);
   return HQ_OK;
+}
+
+static int check_tensor(struct hq_h5 *h, const char *name, int nd, int64_t d0, int64_t d1,
+                        const char *why);
+
+/* A linear a rule skips: its weight [rows, cols] as an unquantized tensor, and no quantized one */
+static int check_skipped(struct hq_h5 *h, const char *name, int64_t rows, int64_t cols) {
+  char obj[300], wname[300];
+  snprintf(obj, sizeof obj, "/linears/%s", name);
+  if (hq_h5_attr_exists(h, obj, "bits"))
+    return hq_fail(HQ_ERR_INPUT, "linear %s is quantized in the file, but its rules skip it; "
+                   DAMAGED, name);
+  snprintf(wname, sizeof wname, "%s.weight", name);
+  return check_tensor(h, wname, 2, rows, cols, "a linear the rules skip: out x in");
 }
 
 /* Linear k of block b (hq_block_linear) */
@@ -113,11 +143,13 @@ static int check_linear(struct hq_h5 *h, const struct hq_model_config *c,
   char name[256];
   int64_t rows, cols;
   hq_block_linear(c, b, k, NULL, name, sizeof name, &rows, &cols);
+  const struct hq_lin_q q = hq_rules_resolve(&r->rules, name, (int)r->bits, r->group_size);
+  if (q.skip) return check_skipped(h, name, rows, cols);
   HQ_TRY(check_linear_desc(h, c, r, name, rows, cols));
   struct hq_packed p;
   int rc = hq_h5_linear_read(h, name, &p);
   if (rc) return hq_fail_ctx(rc, "linear %s: ", name);
-  rc = check_gidx(&p, r->group_size, name);
+  rc = check_gidx(&p, q.group_size, name);
   if (!rc) rc = check_scales(&p, name);
   if (!rc) rc = check_zeros(&p, name);
   hq_pack_free(&p);
@@ -164,14 +196,21 @@ static int check_block_tensors(struct hq_h5 *h, const struct hq_model_config *c,
   return check_tensor(h, name, 2, c->n_experts, c->hidden, "the router: num_experts x hidden_size");
 }
 
-int hq_h5_check_block(struct hq_h5 *h, const struct hq_model_config *c, int64_t b) {
-  struct root_q r;
-  HQ_TRY(root_settings(h, &r));
+static int check_block(struct hq_h5 *h, const struct hq_model_config *c, const struct root_q *r,
+                       int64_t b) {
   if (b < 0 || b >= c->n_layers)
     return hq_fail(HQ_ERR_INPUT, "block %lld does not exist: the config has %lld layers",
                    (long long)b, (long long)c->n_layers);
-  for (int64_t k = 0; k < hq_block_nlinears(c, b); k++) HQ_TRY(check_linear(h, c, &r, b, k));
+  for (int64_t k = 0; k < hq_block_nlinears(c, b); k++) HQ_TRY(check_linear(h, c, r, b, k));
   return check_block_tensors(h, c, b);
+}
+
+int hq_h5_check_block(struct hq_h5 *h, const struct hq_model_config *c, int64_t b) {
+  struct root_q r;
+  int rc = root_settings(h, &r);
+  if (!rc) rc = check_block(h, c, &r, b);
+  hq_rules_free(&r.rules);
+  return rc;
 }
 
 /* "model.layers.<b>.<suffix>" with b < n_layers: the suffix, else NULL. */
@@ -190,18 +229,35 @@ static int64_t block_of(const struct hq_model_config *c, const char *name) {
   return b;
 }
 
-static int expected_linear(const struct hq_model_config *c, const char *name) {
+/* name is a linear of the model (without ".weight") that the rules quantize (skipped: 0) or
+ * skip (skipped: 1) */
+static int expected_linear(const struct hq_model_config *c, const struct root_q *r,
+                           const char *name, int skipped) {
   const int64_t b = block_of(c, name);
   char want[256];
   int64_t rows, cols;
   for (int64_t k = 0; b >= 0 && k < hq_block_nlinears(c, b); k++) {
     hq_block_linear(c, b, k, NULL, want, sizeof want, &rows, &cols);
-    if (!strcmp(name, want)) return 1;
+    if (!strcmp(name, want))
+      return hq_rules_resolve(&r->rules, name, (int)r->bits, r->group_size).skip == skipped;
   }
   return 0;
 }
 
-static int expected_tensor(const struct hq_model_config *c, const char *name) {
+/* "<linear>.weight" of a linear the rules skip */
+static int skipped_weight(const struct hq_model_config *c, const struct root_q *r,
+                          const char *name) {
+  const size_t n = strlen(name);
+  char pre[256];
+  if (!r->rules.n || n <= 7 || n - 7 >= sizeof pre || strcmp(name + n - 7, ".weight")) return 0;
+  memcpy(pre, name, n - 7);
+  pre[n - 7] = 0;
+  return expected_linear(c, r, pre, 1);
+}
+
+static int expected_tensor(const struct hq_model_config *c, const struct root_q *r,
+                           const char *name) {
+  if (skipped_weight(c, r, name)) return 1;
   if (!strcmp(name, "model.embed_tokens.weight") || !strcmp(name, "model.norm.weight"))
     return 1;
   if (!strcmp(name, "lm_head.weight")) return !c->tie_embeddings;
@@ -219,20 +275,21 @@ static int expected_tensor(const struct hq_model_config *c, const char *name) {
 }
 
 /* No linear or tensor that the config does not describe. */
-static int check_no_strays(struct hq_h5 *h, const struct hq_model_config *c) {
+static int check_no_strays(struct hq_h5 *h, const struct hq_model_config *c,
+                           const struct root_q *r) {
   char **names = NULL;
   int64_t n = 0;
   int rc = hq_h5_list_linears(h, &names, &n);
   for (int64_t i = 0; i < n && !rc; i++)
-    if (!expected_linear(c, names[i]))
+    if (!expected_linear(c, r, names[i], 0))
       rc = hq_fail(HQ_ERR_INPUT, "quantized linear %s is not part of the model its "
-                   "model_config_json describes (%lld layers); " DAMAGED, names[i],
-                   (long long)c->n_layers);
+                   "model_config_json describes (%lld layers)%s; " DAMAGED, names[i],
+                   (long long)c->n_layers, r->rules.n ? " or one its rules skip" : "");
   hq_h5_names_free(names, n);
   if (rc) return rc;
   rc = hq_h5_list_tensors(h, &names, &n);
   for (int64_t i = 0; i < n && !rc; i++)
-    if (!expected_tensor(c, names[i]))
+    if (!expected_tensor(c, r, names[i]))
       rc = hq_fail(HQ_ERR_INPUT, "tensor %s is not part of the model its model_config_json "
                    "describes (%lld layers%s); " DAMAGED, names[i], (long long)c->n_layers,
                    c->tie_embeddings ? ", lm_head tied to the embedding" : "");
@@ -240,14 +297,14 @@ static int check_no_strays(struct hq_h5 *h, const struct hq_model_config *c) {
   return rc;
 }
 
-int hq_h5_check_model(struct hq_h5 *h, const struct hq_model_config *c) {
+static int check_model(struct hq_h5 *h, const struct hq_model_config *c, const struct root_q *r) {
   int64_t nb = 0;
   HQ_TRY(hq_h5_attr_get_i64(h, "/", "n_blocks", &nb));
   if (nb != c->n_layers)
     return hq_fail(HQ_ERR_INPUT, "the file records %lld blocks but its model_config_json has "
                    "num_hidden_layers %lld; " DAMAGED, (long long)nb, (long long)c->n_layers);
-  HQ_TRY(check_no_strays(h, c));
-  for (int64_t b = 0; b < c->n_layers; b++) HQ_TRY(hq_h5_check_block(h, c, b));
+  HQ_TRY(check_no_strays(h, c, r));
+  for (int64_t b = 0; b < c->n_layers; b++) HQ_TRY(check_block(h, c, r, b));
   char why[96];
   snprintf(why, sizeof why, "vocab_size %lld, hidden_size %lld", (long long)c->vocab,
            (long long)c->hidden);
@@ -255,4 +312,12 @@ int hq_h5_check_model(struct hq_h5 *h, const struct hq_model_config *c) {
   if (!c->tie_embeddings) HQ_TRY(check_tensor(h, "lm_head.weight", 2, c->vocab, c->hidden, why));
   snprintf(why, sizeof why, "hidden_size %lld", (long long)c->hidden);
   return check_tensor(h, "model.norm.weight", 1, c->hidden, 0, why);
+}
+
+int hq_h5_check_model(struct hq_h5 *h, const struct hq_model_config *c) {
+  struct root_q r;
+  int rc = root_settings(h, &r);
+  if (!rc) rc = check_model(h, c, &r);
+  hq_rules_free(&r.rules);
+  return rc;
 }

@@ -27,6 +27,7 @@ const char *hq_dtype_name(enum hq_dtype d) {
   case HQ_DTYPE_F32: return "F32";
   case HQ_DTYPE_F16: return "F16";
   case HQ_DTYPE_BF16: return "BF16";
+  case HQ_DTYPE_I32: return "I32";
   }
   return "?";
 }
@@ -36,6 +37,7 @@ size_t hq_dtype_size(enum hq_dtype d) {
   case HQ_DTYPE_F32: return 4;
   case HQ_DTYPE_F16: return 2;
   case HQ_DTYPE_BF16: return 2;
+  case HQ_DTYPE_I32: return 4;
   }
   return 0;
 }
@@ -90,10 +92,12 @@ static int entry_fields(const cJSON *e, const char *what, struct hq_st_tensor *t
   if (strcmp(ds, "F32") == 0) t->dtype = HQ_DTYPE_F32;
   else if (strcmp(ds, "F16") == 0) t->dtype = HQ_DTYPE_F16;
   else if (strcmp(ds, "BF16") == 0) t->dtype = HQ_DTYPE_BF16;
+  else if (strcmp(ds, "I32") == 0) t->dtype = HQ_DTYPE_I32; /* GPTQ packed tensors (model.c) */
   else
     return hq_fail(HQ_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype '%.40s', which hpcq does not "
-                   "read; supported dtypes are BF16, F16 and F32 (convert the checkpoint, e.g. "
-                   "with transformers' torch_dtype=torch.bfloat16)", what, name, ds);
+                   "read; supported dtypes are BF16, F16 and F32 (and I32 for the packed tensors "
+                   "of a GPTQ checkpoint); convert the checkpoint, e.g. with transformers' "
+                   "dtype=torch.bfloat16", what, name, ds);
   return HQ_OK;
 }
 
@@ -558,8 +562,10 @@ void hq_st_to_f32_range(const struct hq_st_tensor *t, int64_t e0, int64_t e1, fl
   HQ_ASSERT(t->data || t->numel == 0);
   HQ_ASSERT(0 <= e0 && e0 <= e1 && e1 <= t->numel);
   const int64_t n = e1 - e0;
-  const unsigned char *p = (const unsigned char *)t->data + (size_t)e0 * (t->dtype == HQ_DTYPE_F32 ? 4 : 2);
+  HQ_ASSERT(t->dtype != HQ_DTYPE_I32); /* model.c lets only GPTQ's packed tensors be I32 */
+  const unsigned char *p = (const unsigned char *)t->data + (size_t)e0 * hq_dtype_size(t->dtype);
   switch (t->dtype) {
+  case HQ_DTYPE_I32: break;
   case HQ_DTYPE_F32:
     if (n) memcpy(out, p, (size_t)n * 4); /* little-endian host (x86-64, aarch64) */
     break;

@@ -98,11 +98,19 @@ static int expect(const struct hq_model *m, const char *name, int nd, int64_t d0
                   const char *why) {
   int tnd = 0, found;
   int64_t tshape[HQ_ST_MAXDIM] = {0};
+  char pre[256];
   if (m->h5) {
     found = hq_model_h5_shape(m, name, &tnd, tshape);
+  } else if (hq_model_gptq_linear(m, name, pre, sizeof pre)) {
+    HQ_TRY(hq_model_gptq_shape(m, pre, &tshape[0], &tshape[1]));
+    found = 1;
+    tnd = 2;
   } else {
     const struct hq_st_tensor *t = hq_st_find(&m->st, name);
     found = t != NULL;
+    if (t && t->dtype == HQ_DTYPE_I32)
+      return hq_fail(HQ_ERR_INPUT, "model %s: tensor '%s' is I32, not a floating-point tensor; "
+                     "hpcq reads I32 only as the packed parts of a GPTQ linear", m->dir, name);
     if (t) {
       tnd = t->ndim;
       memcpy(tshape, t->shape, sizeof tshape);
@@ -223,6 +231,7 @@ int hq_model_open(const char *dir, struct hq_model *m) {
   if (!m->dir) return hq_fail(HQ_ERR_NOMEM, "out of memory");
   int rc = hq_config_load(dir, &m->cfg);
   if (rc == HQ_OK) rc = hq_st_open(dir, &m->st);
+  if (rc == HQ_OK) rc = hq_model_gptq_init(m);
   if (rc == HQ_OK) rc = check_tensors(m);
   if (rc != HQ_OK) hq_model_close(m);
   return rc;
@@ -241,6 +250,8 @@ int hq_model_load_f32(const struct hq_model *m, const char *name, float **out, i
   *out = NULL;
   if (numel) *numel = 0;
   if (m->h5) return hq_model_h5_load_f32(m, name, out, numel);
+  char pre[256];
+  if (hq_model_gptq_linear(m, name, pre, sizeof pre)) return hq_model_gptq_load_f32(m, pre, out, numel);
   const struct hq_st_tensor *t = hq_st_find(&m->st, name);
   /* a tied head is the embedding (HF checkpoints usually do not store it twice) */
   if (!t && m->cfg.tie_embeddings && strcmp(name, "lm_head.weight") == 0)
@@ -300,7 +311,8 @@ int hq_model_load_linear_rows(const struct hq_model *m, int64_t b, enum hq_linea
                               int64_t r1, float *W) {
   char name[256];
   snprintf(name, sizeof name, "model.layers.%lld.%s.weight", (long long)b, lin_names[l]);
-  if (m->h5) return hq_fail(HQ_ERR_UNSUPPORTED, "%s: row ranges of an .h5 model", name);
+  if (m->h5 || m->gptq_format)
+    return hq_fail(HQ_ERR_UNSUPPORTED, "%s: row ranges of a quantized model", name);
   const struct hq_st_tensor *t = hq_st_find(&m->st, name);
   int64_t rows, cols;
   hq_linear_shape(&m->cfg, l, &rows, &cols);

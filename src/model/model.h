@@ -7,7 +7,8 @@
 #include <stdint.h>
 
 /* ---------------- safetensors ---------------- */
-enum hq_dtype { HQ_DTYPE_F32 = 0, HQ_DTYPE_F16 = 1, HQ_DTYPE_BF16 = 2 };
+/* I32: only the packed tensors of a GPTQ checkpoint (qweight, qzeros, g_idx), never converted */
+enum hq_dtype { HQ_DTYPE_F32 = 0, HQ_DTYPE_F16 = 1, HQ_DTYPE_BF16 = 2, HQ_DTYPE_I32 = 3 };
 const char *hq_dtype_name(enum hq_dtype d);
 size_t hq_dtype_size(enum hq_dtype d);
 
@@ -122,7 +123,25 @@ struct hq_model {
   struct hq_model_config cfg;
   struct hq_safetensors st;
   struct hq_h5 *h5;  /* set when the model is an hpcq .h5 result (model_h5.c) */
+  /* a GPTQ checkpoint (model_gptq.c): config.json's quantization_config */
+  int gptq_format;          /* HQ_PACK_GPTQ (v1) or HQ_PACK_GPTQ_V2; 0: not a GPTQ checkpoint */
+  int gptq_bits;            /* its bits (a linear's own come from its shapes) */
+  int64_t gptq_group_size;  /* its group_size (-1: one group per row) */
 };
+
+/* model_gptq.c: a GPTQ checkpoint folder as a model (dequantized linears). */
+struct hq_packed;
+/* Reads quantization_config from the config: sets gptq_* for quant_method "gptq",
+ * HQ_ERR_UNSUPPORTED for another method or checkpoint_format; nothing without one. */
+int hq_model_gptq_init(struct hq_model *m);
+/* 1 when `name` is "X.weight" of a GPTQ checkpoint that stores X.qweight; prefix: X. */
+int hq_model_gptq_linear(const struct hq_model *m, const char *name, char *prefix, size_t n);
+/* GPTQ linear X: its four tensors checked against each other, rows (out) and in. */
+int hq_model_gptq_shape(const struct hq_model *m, const char *x, int64_t *rows, int64_t *in);
+/* GPTQ linear X as a whole-layer packed slab (the zero convention of the checkpoint). */
+int hq_model_gptq_read(const struct hq_model *m, const char *x, struct hq_packed *p);
+/* GPTQ linear X dequantized: W [out x in] = scale * (q - zero). */
+int hq_model_gptq_load_f32(const struct hq_model *m, const char *x, float **out, int64_t *numel);
 
 /* model_h5.c: an hpcq result file as a model (dequantized linears). hq_model_open dispatches
  * here for paths ending in ".h5"; hq_model_load_f32 and hq_model_close when m->h5 is set. */

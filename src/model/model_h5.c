@@ -3,6 +3,7 @@
  * weight is its dequantized value scale * (q - zero) — bit for bit the weights GPTQ
  * compensated for. Used by `hpcq eval FILE.h5` through the ordinary model API (model.c
  * dispatches here when hq_model.h5 is set). Not collective. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,22 +40,24 @@ void hq_model_h5_close(struct hq_model *m) {
 }
 
 /* "model.layers.3.mlp.down_proj.weight" -> "model.layers.3.mlp.down_proj" when it is a
- * quantized linear of the file. */
-static int linear_prefix(const char *name, char *out, size_t n) {
+ * quantized linear of the file (a linear that --rule skipped is an unquantized tensor). */
+static int linear_prefix(struct hq_h5 *h, const char *name, char *out, size_t n) {
   size_t len = strlen(name);
   const char *suf = ".weight";
   if (len <= 7 || strcmp(name + len - 7, suf) || len - 7 >= n) return 0;
   if (!strstr(name, "_proj") && !strstr(name, ".experts.")) return 0; /* Mixtral: w1, w2, w3 */
   memcpy(out, name, len - 7);
   out[len - 7] = 0;
-  return 1;
+  char obj[300];
+  snprintf(obj, sizeof obj, "/linears/%s", out);
+  return hq_h5_attr_exists(h, obj, "bits") || !hq_h5_attr_exists(h, "/", "rules");
 }
 
 int hq_model_h5_shape(const struct hq_model *m, const char *name, int *ndim,
                       int64_t shape[HQ_ST_MAXDIM]) {
   char pre[256];
   *ndim = 0;
-  if (linear_prefix(name, pre, sizeof pre)) {
+  if (linear_prefix(m->h5, name, pre, sizeof pre)) {
     struct hq_h5_linear_desc d;
     if (hq_h5_linear_info(m->h5, pre, &d) != HQ_OK) return 0;
     *ndim = 2;
@@ -71,7 +74,7 @@ int hq_model_h5_load_f32(const struct hq_model *m, const char *name, float **out
   struct hq_h5 *h = m->h5;
   char pre[256];
   *out = NULL;
-  if (linear_prefix(name, pre, sizeof pre)) {
+  if (linear_prefix(h, name, pre, sizeof pre)) {
     struct hq_packed p;
     int rc = hq_h5_linear_read(h, pre, &p);
     if (rc) return hq_fail_ctx(rc, "%s: ", m->dir);

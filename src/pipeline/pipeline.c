@@ -94,6 +94,10 @@ const char *hq_method_name(enum hq_method m) {
   return m == HQ_METHOD_RTN ? "rtn" : m == HQ_METHOD_HQQ ? "hqq" : "gptq";
 }
 
+struct hq_lin_q hq_quant_lin_q(const struct hq_quant_opts *o, const char *name) {
+  return hq_rules_resolve(o->rules, name, o->g.bits, o->g.group_size);
+}
+
 const char *const hq_phase_names[PH_COUNT] = {"forward", "hessian", "allreduce", "cholesky",
                                               "gptq",    "stats",   "gather",    "write"};
 
@@ -249,6 +253,10 @@ static int plan_work(struct run *R) {
     if (rc) return hq_fail_ctx(rc, "%s (%lld x %lld) cannot be stored in the GPTQ layout: ",
                                hq_linear_name((enum hq_linear)l), (long long)rows, (long long)cols);
   }
+  if (R->o->rules && R->o->rules->n && c->n_experts)
+    return hq_fail(HQ_ERR_UNSUPPORTED, "--rule / --rules are not supported for mixtures of "
+                   "experts yet; leave them out");
+  HQ_TRY(hq_rules_check_model(R->o->rules, c, g->bits, g->group_size));
   return hq_plan_make(c, R->comm->size, &R->plan);
 }
 
@@ -268,6 +276,10 @@ static int open_inputs(struct run *R, struct hq_tokens *tok) {
   R->be = hq_backend_by_name(o->backend);
   int rc = R->be ? check_options(R) : HQ_ERR_INPUT;
   if (!rc) rc = hq_model_open(o->model_dir, &R->model);
+  if (!rc && R->model.gptq_format)
+    rc = hq_fail(HQ_ERR_INPUT, "model %s is already a GPTQ checkpoint (its config.json has a "
+                 "quantization_config); quantize the full-precision model it came from, or "
+                 "evaluate this one with hpcq eval", o->model_dir);
   HQ_TRY(hq_comm_agree(R->comm, rc));
   const struct hq_model_config *c = &R->model.cfg;
   rc = hq_gptq_opts_check(&o->g, c->hidden);
@@ -599,9 +611,11 @@ static void announce(const struct run *R) {
   const struct hq_quant_opts *o = R->o;
   const struct hq_model_config *c = &R->model.cfg;
   if (R->world->rank != 0 || o->quiet) return;
-  fprintf(stderr, "hpcq quantize: %s %d-bit%s%s, %lld blocks, %d rank%s, %lld x %lld calibration "
+  char nr[32] = "";
+  if (o->rules && o->rules->n) snprintf(nr, sizeof nr, " (%d rule%s)", o->rules->n, o->rules->n > 1 ? "s" : "");
+  fprintf(stderr, "hpcq quantize: %s %d-bit%s%s%s, %lld blocks, %d rank%s, %lld x %lld calibration "
           "tokens%s\n", hq_method_name(o->method), o->g.bits,
-          o->g.group_size > 0 ? " grouped" : " per-channel", o->g.act_order ? " act-order" : "",
+          o->g.group_size > 0 ? " grouped" : " per-channel", o->g.act_order ? " act-order" : "", nr,
           (long long)c->n_layers, R->world->size, R->world->size > 1 ? "s" : "",
           (long long)(hq_pipeline_need_calib(o) ? o->nsamples : 0), (long long)R->seqlen,
           R->node_share && hq_pipeline_need_hessian(o) ? ", one Hessian and factor per node" : "");

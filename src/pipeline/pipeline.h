@@ -9,6 +9,7 @@
 #include "gptq.h"
 #include "hqq.h"
 #include "model.h"
+#include "rules.h"
 
 enum hq_method { HQ_METHOD_GPTQ = 0, HQ_METHOD_RTN = 1, HQ_METHOD_HQQ = 2 };
 
@@ -45,6 +46,9 @@ struct hq_quant_opts {
    * calibration tokens (-1, the default: the model's hidden_size) gets moe_fallback */
   int64_t moe_min_tokens;
   int moe_fallback;        /* enum hq_moe_fallback */
+  /* --rule / --rules (src/quant/rules.h): other bits / group size per linear, or skip; NULL
+   * or empty: every linear at bits / group size of g */
+  const struct hq_rules *rules;
 };
 
 /* What an expert with too few routed tokens gets: GPTQ with the Hessian of all the block's
@@ -60,6 +64,9 @@ int64_t hq_pipeline_ws_floats_per_token(const struct hq_model_config *c);
  * larger than 1 GiB (at least 1, at most nloc). Results do not depend on it. */
 int64_t hq_pipeline_default_batch(const struct hq_model_config *c, int64_t nloc, int64_t seqlen);
 const char *hq_method_name(enum hq_method m);
+/* What linear `name` ("model.layers.5.mlp.down_proj") gets: o->g's bits and group size unless
+ * a rule says otherwise */
+struct hq_lin_q hq_quant_lin_q(const struct hq_quant_opts *o, const char *name);
 
 /* Collective. Returns HQ_OK, or an error status agreed by all ranks (message in
  * hq_last_error() on every rank); HQ_ERR_INTERRUPTED when stopped by SIGTERM/SIGINT after

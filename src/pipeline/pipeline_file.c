@@ -59,6 +59,19 @@ static void settings_model(cJSON *j, const struct run *R) {
   cJSON_AddStringToObject(j, "hpcq_version", HQ_VERSION);
 }
 
+/* --rule / --rules: their canonical lines, in order (only when given: files without rules keep
+ * their settings) */
+static void settings_rules(cJSON *j, const struct hq_rules *rs) {
+  char *txt = hq_rules_text(rs);
+  cJSON *a = cJSON_AddArrayToObject(j, "rules");
+  for (char *s = txt, *next; s; s = next) {
+    next = strchr(s, '\n');
+    if (next) *next++ = 0;
+    cJSON_AddItemToArray(a, cJSON_CreateString(s));
+  }
+  free(txt);
+}
+
 /* The settings that determine the result; a resume must match them exactly (it compares
  * the strings as a whole, so the keys keep this order). */
 static char *settings_json(const struct run *R) {
@@ -93,6 +106,7 @@ static char *settings_json(const struct run *R) {
     cJSON_AddNumberToObject(j, "moe_min_tokens", (double)hq_pipeline_moe_min_tokens(R));
     cJSON_AddStringToObject(j, "moe_fallback", hq_moe_fallback_name(o->moe_fallback));
   }
+  if (o->rules && o->rules->n) settings_rules(j, o->rules);
   cJSON_AddStringToObject(j, "zero_convention", "gptq_v2");
   settings_model(j, R);
   char *s = cJSON_PrintUnformatted(j);
@@ -202,31 +216,43 @@ static int unquantized_name(const struct hq_model_config *c, int64_t k, char *na
   return 0;
 }
 
+/* Collective over R->world: the model's tensor `name` into /tensors */
+static int write_unquantized_one(struct run *R, const char *name) {
+  const struct hq_st_tensor *t = hq_st_find(&R->model.st, name);
+  int lrc = t ? HQ_OK : hq_fail(HQ_ERR_INPUT, "tensor %s missing from the model", name);
+  int rc = hq_comm_agree(R->world, lrc);
+  if (rc) return rc;
+  if (t->dtype != HQ_DTYPE_F32 && equalized_tensor(R->o, name)) {
+    /* rescaled by equalization at its block: stored as float32 (written again then) */
+    float *f = malloc((size_t)t->numel * sizeof(float) + 1);
+    if (f) hq_st_to_f32(t, f);
+    hq_st_release(t);
+    rc = hq_comm_agree(R->world, f ? HQ_OK : hq_fail(HQ_ERR_NOMEM, "tensor %s", name));
+    if (!rc) rc = hq_h5_write_tensor(R->h5, name, HQ_DTYPE_F32, t->ndim, t->shape, f);
+    free(f);
+    return rc;
+  }
+  rc = hq_h5_write_tensor(R->h5, name, t->dtype, t->ndim, t->shape, t->data);
+  hq_st_release(t); /* the written pages leave the resident set (4.2 GB for a 70B-sized
+                       embedding and lm_head, which would stay mapped for the whole run) */
+  return rc;
+}
+
+/* Collective: the unquantized tensors, then the weights of the linears a rule skips (as the
+ * model has them: `hpcq eval` and `hpcq export` read them like any unquantized tensor) */
 static int write_unquantized(struct run *R) {
   const struct hq_model_config *c = &R->model.cfg;
-  int rc = HQ_OK;
   char name[256];
-  for (int64_t k = 0; unquantized_name(c, k, name, sizeof name); k++) {
-    const struct hq_st_tensor *t = hq_st_find(&R->model.st, name);
-    int lrc = t ? HQ_OK : hq_fail(HQ_ERR_INPUT, "tensor %s missing from the model", name);
-    rc = hq_comm_agree(R->world, lrc);
-    if (rc) return rc;
-    if (t->dtype != HQ_DTYPE_F32 && equalized_tensor(R->o, name)) {
-      /* rescaled by equalization at its block: stored as float32 (written again then) */
-      float *f = malloc((size_t)t->numel * sizeof(float) + 1);
-      if (f) hq_st_to_f32(t, f);
-      hq_st_release(t);
-      rc = hq_comm_agree(R->world, f ? HQ_OK : hq_fail(HQ_ERR_NOMEM, "tensor %s", name));
-      if (!rc) rc = hq_h5_write_tensor(R->h5, name, HQ_DTYPE_F32, t->ndim, t->shape, f);
-      free(f);
-      if (rc) return rc;
-      continue;
+  for (int64_t k = 0; unquantized_name(c, k, name, sizeof name); k++)
+    HQ_TRY(write_unquantized_one(R, name));
+  for (int64_t b = 0; R->o->rules && R->o->rules->n && b < c->n_layers; b++)
+    for (int64_t k = 0; k < hq_block_nlinears(c, b); k++) {
+      int64_t rows, cols;
+      hq_block_linear(c, b, k, NULL, name, sizeof name - 8, &rows, &cols);
+      if (!hq_quant_lin_q(R->o, name).skip) continue;
+      strcat(name, ".weight");
+      HQ_TRY(write_unquantized_one(R, name));
     }
-    rc = hq_h5_write_tensor(R->h5, name, t->dtype, t->ndim, t->shape, t->data);
-    hq_st_release(t); /* the written pages leave the resident set (4.2 GB for a 70B-sized
-                         embedding and lm_head, which would stay mapped for the whole run) */
-    if (rc) return rc;
-  }
   return HQ_OK;
 }
 
@@ -235,12 +261,13 @@ static int write_unquantized(struct run *R) {
 static int check_stored_linear(struct run *R, const char *name, int64_t rows, int64_t cols) {
   struct hq_h5_linear_desc d;
   HQ_TRY(hq_h5_linear_info(R->h5, name, &d));
-  const int64_t gs = R->o->g.group_size > 0 ? R->o->g.group_size : -1;
-  if (d.rows != rows || d.cols != cols || d.bits != R->o->g.bits || (d.group_size > 0 ? d.group_size : -1) != gs)
+  const struct hq_lin_q q = hq_quant_lin_q(R->o, name);
+  const int64_t gs = q.group_size;
+  if (d.rows != rows || d.cols != cols || d.bits != q.bits || (d.group_size > 0 ? d.group_size : -1) != gs)
     return hq_fail(HQ_ERR_INPUT, "resume: %s is %lld x %lld at %d bits, group %lld in the file; this "
                    "model and these settings give %lld x %lld at %d bits, group %lld; use "
                    "--overwrite to start again", name, (long long)d.rows, (long long)d.cols, d.bits,
-                   (long long)d.group_size, (long long)rows, (long long)cols, R->o->g.bits,
+                   (long long)d.group_size, (long long)rows, (long long)cols, q.bits,
                    (long long)gs);
   return HQ_OK;
 }
@@ -255,6 +282,7 @@ int hq_pipeline_load_done_block(struct run *R, int64_t b, struct hq_block_weight
     int64_t rows, cols;
     float **dst = hq_block_linear(&R->model.cfg, b, k, bw, name, sizeof name, &rows, &cols);
     HQ_ASSERT(dst && *dst); /* a done block is loaded whole */
+    if (hq_quant_lin_q(R->o, name).skip) continue; /* the model's weights, as stored */
     struct hq_packed p;
     int rc = check_stored_linear(R, name, rows, cols);
     if (rc) return rc;
@@ -333,6 +361,11 @@ static int write_root(struct run *R, const char *settings) {
   if (!rc) rc = hq_h5_attr_set_str(h, "/", "zero_convention", "gptq_v2");
   if (!rc) rc = hq_h5_attr_set_i64(h, "/", "act_bits", o->act_bits);
   if (!rc) rc = hq_h5_attr_set_str(h, "/", "equalize", hq_equalize_name(o->equalize));
+  if (!rc && o->rules && o->rules->n) {
+    char *rules = hq_rules_text(o->rules);
+    rc = hq_h5_attr_set_str(h, "/", "rules", rules);
+    free(rules);
+  }
   if (!rc && o->block_groups > 1) rc = block_groups_attrs(R);
   if (!rc) rc = write_unquantized(R);
   if (!rc) rc = hq_h5_progress_init(h, c->n_layers);

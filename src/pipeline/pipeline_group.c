@@ -47,6 +47,20 @@ static void unit_name(const struct run *R, const struct unit *u, int i, int64_t 
   else hq_pipeline_lin_name(buf, n, b, u->lins[i]);
 }
 
+/* what linear i of u in block b gets (--rule: src/quant/rules.h), and the method's options
+ * with its bits and group size */
+static struct hq_lin_q unit_q(const struct run *R, const struct unit *u, int i, int64_t b) {
+  char name[256];
+  unit_name(R, u, i, b, name, sizeof name);
+  return hq_quant_lin_q(R->o, name);
+}
+static struct hq_gptq_opts q_opts(const struct run *R, const struct hq_lin_q *q) {
+  struct hq_gptq_opts g = R->g;
+  g.bits = q->bits;
+  g.group_size = q->group_size;
+  return g;
+}
+
 static int unit_owns_rows(const struct unit *u) {
   for (int i = 0; i < u->nl; i++)
     if (u->myn[i]) return 1;
@@ -400,7 +414,7 @@ static int part_method_stats(struct run *R, const struct unit *u, int i, const f
 /* st[r][ST_RTN]: plain RTN's proxy loss on the same grid, of the sampled rows only (RTN treats
  * every row on its own). Before the method: GPTQ's factor is made in H's memory. */
 static int part_rtn_stats(struct run *R, const struct unit *u, int i, const float *W0,
-                          const float *H, struct part *p) {
+                          const float *H, const struct hq_gptq_opts *go, struct part *p) {
   const int64_t n = u->myn[i], cols = u->cols, k = stats_stride(u->rows[i], cols);
   const int64_t ns = (n + k - 1) / k;
   float *Wr = malloc((size_t)(ns * cols) * sizeof(float) + 1);
@@ -408,7 +422,7 @@ static int part_rtn_stats(struct run *R, const struct unit *u, int i, const floa
   for (int64_t s = 0; s < ns; s++)
     memcpy(Wr + s * cols, W0 + s * k * cols, (size_t)cols * sizeof(float));
   struct hq_gptq_result rr;
-  struct hq_gptq_opts ro = R->o->g;
+  struct hq_gptq_opts ro = *go;
   ro.hscale = 0;
   int rc = ns ? hq_rtn_quantize(R->be, &ro, ns, cols, Wr, NULL, &rr) : HQ_OK;
   if (ns) hq_gptq_result_free(&rr);
@@ -419,13 +433,13 @@ static int part_rtn_stats(struct run *R, const struct unit *u, int i, const floa
 
 /* HQQ: Σ|w - q| per row of HQQ's result and of RTN (no MSE search) on the same grid */
 static int part_l1_stats(struct run *R, const struct unit *u, int i, const float *W0,
-                         struct part *p) {
+                         const struct hq_gptq_opts *go, struct part *p) {
   const int64_t n = u->myn[i], cols = u->cols;
   float *Wr = malloc((size_t)(n * cols) * sizeof(float));
   if (!Wr) return hq_fail(HQ_ERR_NOMEM, "cannot allocate statistics buffers");
   memcpy(Wr, W0, (size_t)(n * cols) * sizeof(float));
   struct hq_gptq_result rr;
-  struct hq_gptq_opts ro = R->o->g;
+  struct hq_gptq_opts ro = *go;
   ro.mse = 0;
   ro.hscale = 0;
   int rc = hq_rtn_quantize(R->be, &ro, n, cols, Wr, NULL, &rr);
@@ -446,7 +460,7 @@ static int part_l1_stats(struct run *R, const struct unit *u, int i, const float
 /* This rank's rows of linear i: the copy the method works on (the original rows stay in bw
  * until the gather replaces them), and the statistics that need H while it is whole. */
 static int part_begin(struct run *R, const struct unit *u, int i, const struct hq_block_weights *bw,
-                      const float *H, struct part *p) {
+                      const float *H, const struct hq_gptq_opts *go, struct part *p) {
   const int64_t n = u->myn[i], cols = u->cols;
   const size_t bytes = (size_t)(n * cols) * sizeof(float);
   const float *W0 = unit_w(u, i, bw) + u->my0[i] * cols;
@@ -457,7 +471,7 @@ static int part_begin(struct run *R, const struct unit *u, int i, const struct h
   memcpy(p->W, W0, bytes);
   if (!H) return HQ_OK;
   const double t = hq_now();
-  const int rc = part_rtn_stats(R, u, i, W0, H, p);
+  const int rc = part_rtn_stats(R, u, i, W0, H, go, p);
   R->phase[PH_STATS] += hq_now() - t;
   return rc;
 }
@@ -466,16 +480,17 @@ static int part_begin(struct run *R, const struct unit *u, int i, const struct h
  * H consumed; otherwise H as made). */
 static int part_quantize(struct run *R, const struct unit *u, int i,
                          const struct hq_block_weights *bw, const float *H,
-                         const struct hq_gptq_prep *prep, struct part *p) {
+                         const struct hq_gptq_prep *prep, const struct hq_gptq_opts *g,
+                         struct part *p) {
   const int64_t n = u->myn[i], cols = u->cols;
   const float *W0 = unit_w(u, i, bw) + u->my0[i] * cols;
   double t = hq_now();
   const enum hq_method m = u->rtn ? HQ_METHOD_RTN : R->o->method;
   int rc;
-  if (m == HQ_METHOD_GPTQ) rc = hq_gptq_solve(R->be, &R->g, prep, u->my0[i], n, p->W, &p->res);
-  else if (m == HQ_METHOD_HQQ) rc = hq_hqq_quantize(&R->g, &R->o->hqq, n, cols, p->W, &p->res, NULL);
+  if (m == HQ_METHOD_GPTQ) rc = hq_gptq_solve(R->be, g, prep, u->my0[i], n, p->W, &p->res);
+  else if (m == HQ_METHOD_HQQ) rc = hq_hqq_quantize(g, &R->o->hqq, n, cols, p->W, &p->res, NULL);
   else {
-    struct hq_gptq_opts go = R->g;
+    struct hq_gptq_opts go = *g;
     go.hscale = go.hscale && !u->rtn; /* an expert's RTN fallback has no Hessian */
     rc = hq_rtn_quantize(R->be, &go, n, cols, p->W, go.hscale ? H : NULL, &p->res);
   }
@@ -484,7 +499,7 @@ static int part_quantize(struct run *R, const struct unit *u, int i,
   if (!rc && m == HQ_METHOD_GPTQ)
     for (int64_t r = 0; r < n; r++) p->st[r * NSTAT + ST_REF] = p->res.row_loss_ref[r];
   if (!rc && H && !u->rtn) rc = part_method_stats(R, u, i, W0, H, prep, p);
-  if (!rc && m == HQ_METHOD_HQQ) rc = part_l1_stats(R, u, i, W0, p);
+  if (!rc && m == HQ_METHOD_HQQ) rc = part_l1_stats(R, u, i, W0, g, p);
   R->phase[PH_STATS] += hq_now() - t;
   return rc;
 }
@@ -517,13 +532,19 @@ int hq_pipeline_unit_quantize(struct run *R, int64_t b, const struct unit *u,
   int rc = HQ_OK;
   char name[256];
   unit_name(R, u, 0, b, name, sizeof name);
+  struct hq_lin_q q[4];
+  struct hq_gptq_opts go[4];
+  for (int i = 0; i < u->nl; i++) {
+    q[i] = unit_q(R, u, i, b);
+    go[i] = q_opts(R, &q[i]);
+  }
   for (int i = 0; i < u->nl && !rc; i++)
-    if (u->myn[i]) rc = part_begin(R, u, i, bw, hb->H, &parts[i]);
+    if (u->myn[i] && !q[i].skip) rc = part_begin(R, u, i, bw, hb->H, &go[i], &parts[i]);
   if (rc) hq_fail_ctx(rc, "%s: ", name);
   HQ_TRY(hq_comm_agree(R->comm, rc));
   rc = group_prepare(R, u, hb, prep);
   for (int i = 0; i < u->nl && !rc; i++)
-    if (u->myn[i]) rc = part_quantize(R, u, i, bw, hb->H, prep, &parts[i]);
+    if (u->myn[i] && !q[i].skip) rc = part_quantize(R, u, i, bw, hb->H, prep, &go[i], &parts[i]);
   if (rc) hq_fail_ctx(rc, "%s: ", name);
   return hq_comm_agree(R->comm, rc);
 }
@@ -575,18 +596,17 @@ static void group_meta(struct run *R, const struct hq_gptq_prep *prep, struct gr
  * packed rows (gptq_v2 layout, pack.h), each rank its own slab (p NULL: none, another block
  * group's block). */
 static int part_write_packed(struct run *R, const char *name, const struct unit *u, int i,
-                             const struct part *p) {
-  const struct hq_quant_opts *o = R->o;
-  const int64_t gs = o->g.group_size > 0 ? o->g.group_size : -1;
+                             const struct part *p, const struct hq_lin_q *q) {
+  const int64_t gs = q->group_size > 0 ? q->group_size : -1;
   const int64_t ng = gs > 0 ? (u->cols + gs - 1) / gs : 1;
-  struct hq_h5_linear_desc d = {u->rows[i], u->cols, o->g.bits, gs, ng, HQ_PACK_GPTQ_V2};
+  struct hq_h5_linear_desc d = {u->rows[i], u->cols, q->bits, gs, ng, HQ_PACK_GPTQ_V2};
   HQ_TRY(hq_h5_linear_create(R->h5, name, &d));
   struct hq_packed pk;
   memset(&pk, 0, sizeof pk);
   const int have = p && u->myn[i] > 0;
   int rc = HQ_OK;
   if (have) {
-    rc = hq_pack_init(&pk, o->g.bits, HQ_PACK_GPTQ_V2, u->cols, u->rows[i], ng, u->my0[i], u->myn[i]);
+    rc = hq_pack_init(&pk, q->bits, HQ_PACK_GPTQ_V2, u->cols, u->rows[i], ng, u->my0[i], u->myn[i]);
     if (!rc) rc = hq_pack_encode(&pk, p->res.codes, p->res.zeros, p->res.scales, p->res.g_idx);
     if (rc) hq_fail_ctx(rc, "packing %s: ", name);
   }
@@ -642,7 +662,9 @@ int hq_pipeline_unit_write(struct run *R, int64_t b, const struct unit *u,
   for (int i = 0; i < u->nl && !rc; i++) {
     char name[256];
     unit_name(R, u, i, b, name, sizeof name);
-    rc = part_write_packed(R, name, u, i, parts ? &parts[i] : NULL);
+    const struct hq_lin_q q = hq_quant_lin_q(R->o, name);
+    if (q.skip) continue; /* stored unquantized with the model's tensors (pipeline_file.c) */
+    rc = part_write_packed(R, name, u, i, parts ? &parts[i] : NULL, &q);
     if (!rc) rc = part_write_stats(R, name, i, gr);
     if (!rc) rc = part_write_attrs(R, name, u, i, gr->sums[i]);
   }
@@ -681,7 +703,8 @@ static int group_compute(struct run *R, int64_t b, enum hq_group g, struct hq_bl
   hq_pipeline_hbuf_free(&hb); /* with U, when made in place */
   if (!rc) {
     const double t = hq_now();
-    for (int i = 0; i < u->nl; i++) part_gather(R, u, i, &out->parts[i], bw, out->sums[i]);
+    for (int i = 0; i < u->nl; i++)
+      if (!unit_q(R, u, i, b).skip) part_gather(R, u, i, &out->parts[i], bw, out->sums[i]);
     R->phase[PH_GATHER] += hq_now() - t;
     group_meta(R, &prep, &out->gm);
   }

@@ -1,0 +1,172 @@
+/* A GPTQ checkpoint opened as a model: a Hugging Face folder whose config.json has a
+ * quantization_config with quant_method "gptq" (written by hpcq export, GPTQModel, AutoGPTQ or
+ * optimum). Each quantized linear X is stored as X.qweight, X.qzeros, X.scales and X.g_idx
+ * (layout of src/io/pack.h) and reads as X.weight = scale * (q - zero), the weights the
+ * checkpoint's kernels compute with. The bits and group size of each linear come from its
+ * shapes (a checkpoint with per-module "dynamic" settings has several), the zero-point
+ * convention from checkpoint_format ("gptq": zero - 1 stored, "gptq_v2": the zero).
+ * Used by hpcq eval and hpcq compare through the ordinary model API (model.c dispatches here
+ * when hq_model.gptq_format is set). Not collective. */
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "model.h"
+#include "pack.h"
+
+/* quantization_config.checkpoint_format (GPTQModel also writes "format"): v1 by default, as
+ * transformers assumes */
+static int ckpt_format(const cJSON *q, const char *dir, int *fmt) {
+  const cJSON *f = cJSON_GetObjectItemCaseSensitive(q, "checkpoint_format");
+  if (!cJSON_IsString(f)) f = cJSON_GetObjectItemCaseSensitive(q, "format");
+  const char *s = cJSON_IsString(f) ? f->valuestring : "gptq";
+  if (!strcmp(s, "gptq") || !strcmp(s, "gptq_v1")) *fmt = HQ_PACK_GPTQ;
+  else if (!strcmp(s, "gptq_v2")) *fmt = HQ_PACK_GPTQ_V2;
+  else
+    return hq_fail(HQ_ERR_UNSUPPORTED, "model %s: quantization_config.checkpoint_format '%.40s' "
+                   "is not one hpcq reads (\"gptq\" or \"gptq_v2\"); re-save the model in one of "
+                   "them with the tool that wrote it", dir, s);
+  return HQ_OK;
+}
+
+int hq_model_gptq_init(struct hq_model *m) {
+  cJSON *j = cJSON_Parse(m->cfg.json ? m->cfg.json : "{}");
+  const cJSON *q = cJSON_GetObjectItemCaseSensitive(j, "quantization_config");
+  int rc = HQ_OK;
+  if (cJSON_IsObject(q)) {
+    const cJSON *meth = cJSON_GetObjectItemCaseSensitive(q, "quant_method");
+    const char *s = cJSON_IsString(meth) ? meth->valuestring : "(none)";
+    if (strcmp(s, "gptq"))
+      rc = hq_fail(HQ_ERR_UNSUPPORTED, "model %s is quantized with quant_method '%.40s'; hpcq "
+                   "reads full-precision checkpoints and GPTQ ones (quant_method \"gptq\")",
+                   m->dir, s);
+    if (!rc) rc = ckpt_format(q, m->dir, &m->gptq_format);
+    const cJSON *gs = cJSON_GetObjectItemCaseSensitive(q, "group_size");
+    const cJSON *bits = cJSON_GetObjectItemCaseSensitive(q, "bits");
+    m->gptq_group_size = cJSON_IsNumber(gs) ? (int64_t)gs->valuedouble : 128;
+    m->gptq_bits = cJSON_IsNumber(bits) ? (int)bits->valuedouble : 4;
+  }
+  cJSON_Delete(j);
+  return rc;
+}
+
+int hq_model_gptq_linear(const struct hq_model *m, const char *name, char *prefix, size_t n) {
+  const size_t len = strlen(name);
+  if (!m->gptq_format || len <= 7 || strcmp(name + len - 7, ".weight") || len + 2 > n) return 0;
+  memcpy(prefix, name, len - 7);
+  strcpy(prefix + len - 7, ".qweight");
+  const int yes = hq_st_find(&m->st, prefix) != NULL;
+  prefix[len - 7] = 0;
+  return yes;
+}
+
+/* Tensor X.<part> of dtype dt and 1 or 2 dimensions (d1 < 0: any); NULL after a message. */
+static const struct hq_st_tensor *part(const struct hq_model *m, const char *x, const char *what,
+                                       enum hq_dtype dt, int nd, int64_t d0, int64_t d1) {
+  char name[512];
+  snprintf(name, sizeof name, "%s.%s", x, what);
+  const struct hq_st_tensor *t = hq_st_find(&m->st, name);
+  if (!t) {
+    hq_fail(HQ_ERR_INPUT, "model %s: GPTQ linear %s has a qweight but no %s; the checkpoint is "
+            "incomplete", m->dir, x, what);
+    return NULL;
+  }
+  const int ok = t->dtype == dt && t->ndim == nd && (d0 < 0 || t->shape[0] == d0) &&
+                 (nd < 2 || d1 < 0 || t->shape[1] == d1);
+  if (ok) return t;
+  char have[96];
+  hq_shape_str(t->shape, t->ndim, have, sizeof have);
+  hq_fail(HQ_ERR_INPUT, "model %s: %s is %s %s, but a GPTQ linear of this shape needs %s with "
+          "%d dimension(s)%s; the checkpoint is damaged or not in the GPTQ layout", m->dir, name,
+          hq_dtype_name(t->dtype), have, hq_dtype_name(dt), nd,
+          d0 >= 0 ? " of the sizes its qweight and g_idx imply" : "");
+  return NULL;
+}
+
+/* The four tensors of linear x with their shapes checked: *in, *out, *bits, *ngroups. */
+struct gptq_parts {
+  const struct hq_st_tensor *qw, *qz, *sc, *gi; /* gi NULL: no g_idx (groups in order) */
+  int64_t in, out, ngroups;
+  int bits;
+};
+
+/* bits = 32 * qweight rows / in, one of 2, 3, 4, 8 */
+static int infer_bits(const struct hq_model *m, const char *x, struct gptq_parts *g) {
+  const int64_t r = g->qw->shape[0] * 32;
+  g->bits = g->in > 0 && r % g->in == 0 ? (int)(r / g->in) : 0;
+  if (hq_pack_unit(g->bits) > 0) return HQ_OK;
+  return hq_fail(HQ_ERR_INPUT, "model %s: %s.qweight has %lld rows for %lld input features, "
+                 "which is no GPTQ width (2, 3, 4 or 8 bits); the checkpoint is damaged", m->dir,
+                 x, (long long)g->qw->shape[0], (long long)g->in);
+}
+
+static int gptq_parts(const struct hq_model *m, const char *x, struct gptq_parts *g) {
+  memset(g, 0, sizeof *g);
+  if (!(g->qw = part(m, x, "qweight", HQ_DTYPE_I32, 2, -1, -1))) return HQ_ERR_INPUT;
+  g->out = g->qw->shape[1];
+  char name[512];
+  snprintf(name, sizeof name, "%s.g_idx", x);
+  if (hq_st_find(&m->st, name) && !(g->gi = part(m, x, "g_idx", HQ_DTYPE_I32, 1, -1, 0)))
+    return HQ_ERR_INPUT;
+  /* without g_idx (older AutoGPTQ files, no act-order) the config's bits give in */
+  g->in = g->gi ? g->gi->shape[0] : g->qw->shape[0] * 32 / (m->gptq_bits > 0 ? m->gptq_bits : 4);
+  HQ_TRY(infer_bits(m, x, g));
+  if (!(g->sc = part(m, x, "scales", HQ_DTYPE_F16, 2, -1, g->out))) return HQ_ERR_INPUT;
+  g->ngroups = g->sc->shape[0];
+  if (!(g->qz = part(m, x, "qzeros", HQ_DTYPE_I32, 2, g->ngroups, g->out * g->bits / 32)))
+    return HQ_ERR_INPUT;
+  return hq_pack_check(g->bits, (enum hq_pack_format)m->gptq_format, g->in, g->out, g->ngroups,
+                       0, g->out) ? hq_fail_ctx(HQ_ERR_INPUT, "model %s: %s: ", m->dir, x)
+                                  : HQ_OK;
+}
+
+int hq_model_gptq_shape(const struct hq_model *m, const char *x, int64_t *rows, int64_t *in) {
+  struct gptq_parts g;
+  HQ_TRY(gptq_parts(m, x, &g));
+  *rows = g.out;
+  *in = g.in;
+  return HQ_OK;
+}
+
+/* g_idx absent: groups of the config's group_size in column order */
+static int default_g_idx(const struct hq_model *m, const char *x, struct hq_packed *p) {
+  const int64_t gs = m->gptq_group_size > 0 ? m->gptq_group_size : p->in;
+  if ((p->in + gs - 1) / gs != p->ngroups)
+    return hq_fail(HQ_ERR_INPUT, "model %s: %s has no g_idx and %lld groups, which its "
+                   "group_size %lld does not give for %lld input features", m->dir, x,
+                   (long long)p->ngroups, (long long)gs, (long long)p->in);
+  for (int64_t i = 0; i < p->in; i++) p->g_idx[i] = (int32_t)(i / gs);
+  return HQ_OK;
+}
+
+int hq_model_gptq_read(const struct hq_model *m, const char *x, struct hq_packed *p) {
+  struct gptq_parts g;
+  memset(p, 0, sizeof *p);
+  HQ_TRY(gptq_parts(m, x, &g));
+  HQ_TRY(hq_pack_init(p, g.bits, (enum hq_pack_format)m->gptq_format, g.in, g.out, g.ngroups,
+                      0, g.out));
+  memcpy(p->qweight, g.qw->data, g.qw->nbytes);
+  memcpy(p->qzeros, g.qz->data, g.qz->nbytes);
+  memcpy(p->scales, g.sc->data, g.sc->nbytes);
+  int rc = HQ_OK;
+  if (g.gi) memcpy(p->g_idx, g.gi->data, g.gi->nbytes);
+  else rc = default_g_idx(m, x, p);
+  hq_st_release(g.qw);
+  if (rc) hq_pack_free(p);
+  return rc;
+}
+
+int hq_model_gptq_load_f32(const struct hq_model *m, const char *x, float **out, int64_t *numel) {
+  struct hq_packed p;
+  HQ_TRY(hq_model_gptq_read(m, x, &p));
+  float *w = malloc((size_t)(p.out * p.in) * sizeof(float));
+  int rc = w ? hq_pack_dequantize(&p, w) : hq_fail(HQ_ERR_NOMEM, "out of memory (%s)", x);
+  if (rc) hq_fail_ctx(rc, "model %s: %s: ", m->dir, x);
+  else *out = w;
+  if (!rc && numel) *numel = p.out * p.in;
+  if (rc) free(w);
+  hq_pack_free(&p);
+  return rc;
+}
