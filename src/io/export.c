@@ -149,6 +149,10 @@ static void warn_serving(const struct export *x) {
   if (!sym && x->fmt == HQ_PACK_GPTQ)
     fprintf(stderr, "hpcq export: warning: GPTQModel.load refuses asymmetric gptq (v1) "
             "checkpoints (transformers loads them); quantize with --sym for GPTQModel\n");
+  if (x->rules.n)
+    fprintf(stderr, "hpcq export: warning: per-module rules are written as "
+            "quantization_config.dynamic, which GPTQModel.load honours and transformers 5.24 "
+            "ignores (it refuses the checkpoint: size mismatch / missing qweight)\n");
   if (!sym && x->fmt == HQ_PACK_GPTQ_V2)
     fprintf(stderr, "hpcq export: warning: GPTQModel.load's CPU kernel mis-reads asymmetric "
             "gptq_v2 zero points (wrong outputs; transformers loads it correctly); quantize "
