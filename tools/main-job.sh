@@ -31,6 +31,8 @@ fp=$(ppl "$M"); rtn=$(ppl "$O/rtn.h5"); gptq=$(ppl "$O/gptq.h5")
 echo "FP $fp, RTN $rtn, GPTQ $gptq"
 say "5. export to a GPTQ checkpoint (the layout transformers / GPTQModel / vLLM read)"
 "$B" export "$O/gptq.h5" --format gptq --checkpoint-format gptq_v2 --out "$O/gptq-checkpoint" --overwrite
+ck=$(ppl "$O/gptq-checkpoint")
+echo "hpcq eval of the checkpoint: $ck (the .h5: $gptq; the same codes, scales and zeros)"
 rel() { awk -v a="$1" -v f="$fp" 'BEGIN { printf "%+.2f %%", 100 * (a / f - 1) }'; }
 mb() { du -sm "$1" | cut -f1; }
 say "summary"
@@ -39,7 +41,8 @@ cat <<EOF
 |---|---|---|---|
 | FP (bf16 safetensors)      | $fp | | $(mb "$M/model.safetensors") MB |
 | RTN W4 g128                | $rtn | $(rel "$rtn") | $(mb "$O/rtn.h5") MB (.h5) |
-| GPTQ W4 g128 (2 ranks)     | $gptq | $(rel "$gptq") | $(mb "$O/gptq.h5") MB (.h5), $(mb "$O/gptq-checkpoint") MB (GPTQ checkpoint) |
+| GPTQ W4 g128 (2 ranks)     | $gptq | $(rel "$gptq") | $(mb "$O/gptq.h5") MB (.h5) |
+| the exported checkpoint    | $ck | $(rel "$ck") | $(mb "$O/gptq-checkpoint") MB (GPTQ safetensors) |
 
 GPTQ should sit closer to FP than RTN. Next: README "Usage" (mpirun/srun, options),
 jobs/ (Slurm batch scripts), docs/readme/ (how each part works).

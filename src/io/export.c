@@ -154,9 +154,9 @@ static void warn_serving(const struct export *x) {
             "quantization_config.dynamic, which GPTQModel.load honours and transformers 5.24 "
             "ignores (it refuses the checkpoint: size mismatch / missing qweight)\n");
   if (!sym && x->fmt == HQ_PACK_GPTQ_V2)
-    fprintf(stderr, "hpcq export: warning: GPTQModel.load's CPU kernel mis-reads asymmetric "
-            "gptq_v2 zero points (wrong outputs; transformers loads it correctly); quantize "
-            "with --sym for GPTQModel\n");
+    fprintf(stderr, "hpcq export: warning: GPTQModel.load in float32 (its TorchFusedLinear CPU "
+            "kernel) drops asymmetric zero points (wrong outputs; float16 and transformers "
+            "load it correctly); quantize with --sym for GPTQModel in float32\n");
 }
 
 /* The rules the file records (already checked against its linears by check_result) */
