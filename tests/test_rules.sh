@@ -133,6 +133,12 @@ printf 'model\\.layers\\.0\\.:bits=8\nmodel\\.layers\\.1\\.:bits=9\n' >"$T/bad.t
 refuse "--rules FILE bad line" "$T/bad.txt:2: bits=9" --rules "$T/bad.txt"
 refuse "missing --rules FILE" "cannot open" --rules "$T/nope.txt"
 refuse "skip with --equalize" "skips linears, but --equalize cle" --equalize cle --rule "$RS"
+# a --rules file that differs between ranks (a node-local copy; here MPMD: each rank its own file)
+printf '%s\n' "$R8" > "$T/ra.txt"
+printf '%s\n' "$RS" > "$T/rb.txt"
+expect --no-file "$E" "rules that differ between ranks" fail "other per-module rules than rank 0" \
+  timeout 120 "$MPIEXEC" -np 1 "$BIN" quantize "${Q[@]}" --out "$E" --rules "$T/ra.txt" : \
+  -np 1 "$BIN" quantize "${Q[@]}" --out "$E" --rules "$T/rb.txt"
 
 el=$(($(date +%s) - t_start))
 echo "test_rules: ${el} s"

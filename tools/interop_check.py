@@ -61,7 +61,8 @@ def check(ckpt, loader, wins):
     t = time.time()
     try:
         m, inner = load(loader, ckpt)
-        kernel = type(inner.model.layers[0].self_attn.q_proj).__name__
+        # the kernel class of the first quantized linear (a rule may have skipped q_proj)
+        kernel = next((type(x).__name__ for x in inner.modules() if hasattr(x, "qweight")), "none")
         ppl = perplexity(m, wins)
         return {"ckpt": ckpt, "loader": loader, "kernel": kernel, "ppl": ppl,
                 "seconds": round(time.time() - t, 1)}

@@ -9,16 +9,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${HQ_INTEROP_VENV:-$HOME/.cache/hpcq-interop-venv}/bin/python
-M=tests/data/llama-sotu-5m; D=tests/data/gptqmodel-sotu-5m-w4; W=$(mktemp -d)
+R=$PWD; M=$R/tests/data/llama-sotu-5m; D=$R/tests/data/gptqmodel-sotu-5m-w4; W=$(mktemp -d)
+cd "$W" # GPTQModel writes a logs/ folder into the working directory
 trap 'rm -rf "$W"' EXIT
-"$PY" tools/interop_check.py --quantize "$M" "$W/ck" --calib "$M/calib.i32" --nsamples 32 \
+"$PY" "$R/tools/interop_check.py" --quantize "$M" "$W/ck" --calib "$M/calib.i32" --nsamples 32 \
   --seqlen 256 --bits 4 > "$W/q.log" 2>&1 || { tail -20 "$W/q.log"; exit 1; }
 rm -rf "$D" && mkdir -p "$D"
 cp "$W/ck/config.json" "$W/ck/model.safetensors" "$W/ck/quantize_config.json" "$D/"
-"$PY" tools/interop_check.py --tokens "$M/wikitext2-test.i32" --seqlen 256 --windows 40 \
+"$PY" "$R/tools/interop_check.py" --tokens "$M/wikitext2-test.i32" --seqlen 256 --windows 40 \
   --loaders transformers "$D" 2> "$W/l.log" | grep "^RESULT " | tail -1 | cut -c8- |
   "$PY" -c 'import json, sys; r = json.loads(sys.stdin.read()); assert "ppl" in r, r
 json.dump({"perplexity": r["ppl"], "kernel": r["kernel"], "windows": 40, "seqlen": 256,
            "tokens": "llama-sotu-5m/wikitext2-test.i32", "by": "transformers 5.24.0 + gptqmodel 7.7.0, float32, CPU"},
-          open("tests/data/fixtures/gptqmodel-sotu-5m-w4-ppl.json", "w"), indent=1)'
-cat tests/data/fixtures/gptqmodel-sotu-5m-w4-ppl.json
+          open(sys.argv[1] + "/tests/data/fixtures/gptqmodel-sotu-5m-w4-ppl.json", "w"), indent=1)' "$R"
+cat "$R"/tests/data/fixtures/gptqmodel-sotu-5m-w4-ppl.json

@@ -102,7 +102,11 @@ static void ckpt_linears(struct side *s) {
   for (int64_t i = 0; i < s->m.st.ntensors; i++) {
     const char *t = s->m.st.tensors[i].name;
     const size_t l = strlen(t);
-    if (l > 8 && !strcmp(t + l - 8, ".qweight")) s->names[s->n++] = strndup(t, l - 8);
+    if (l <= 8 || strcmp(t + l - 8, ".qweight")) continue;
+    char *n = hq_xmalloc(l - 7);
+    memcpy(n, t, l - 8);
+    n[l - 8] = 0;
+    s->names[s->n++] = n;
   }
 }
 
@@ -238,7 +242,10 @@ static int compare_codes(const struct compare_files *f, const char *name, struct
   int rc = side_read(&f->a, name, &p);
   if (!rc) rc = side_read(&f->b, name, &q);
   if (!rc && (p.in != q.in || p.out != q.out || p.bits != q.bits || p.ngroups != q.ngroups))
-    rc = hq_fail(HQ_ERR_INPUT, "%s: shapes or bits differ", name);
+    rc = hq_fail(HQ_ERR_INPUT, "%s: %s has %lld x %lld, %d bits, %lld groups; %s has %lld x "
+                 "%lld, %d bits, %lld groups: not the same model and settings", name, f->a.path,
+                 (long long)p.out, (long long)p.in, p.bits, (long long)p.ngroups, f->b.path,
+                 (long long)q.out, (long long)q.in, q.bits, (long long)q.ngroups);
   if (!rc) {
     rc = decode(&p, &x);
     if (!rc) rc = decode(&q, &y);

@@ -50,7 +50,7 @@ int hq_pack_check(int bits, enum hq_pack_format format, int64_t in, int64_t out,
     return hq_fail(HQ_ERR_INPUT, "%lld groups for %lld input columns; need 1..%lld",
                    (long long)ngroups, (long long)in, (long long)in);
   if (in % u != 0 || out % u != 0) {
-    /* hpcq quantizes every linear (there is no option to skip one): name the widths that fit */
+    /* name the widths that fit (or --rule ...:skip=1 leaves the linear unquantized) */
     char alt[64] = "";
     int len = 0;
     for (int b = 2; b <= 8; b++)
@@ -59,9 +59,9 @@ int hq_pack_check(int bits, enum hq_pack_format format, int64_t in, int64_t out,
     const int bad_in = in % u != 0;
     return hq_fail(HQ_ERR_UNSUPPORTED,
                    "%s dimension %lld is not a multiple of %lld: %d-bit %s pack %lld values per "
-                   "%s along it and GPTQ loaders require %s %% %lld == 0; hpcq does not pad and "
-                   "quantizes every linear of the model (it cannot leave one unquantized), so "
-                   "this model cannot be quantized at %d bits%s%s",
+                   "%s along it and GPTQ loaders require %s %% %lld == 0; hpcq does not pad, so "
+                   "this linear cannot be stored at %d bits (leave it unquantized with --rule "
+                   "'NAME:skip=1')%s%s",
                    bad_in ? "input" : "output", (long long)(bad_in ? in : out), (long long)u,
                    bits, bad_in ? "qweight" : "qzeros", (long long)u,
                    bits == 3 ? "3 words" : "word", bad_in ? "in" : "out", (long long)u, bits,

@@ -45,8 +45,15 @@ int hq_model_gptq_init(struct hq_model *m) {
     if (!rc) rc = ckpt_format(q, m->dir, &m->gptq_format);
     const cJSON *gs = cJSON_GetObjectItemCaseSensitive(q, "group_size");
     const cJSON *bits = cJSON_GetObjectItemCaseSensitive(q, "bits");
-    m->gptq_group_size = cJSON_IsNumber(gs) ? (int64_t)gs->valuedouble : 128;
-    m->gptq_bits = cJSON_IsNumber(bits) ? (int)bits->valuedouble : 4;
+    const double gv = cJSON_IsNumber(gs) ? gs->valuedouble : 128;
+    const double bv = cJSON_IsNumber(bits) ? bits->valuedouble : 4;
+    if (!rc && (!(bv == 2 || bv == 3 || bv == 4 || bv == 8) || !(gv == -1 || (gv >= 1 && gv <= 1e9)) ||
+                gv != (double)(int64_t)gv))
+      rc = hq_fail(HQ_ERR_INPUT, "model %s: quantization_config has bits %g and group_size %g; "
+                   "GPTQ takes bits 2, 3, 4 or 8 and group_size -1 or a positive integer",
+                   m->dir, bv, gv);
+    m->gptq_group_size = rc ? 0 : (int64_t)gv;
+    m->gptq_bits = rc ? 0 : (int)bv;
   }
   cJSON_Delete(j);
   return rc;
@@ -78,10 +85,17 @@ static const struct hq_st_tensor *part(const struct hq_model *m, const char *x, 
   if (ok) return t;
   char have[96];
   hq_shape_str(t->shape, t->ndim, have, sizeof have);
+  char want[96] = "";
+  if (d0 >= 0 || d1 >= 0) {
+    char a[32] = "*", b[32] = "*";
+    if (d0 >= 0) snprintf(a, sizeof a, "%lld", (long long)d0);
+    if (d1 >= 0) snprintf(b, sizeof b, "%lld", (long long)d1);
+    snprintf(want, sizeof want, " of shape [%s%s%s]", a, nd > 1 ? ", " : "", nd > 1 ? b : "");
+  }
   hq_fail(HQ_ERR_INPUT, "model %s: %s is %s %s, but a GPTQ linear of this shape needs %s with "
-          "%d dimension(s)%s; the checkpoint is damaged or not in the GPTQ layout", m->dir, name,
-          hq_dtype_name(t->dtype), have, hq_dtype_name(dt), nd,
-          d0 >= 0 ? " of the sizes its qweight and g_idx imply" : "");
+          "%d dimension(s)%s (what its qweight, g_idx and scales imply); the checkpoint is "
+          "damaged or not in the GPTQ layout", m->dir, name, hq_dtype_name(t->dtype), have,
+          hq_dtype_name(dt), nd, want);
   return NULL;
 }
 
@@ -92,10 +106,11 @@ struct gptq_parts {
   int bits;
 };
 
-/* bits = 32 * qweight rows / in, one of 2, 3, 4, 8 */
+/* bits = 32 * qweight rows / in, one of 2, 3, 4, 8 (checked before any narrowing) */
 static int infer_bits(const struct hq_model *m, const char *x, struct gptq_parts *g) {
-  const int64_t r = g->qw->shape[0] * 32;
-  g->bits = g->in > 0 && r % g->in == 0 ? (int)(r / g->in) : 0;
+  const int64_t rows = g->qw->shape[0];
+  const int64_t r = rows <= INT64_MAX / 32 ? rows * 32 : -1;
+  g->bits = r > 0 && g->in > 0 && r % g->in == 0 && r / g->in <= 8 ? (int)(r / g->in) : 0;
   if (hq_pack_unit(g->bits) > 0) return HQ_OK;
   return hq_fail(HQ_ERR_INPUT, "model %s: %s.qweight has %lld rows for %lld input features, "
                  "which is no GPTQ width (2, 3, 4 or 8 bits); the checkpoint is damaged", m->dir,
@@ -111,12 +126,22 @@ static int gptq_parts(const struct hq_model *m, const char *x, struct gptq_parts
   if (hq_st_find(&m->st, name) && !(g->gi = part(m, x, "g_idx", HQ_DTYPE_I32, 1, -1, 0)))
     return HQ_ERR_INPUT;
   /* without g_idx (older AutoGPTQ files, no act-order) the config's bits give in */
-  g->in = g->gi ? g->gi->shape[0] : g->qw->shape[0] * 32 / (m->gptq_bits > 0 ? m->gptq_bits : 4);
+  if (!g->gi && g->qw->shape[0] > INT64_MAX / 32)
+    return hq_fail(HQ_ERR_INPUT, "model %s: %s.qweight has %lld rows; the checkpoint is "
+                   "damaged", m->dir, x, (long long)g->qw->shape[0]);
+  g->in = g->gi ? g->gi->shape[0] : g->qw->shape[0] * 32 / m->gptq_bits;
   HQ_TRY(infer_bits(m, x, g));
   if (!(g->sc = part(m, x, "scales", HQ_DTYPE_F16, 2, -1, g->out))) return HQ_ERR_INPUT;
   g->ngroups = g->sc->shape[0];
   if (!(g->qz = part(m, x, "qzeros", HQ_DTYPE_I32, 2, g->ngroups, g->out * g->bits / 32)))
     return HQ_ERR_INPUT;
+  const int64_t u = hq_pack_unit(g->bits);
+  if (g->in % u || g->out % u || g->ngroups > g->in)
+    return hq_fail(HQ_ERR_INPUT, "model %s: %s is %lld x %lld (out x in) at %d bits with %lld "
+                   "groups, which no GPTQ writer produces (dimensions multiples of %lld, at most "
+                   "one group per column); the checkpoint is damaged", m->dir, x,
+                   (long long)g->out, (long long)g->in, g->bits, (long long)g->ngroups,
+                   (long long)u);
   return hq_pack_check(g->bits, (enum hq_pack_format)m->gptq_format, g->in, g->out, g->ngroups,
                        0, g->out) ? hq_fail_ctx(HQ_ERR_INPUT, "model %s: %s: ", m->dir, x)
                                   : HQ_OK;
@@ -147,6 +172,9 @@ int hq_model_gptq_read(const struct hq_model *m, const char *x, struct hq_packed
   HQ_TRY(gptq_parts(m, x, &g));
   HQ_TRY(hq_pack_init(p, g.bits, (enum hq_pack_format)m->gptq_format, g.in, g.out, g.ngroups,
                       0, g.out));
+  const size_t wq = (size_t)(g.in * g.bits / 32 * g.out) * 4, wz = (size_t)(g.ngroups * g.out * g.bits / 32) * 4;
+  HQ_ASSERT(g.qw->nbytes == wq && g.qz->nbytes == wz && g.sc->nbytes == (size_t)(g.ngroups * g.out) * 2 &&
+            (!g.gi || g.gi->nbytes == (size_t)g.in * 4)); /* the shapes were checked above */
   memcpy(p->qweight, g.qw->data, g.qw->nbytes);
   memcpy(p->qzeros, g.qz->data, g.qz->nbytes);
   memcpy(p->scales, g.sc->data, g.sc->nbytes);
@@ -154,6 +182,9 @@ int hq_model_gptq_read(const struct hq_model *m, const char *x, struct hq_packed
   if (g.gi) memcpy(p->g_idx, g.gi->data, g.gi->nbytes);
   else rc = default_g_idx(m, x, p);
   hq_st_release(g.qw);
+  hq_st_release(g.qz);
+  hq_st_release(g.sc);
+  if (g.gi) hq_st_release(g.gi);
   if (rc) hq_pack_free(p);
   return rc;
 }

@@ -245,7 +245,8 @@ static int load_calibration(struct run *R, struct hq_tokens *tok) {
 static int plan_work(struct run *R) {
   const struct hq_model_config *c = &R->model.cfg;
   const struct hq_gptq_opts *g = &R->o->g;
-  for (int l = 0; l < HQ_LIN_COUNT; l++) {
+  const int rules = R->o->rules && R->o->rules->n; /* then hq_rules_check_model checks each */
+  for (int l = 0; l < HQ_LIN_COUNT && !rules; l++) {
     int64_t rows, cols;
     hq_linear_shape(c, (enum hq_linear)l, &rows, &cols);
     const int64_t ng = g->group_size > 0 ? (cols + g->group_size - 1) / g->group_size : 1;
@@ -314,11 +315,24 @@ static int open_groups(struct run *R) {
 
 /* Collective: every rank read the same model and calibration as rank 0 (a stale node-local
  * copy must not mix into the result). */
+/* FNV-1a 64 of the rules' canonical text (0 without rules) */
+static uint64_t rules_id(const struct hq_quant_opts *o) {
+  char *t = o->rules && o->rules->n ? hq_rules_text(o->rules) : NULL;
+  const uint64_t h = t ? hq_fnv1a64(HQ_FNV_INIT, t, strlen(t)) : 0;
+  free(t);
+  return h;
+}
+
 static int inputs_agree(struct run *R) {
-  uint64_t root[2] = {R->model_id, R->calib_id};
+  const uint64_t rid = rules_id(R->o);
+  uint64_t root[3] = {R->model_id, R->calib_id, rid};
   hq_comm_bcast(R->world, root, sizeof root, 0);
   int rc = HQ_OK;
-  if (root[0] != R->model_id || root[1] != R->calib_id)
+  if (root[2] != rid) /* --rules FILE is read by every rank */
+    rc = hq_fail(HQ_ERR_INPUT, "rank %d (host %s) has other per-module rules than rank 0: a "
+                 "node-local --rules file that differs? Put it on a file system all ranks "
+                 "share, or make every copy identical", R->world->rank, R->world->host);
+  else if (root[0] != R->model_id || root[1] != R->calib_id)
     rc = hq_fail(HQ_ERR_INPUT, "rank %d (host %s) reads another %s than rank 0 (fingerprint %016llx, "
                  "rank 0: %016llx): a node-local copy that differs? Put the inputs on a file system "
                  "all ranks share, or make every copy identical", R->world->rank, R->world->host,

@@ -222,10 +222,14 @@ struct hq_lin_q hq_rules_resolve(const struct hq_rules *rs, const char *name, in
 /* the linear of block b, k can take q (the GPTQ layout) */
 static int check_shape(const struct hq_rules *rs, const struct hq_lin_q *q, const char *name,
                        int64_t rows, int64_t cols) {
-  if (q->skip || q->rule < 0) return HQ_OK;
+  if (q->skip) return HQ_OK;
   const int64_t ng = q->group_size > 0 ? (cols + q->group_size - 1) / q->group_size : 1;
   const int rc = hq_pack_check(q->bits, HQ_PACK_GPTQ_V2, cols, rows, ng, 0, rows);
   if (!rc) return HQ_OK;
+  if (q->rule < 0) /* no rule decides it: the run's settings */
+    return hq_fail_ctx(rc, "%s (%lld x %lld, out x in) at --bits %d cannot be stored in the "
+                       "GPTQ layout (give it a rule: 'PATTERN:skip=1' or other bits): ", name,
+                       (long long)rows, (long long)cols, q->bits);
   return hq_fail_ctx(rc, "rule %d ('%s') gives %s (%lld x %lld, out x in) %d bits, group size "
                      "%lld, which the GPTQ layout cannot store: ", q->rule + 1,
                      rs->r[q->rule].pattern, name, (long long)rows, (long long)cols, q->bits,
