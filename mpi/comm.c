@@ -53,7 +53,8 @@ int hq_comm_init(struct hq_comm *c, int *argc, char ***argv) {
   return HQ_OK;
 }
 
-/* Collective over c->comm (set): rank, size, the node and leaders' communicators, host. */
+/* Collective over c->comm (set): rank, size, the node and leaders' communicators, the node
+ * count, host. */
 static void comm_setup(struct hq_comm *c) {
   MPI_Comm_rank(c->comm, &c->rank);
   MPI_Comm_size(c->comm, &c->size);
@@ -70,6 +71,8 @@ static void comm_setup(struct hq_comm *c) {
   }
   MPI_Comm_size(c->node, &c->local_size);
   MPI_Comm_split(c->comm, c->local_rank == 0 ? 0 : MPI_UNDEFINED, c->rank, &c->leaders);
+  const int leader = c->local_rank == 0;
+  MPI_Allreduce(&leader, &c->nodes, 1, MPI_INT, MPI_SUM, c->comm);
   if (gethostname(c->host, sizeof c->host - 1) != 0) strcpy(c->host, "?");
   c->host[sizeof c->host - 1] = 0;
 }

@@ -16,6 +16,7 @@ struct hq_comm {
   MPI_Comm node;      /* the ranks of this node (MPI_Comm_split_type SHARED), in rank order */
   int local_rank;     /* rank among the ranks of this node (-> GPU index); 0: the node leader */
   int local_size;
+  int nodes;          /* how many nodes (node communicators) c->comm spans */
   MPI_Comm leaders;   /* the node leaders (local_rank 0), in rank order; MPI_COMM_NULL elsewhere */
   char host[256];
   int owns_mpi;       /* hq_comm_init called MPI_Init */

@@ -22,13 +22,14 @@ hq_t_prereq() {
   done
 }
 
-# Start the cluster and a work dir; both are removed on exit, whatever happens.
+# hq_t_start [--nodes N]: start the cluster (one node, or N in network namespaces: see
+# tools/slurm-local.sh) and a work dir; both are removed on exit, whatever happens.
 hq_t_start() {
   HQ_T_WORK=$(mktemp -d /tmp/hq-slurmtest.XXXXXX)
   HQ_T_CLUSTER=""
   trap hq_t_cleanup EXIT
   trap 'exit 130' INT TERM
-  HQ_T_CLUSTER=$(bash "$HQ_SRC/tools/slurm-local.sh" start) || fail "could not start the test cluster"
+  HQ_T_CLUSTER=$(bash "$HQ_SRC/tools/slurm-local.sh" start "$@") || fail "could not start the test cluster"
   export SLURM_CONF=$HQ_T_CLUSTER/slurm.conf
   export HPCQ_BIN=$HQ_BIN
   unset HPCQ_JOBS_DIR # the scripts must find jobs/ themselves
@@ -42,7 +43,7 @@ hq_t_cleanup() {
   if [ "$rc" -ne 0 ] && [ "$rc" -ne 77 ] && [ -n "${HQ_T_WORK:-}" ]; then
     tlog "exit $rc: job logs and daemon log tails follow"
     for f in "$HQ_T_WORK"/*.log; do [ -f "$f" ] && { echo "==== $f"; tail -n 60 "$f"; }; done
-    [ -n "$HQ_T_CLUSTER" ] && tail -n 30 "$HQ_T_CLUSTER"/log/slurmctld.log "$HQ_T_CLUSTER"/log/slurmd.log 2>/dev/null
+    [ -n "$HQ_T_CLUSTER" ] && tail -n 30 "$HQ_T_CLUSTER"/log/slurmctld.log "$HQ_T_CLUSTER"/log/slurmd-*.log 2>/dev/null
   fi
   [ -n "${HQ_T_CLUSTER:-}" ] && bash "$HQ_SRC/tools/slurm-local.sh" stop "$HQ_T_CLUSTER"
   cd /
@@ -98,12 +99,12 @@ hq_t_expect_job() {
   tlog "job $1: $st, ExitCode $ec, Restarts $(hq_t_field "$1" Restarts)"
 }
 
-# hq_t_check_resumed NAME LOG: the run logged in LOG chose --resume and resumed mid-way, and
-# $HQ_T_WORK/NAME.h5 now equals the uninterrupted $HQ_T_WORK/ref.h5.
+# hq_t_check_resumed NAME LOG [REF]: the run logged in LOG chose --resume and resumed mid-way,
+# and $HQ_T_WORK/NAME.h5 now equals the uninterrupted REF (default $HQ_T_WORK/ref.h5).
 hq_t_check_resumed() {
   grep -q "partial (interrupted run) -> --resume" "$2" || fail "$1: the resumed run did not choose --resume"
   grep -qE "resuming .* after [1-5] of 6 blocks" "$2" || fail "$1: hpcq did not resume mid-way"
-  hq_t_h5same "$HQ_T_WORK/ref.h5" "$HQ_T_WORK/$1.h5" || fail "$1: resumed result differs from the uninterrupted run"
+  hq_t_h5same "${3:-$HQ_T_WORK/ref.h5}" "$HQ_T_WORK/$1.h5" || fail "$1: resumed result differs from the uninterrupted run"
 }
 
 # hq_t_mpirun_ref OUT [hpcq quantize args]: the same run under mpirun -np 2, outside Slurm.

@@ -4,7 +4,8 @@ set -euo pipefail
 PKGS=(build-essential pkgconf cmake openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools
       libopenblas-dev liblapacke-dev libcjson-dev
       clang libclang-rt-14-dev      # clang + libFuzzer: the safetensors header fuzz test
-      slurm-wlm munge gnuplot-nox   # the real single-node Slurm tests; gnuplot for bench/scaling_report.sh
+      slurm-wlm munge gnuplot-nox   # the real Slurm tests; gnuplot for bench/scaling_report.sh
+      iproute2 util-linux           # ip, nsenter, unshare: the two-node Slurm test's namespaces
       python3-numpy python3-h5py)   # numpy-only reference loader of the export test; h5py
                                     # doctors result files in tests/test_h5check.sh
 missing=()

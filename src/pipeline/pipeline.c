@@ -177,12 +177,12 @@ static void write_summary(struct run *R, double total, size_t rss_max, const dou
     fprintf(stderr, "hpcq quantize: warning: cannot write %s\n", R->o->json_summary);
     return;
   }
-  fprintf(f, "{\"ranks\": %d, \"method\": \"%s\", \"bits\": %d, \"group_size\": %lld, \"nsamples\": %lld, "
-             "\"seqlen\": %lld, \"seconds\": %.6f, \"peak_rss_bytes_max\": %zu, \"node_share\": %s, "
-             "\"shared_linears\": %lld, \"keep_activations\": %s, \"block_groups\": %d, "
+  fprintf(f, "{\"ranks\": %d, \"nodes\": %d, \"method\": \"%s\", \"bits\": %d, \"group_size\": %lld, "
+             "\"nsamples\": %lld, \"seqlen\": %lld, \"seconds\": %.6f, \"peak_rss_bytes_max\": %zu, "
+             "\"node_share\": %s, \"shared_linears\": %lld, \"keep_activations\": %s, \"block_groups\": %d, "
              "\"fp_chain_seconds\": %.6f, \"fp_chain_idle_seconds\": [",
-          R->world->size, hq_method_name(R->o->method), R->o->g.bits, (long long)R->o->g.group_size,
-          (long long)R->o->nsamples, (long long)R->seqlen, total, rss_max,
+          R->world->size, R->world->nodes, hq_method_name(R->o->method), R->o->g.bits,
+          (long long)R->o->g.group_size, (long long)R->o->nsamples, (long long)R->seqlen, total, rss_max,
           R->node_share ? "true" : "false", (long long)R->lins_shared_n,
           R->carry_h ? "true" : "false", R->bg.G, R->chain_s);
   for (int k = 0; k < R->bg.G; k++) fprintf(f, "%s%.6f", k ? ", " : "", idle[k]);
@@ -314,7 +314,7 @@ static int open_groups(struct run *R) {
 }
 
 /* Collective: every rank read the same model and calibration as rank 0 (a stale node-local
- * copy must not mix into the result). */
+ * copy must not mix into the result). hq_comm_agree prefixes the failing rank. */
 /* FNV-1a 64 of the rules' canonical text (0 without rules) */
 static uint64_t rules_id(const struct hq_quant_opts *o) {
   char *t = o->rules && o->rules->n ? hq_rules_text(o->rules) : NULL;
@@ -329,13 +329,13 @@ static int inputs_agree(struct run *R) {
   hq_comm_bcast(R->world, root, sizeof root, 0);
   int rc = HQ_OK;
   if (root[2] != rid) /* --rules FILE is read by every rank */
-    rc = hq_fail(HQ_ERR_INPUT, "rank %d (host %s) has other per-module rules than rank 0: a "
+    rc = hq_fail(HQ_ERR_INPUT, "host %s has other per-module rules than rank 0: a "
                  "node-local --rules file that differs? Put it on a file system all ranks "
-                 "share, or make every copy identical", R->world->rank, R->world->host);
+                 "share, or make every copy identical", R->world->host);
   else if (root[0] != R->model_id || root[1] != R->calib_id)
-    rc = hq_fail(HQ_ERR_INPUT, "rank %d (host %s) reads another %s than rank 0 (fingerprint %016llx, "
+    rc = hq_fail(HQ_ERR_INPUT, "host %s reads another %s than rank 0 (fingerprint %016llx, "
                  "rank 0: %016llx): a node-local copy that differs? Put the inputs on a file system "
-                 "all ranks share, or make every copy identical", R->world->rank, R->world->host,
+                 "all ranks share, or make every copy identical", R->world->host,
                  root[0] != R->model_id ? "model" : "calibration file",
                  (unsigned long long)(root[0] != R->model_id ? R->model_id : R->calib_id),
                  (unsigned long long)(root[0] != R->model_id ? root[0] : root[1]));
@@ -625,13 +625,14 @@ static void announce(const struct run *R) {
   const struct hq_quant_opts *o = R->o;
   const struct hq_model_config *c = &R->model.cfg;
   if (R->world->rank != 0 || o->quiet) return;
-  char nr[32] = "";
+  char nr[32] = "", nn[32] = "";
+  if (R->world->nodes > 1) snprintf(nn, sizeof nn, " on %d nodes", R->world->nodes);
   if (o->rules && o->rules->n) snprintf(nr, sizeof nr, " (%d rule%s)", o->rules->n, o->rules->n > 1 ? "s" : "");
-  fprintf(stderr, "hpcq quantize: %s %d-bit%s%s%s, %lld blocks, %d rank%s, %lld x %lld calibration "
+  fprintf(stderr, "hpcq quantize: %s %d-bit%s%s%s, %lld blocks, %d rank%s%s, %lld x %lld calibration "
           "tokens%s\n", hq_method_name(o->method), o->g.bits,
           o->g.group_size > 0 ? " grouped" : " per-channel", o->g.act_order ? " act-order" : "", nr,
           (long long)c->n_layers, R->world->size, R->world->size > 1 ? "s" : "",
-          (long long)(hq_pipeline_need_calib(o) ? o->nsamples : 0), (long long)R->seqlen,
+          nn, (long long)(hq_pipeline_need_calib(o) ? o->nsamples : 0), (long long)R->seqlen,
           R->node_share && hq_pipeline_need_hessian(o) ? ", one Hessian and factor per node" : "");
   if (R->bg.G < 2) return;
   fprintf(stderr, "hpcq quantize: %d block groups quantize at the same time:", R->bg.G);
