@@ -69,6 +69,17 @@ done
 n=$(grep -c "warning" "$T/w4.log")
 [ "$n" = 3 ] && grep -q "Marlin" "$T/w4.log" && grep -q "off by one" "$T/w4.log" && grep -q "GPTQModel.load" "$T/w4.log" &&
   ok "export asym 4-bit v2: 3 serving warnings (Marlin, v2 in vLLM, GPTQModel)" || bad "export asym v2: $n warnings: $(cat "$T/w4.log")"
+# symmetric 8-bit, but rules give two linears 3 bits: the Marlin warning names the first of them
+"$BIN" quantize --model "$M" --out "$T/m3.h5" --quiet --method rtn --bits 8 --sym --group-size 64 \
+  --rule 'model\.layers\.[45]\.mlp\.down_proj:bits=3' 2>"$T/m3.qlog" || bad "quantize m3: $(tail -1 "$T/m3.qlog")"
+"$BIN" export "$T/m3.h5" --format gptq --out "$T/m3" 2>"$T/m3.log"
+if [ "$(grep -c "warning" "$T/m3.log")" = 2 ] &&
+   grep -q "warning: 3-bit model.layers.4.mlp.down_proj (and 1 more linears) does not run in vLLM's Marlin" "$T/m3.log" &&
+   grep -q "quantization_config.dynamic" "$T/m3.log"; then
+  ok "export sym 8-bit with 3-bit rules: the Marlin warning names the rule's linears, plus the rules warning"
+else
+  bad "export sym 8-bit with 3-bit rules: $(cat "$T/m3.log")"
+fi
 
 # ---- 2. a checkpoint GPTQModel wrote ----
 G=$DATA/gptqmodel-sotu-5m-w4

@@ -133,15 +133,26 @@ static void warn_act_bits(const struct export *x) {
 /* Where the chosen form will not load as users usually serve it (README "Interoperability",
  * measured by tools/interop-check.sh; vLLM from its sources): one warning line each. */
 static void warn_serving(const struct export *x) {
-  int64_t sym = 0;
+  int64_t sym = 0, odd = -1, nodd = 0; /* odd: the first of nodd linears at other than 4/8 bits */
   attr_i64_or(x->h, "sym", 0, &sym);
-  const int marlin = sym && (x->bits == 4 || x->bits == 8); /* vLLM's fast GPTQ path */
+  for (int64_t i = 0; i < x->nlin; i++) { /* each linear's bits: the root's or its rule's */
+    const int b = hq_rules_resolve(&x->rules, x->lin[i], (int)x->bits, x->group_size).bits;
+    if (b != 4 && b != 8) nodd++, odd = odd < 0 ? i : odd;
+  }
+  const int marlin = sym && !nodd; /* vLLM's fast GPTQ path */
   if (x->o->quiet) return;
-  if (!marlin)
-    fprintf(stderr, "hpcq export: warning: %s %lld-bit GPTQ does not run in vLLM's Marlin "
+  char more[48] = "";
+  if (nodd > 1) snprintf(more, sizeof more, " (and %lld more linears)", (long long)(nodd - 1));
+  if (!sym)
+    fprintf(stderr, "hpcq export: warning: asymmetric GPTQ does not run in vLLM's Marlin "
             "kernels (symmetric 4 and 8 bits only); vLLM serves it with its slower gptq "
-            "kernel. Quantize with --sym --bits 4 (or 8) for Marlin\n",
-            sym ? "symmetric" : "asymmetric", (long long)x->bits);
+            "kernel. Quantize with --sym (and 4 or 8 bits) for Marlin\n");
+  else if (nodd)
+    fprintf(stderr, "hpcq export: warning: %d-bit %s%s does not run in vLLM's Marlin kernels "
+            "(symmetric 4 and 8 bits only); vLLM serves it with its slower gptq kernel. "
+            "Quantize with --bits 4 (or 8) and rules with bits=4 or 8 for Marlin\n",
+            hq_rules_resolve(&x->rules, x->lin[odd], (int)x->bits, x->group_size).bits,
+            x->lin[odd], more);
   if (x->fmt == HQ_PACK_GPTQ_V2 && !marlin)
     fprintf(stderr, "hpcq export: warning: vLLM reads gptq_v2 as gptq (v1): outside Marlin its "
             "zero points are then off by one (wrong outputs); export with --checkpoint-format "
