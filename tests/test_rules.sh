@@ -119,6 +119,14 @@ E="$T/e.h5"
 refuse() { expect --no-file "$E" "$1" 2 "$2" "$BIN" quantize "${Q[@]}" --out "$E" "${@:3}"; }
 refuse "bad regex" "not a valid extended regular expression" --rule 'model\.layers\.[5:bits=8'
 refuse "Python-only \\d" "backslash before a letter or digit.*\[0-9\]" --rule 'model\.layers\.\d\.mlp:bits=8'
+refuse "Python-only possessive .*+" "possessive quantifiers" --rule 'model\.layers\.5.*+:bits=8'
+refuse "backslash inside [...]" "backslash inside \[...\]" --rule 'model\.layers\.5[\.]mlp:bits=8'
+refuse "POSIX class" "POSIX classes" --rule 'model\.layers\.[[:digit:]]\.mlp:bits=8'
+# quantifier characters inside a bracket are ordinary in both: accepted, and it matches
+if "$BIN" quantize "${Q[@]}" --method rtn --out "$T/br.h5" --rule 'model\.layers\.[5+?]\.mlp\.down_proj:bits=8' \
+     2>"$T/br.log" && [ "$(bits_of "$T/br.h5" "$L5")" = 8 ] && [ "$(bits_of "$T/br.h5" model.layers.4.mlp.down_proj)" = 4 ]
+then ok "a bracket holding + and ? is accepted and matches block 5's down_proj"
+else bad "a bracket holding + and ?: $(tail -2 "$T/br.log"), bits $(bits_of "$T/br.h5" "$L5")"; fi
 refuse "unknown key" "unknown key 'bitz'" --rule "model:bitz=8"
 refuse "bad bits" "bits must be 2, 3, 4 or 8" --rule "model:bits=5"
 refuse "bad group size" "group_size=0.*-1 for one group" --rule "model:group_size=0"

@@ -20,6 +20,23 @@ static char *xstrdup(const char *s) {
   return memcpy(hq_xmalloc(n), s, n);
 }
 
+/* s at '[': why the bracket expression reads differently in Python (NULL if it does not);
+ * *end: its closing ']' (or the end of the pattern: regcomp reports an unclosed one) */
+static const char *bracket_why(const char *s, const char **end) {
+  const char *e = s + 1 + (s[1] == '^');
+  if (*e == ']') e++; /* a leading ']' is a member */
+  while (*e && *e != ']') e++;
+  *end = *e ? e : e - 1;
+  for (const char *c = s + 1; c < e; c++) {
+    if (*c == '[' && c[1] && strchr(":=.", c[1]))
+      return "POSIX classes such as [[:digit:]] are not Python syntax: write [0-9]";
+    if (*c == '\\')
+      return "a backslash inside [...] is an ordinary character in POSIX and an escape in Python: "
+             "leave it out ([.] already matches a dot)";
+  }
+  return NULL;
+}
+
 /* Python's re and POSIX ERE read the pattern alike (rules.h); else a message. */
 static int check_portable(const char *p, const char *where) {
   const char *why = strpbrk(p, "#\n\r") ? "'#' and line breaks cannot be part of a pattern "
@@ -31,8 +48,10 @@ static int check_portable(const char *p, const char *where) {
                  : "it ends with a backslash";
     else if (*s == '\\') s++;
     else if (*s == '(' && s[1] == '?') why = "\"(?\" is Python-only syntax";
-    else if (*s == '[' && s[1] == ':') why = "POSIX classes such as [[:digit:]] are not Python syntax: write [0-9]";
+    else if (*s == '[') why = bracket_why(s, &s);
     else if (strchr("*+?}", *s) && s[1] == '?' && s != p) why = "lazy quantifiers (*? +? ?? }?) are Python-only";
+    else if (strchr("*+?}", *s) && s[1] == '+' && s != p)
+      why = "possessive quantifiers (*+ ++ ?+ }+) are Python-only (3.11 and later)";
   }
   if (!why) return HQ_OK;
   return hq_fail(HQ_ERR_INPUT, "%s: pattern '%s': %s (the pattern must mean the same to hpcq's "

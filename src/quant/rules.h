@@ -9,8 +9,9 @@
  * ("model\.layers\.5\." takes the whole block). The FIRST rule that matches decides, and keys it
  * does not set keep the run's defaults (--bits, --group-size); later rules are not consulted.
  * Patterns are POSIX extended regular expressions (regcomp) restricted to the part of the
- * syntax that means the same in Python: a backslash only before punctuation (write [0-9] for
- * \d), no "(?", no POSIX classes "[:...:]", no lazy quantifiers ("*?", "+?", "??", "}?"). */
+ * syntax that means the same in Python: a backslash only before punctuation and never inside
+ * [...] (write [0-9] for \d), no "(?", no POSIX classes "[:...:]", no lazy ("*?", "+?", "??",
+ * "}?") or possessive ("*+", "++", "?+", "}+") quantifiers. */
 #ifndef HQ_RULES_H
 #define HQ_RULES_H
 
