@@ -96,20 +96,6 @@ static void side_close(struct side *s) {
   if (s->m.dir) hq_model_close(&s->m);
 }
 
-/* The linears of a checkpoint: every X with an X.qweight (tensors are sorted by name). */
-static void ckpt_linears(struct side *s) {
-  s->names = hq_xmalloc((size_t)(s->m.st.ntensors + 1) * sizeof *s->names);
-  for (int64_t i = 0; i < s->m.st.ntensors; i++) {
-    const char *t = s->m.st.tensors[i].name;
-    const size_t l = strlen(t);
-    if (l <= 8 || strcmp(t + l - 8, ".qweight")) continue;
-    char *n = hq_xmalloc(l - 7);
-    memcpy(n, t, l - 8);
-    n[l - 8] = 0;
-    s->names[s->n++] = n;
-  }
-}
-
 static int side_open(const char *path, struct side *s) {
   s->path = path;
   const size_t l = strlen(path);
@@ -122,16 +108,14 @@ static int side_open(const char *path, struct side *s) {
     return hq_fail(HQ_ERR_INPUT, "%s is a full-precision model; hpcq compare takes .h5 results "
                    "of hpcq quantize and GPTQ checkpoints (quantization_config.quant_method "
                    "\"gptq\")", path);
-  ckpt_linears(s);
+  s->n = hq_model_gptq_list(&s->m, &s->names);
   return HQ_OK;
 }
 
 /* Linear `name` of side s as a whole-layer packed slab. */
 static int side_read(const struct side *s, const char *name, struct hq_packed *p) {
   if (s->h) return hq_h5_linear_read(s->h, name, p);
-  char q[512];
-  snprintf(q, sizeof q, "%s.qweight", name);
-  if (!hq_st_find(&s->m.st, q))
+  if (!hq_model_gptq_has(&s->m, name))
     return hq_fail(HQ_ERR_INPUT, "linear %s is not in %s", name, s->path);
   return hq_model_gptq_read(&s->m, name, p);
 }
@@ -191,10 +175,10 @@ struct agreement {
   double wrd;                     /* ||Wa - Wb|| / ||Wa|| (Frobenius) of the dequantized weights */
 };
 
-/* Weight [r, i] of a decoded linear with ngroups groups: scale * (code - zero). */
+/* Weight [r, i] of a decoded linear with ngroups groups, as hq_pack_dequantize gives it */
 static double dq(const struct decoded *d, int64_t in, int64_t ng, int64_t r, int64_t i) {
   const int64_t g = r * ng + d->g_idx[i];
-  return (double)d->scales[g] * ((double)d->codes[r * in + i] - (double)d->zeros[g]);
+  return hq_dequant(d->codes[r * in + i], d->scales[g], d->zeros[g]);
 }
 
 /* The relative Frobenius distance of the two dequantized weights (what differs in a model,

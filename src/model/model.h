@@ -136,6 +136,11 @@ struct hq_packed;
 int hq_model_gptq_init(struct hq_model *m);
 /* 1 when `name` is "X.weight" of a GPTQ checkpoint that stores X.qweight; prefix: X. */
 int hq_model_gptq_linear(const struct hq_model *m, const char *name, char *prefix, size_t n);
+/* 1 when the GPTQ checkpoint stores linear X (X.qweight). */
+int hq_model_gptq_has(const struct hq_model *m, const char *x);
+/* The checkpoint's GPTQ linears X (every X.qweight, in tensor order) into *names (malloc'd
+ * strings in a malloc'd array); returns their count. */
+int64_t hq_model_gptq_list(const struct hq_model *m, char ***names);
 /* GPTQ linear X: its four tensors checked against each other, rows (out) and in. */
 int hq_model_gptq_shape(const struct hq_model *m, const char *x, int64_t *rows, int64_t *in);
 /* GPTQ linear X as a whole-layer packed slab (the zero convention of the checkpoint). */

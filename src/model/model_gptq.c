@@ -59,14 +59,41 @@ int hq_model_gptq_init(struct hq_model *m) {
   return rc;
 }
 
+/* A quantized linear X is the prefix of a tensor "X.qweight" */
+static const char QW[] = ".qweight";
+
+int hq_model_gptq_has(const struct hq_model *m, const char *x) {
+  const size_t len = strlen(x);
+  char *t = hq_xmalloc(len + sizeof QW);
+  memcpy(t, x, len);
+  memcpy(t + len, QW, sizeof QW);
+  const int yes = m->gptq_format && hq_st_find(&m->st, t) != NULL;
+  free(t);
+  return yes;
+}
+
 int hq_model_gptq_linear(const struct hq_model *m, const char *name, char *prefix, size_t n) {
   const size_t len = strlen(name);
-  if (!m->gptq_format || len <= 7 || strcmp(name + len - 7, ".weight") || len + 2 > n) return 0;
+  if (!m->gptq_format || len <= 7 || strcmp(name + len - 7, ".weight") || len - 6 > n) return 0;
   memcpy(prefix, name, len - 7);
-  strcpy(prefix + len - 7, ".qweight");
-  const int yes = hq_st_find(&m->st, prefix) != NULL;
   prefix[len - 7] = 0;
-  return yes;
+  return hq_model_gptq_has(m, prefix);
+}
+
+int64_t hq_model_gptq_list(const struct hq_model *m, char ***names) {
+  const size_t q = sizeof QW - 1;
+  int64_t n = 0;
+  *names = hq_xmalloc((size_t)(m->st.ntensors + 1) * sizeof **names);
+  for (int64_t i = 0; i < m->st.ntensors; i++) {
+    const char *t = m->st.tensors[i].name;
+    const size_t l = strlen(t);
+    if (l <= q || strcmp(t + l - q, QW)) continue;
+    char *x = hq_xmalloc(l - q + 1);
+    memcpy(x, t, l - q);
+    x[l - q] = 0;
+    (*names)[n++] = x;
+  }
+  return n;
 }
 
 /* Tensor X.<part> of dtype dt and 1 or 2 dimensions (d1 < 0: any); NULL after a message. */
