@@ -12,7 +12,8 @@
 #     token counts of a block add up to windows x seqlen x top_k; inspect --plot draws the
 #     others and says that the RTN-fallback experts are left out of the loss panel
 #  4. SIGTERM after block 1 of 3, --resume at another rank count = the uninterrupted run
-#  5. export (gptq v1 and v2): tools/gptq_reference_loader.py (numpy, with the published MoE
+#  5. export (gptq v1 and v2): hpcq compare / eval read the checkpoint back as the .h5;
+#     tools/gptq_reference_loader.py (numpy, with the published MoE
 #     routing) dequantizes every expert to hpcq's weights and gets hpcq's logits
 #  6. RTN without calibration (no routing: token counts -1); a result missing one expert's
 #     qweight is refused by eval, naming it
@@ -101,6 +102,8 @@ q ref 1 "$Q3M" "${S[@]}" --nsamples 48
 same "SIGTERM, --resume at 3 ranks = the uninterrupted run" "$T/ref.h5" "$T/int.h5"
 
 # ---- 5. export + the independent loader ----
+ppl_of() { "$BIN" eval --model "$1" --tokens "$TOK" --seqlen 64 --max-windows 4 --json --quiet 2>/dev/null |
+  sed -n 's/.*"perplexity": *\([0-9.eE+-]*\).*/\1/p'; }
 CHECK=0
 for m in MIX Q3M; do
   "$VIEW" "$T/${m}1.h5" "$TOK" 1 64 "$T/$m.view" > /dev/null 2>&1 || bad "view $m"
@@ -109,6 +112,12 @@ for m in MIX Q3M; do
     if python3 "$LOADER" check --source "${!m}" --case "$T/$m.$f" "$T/$m.view" $f 4 0 > "$T/$m.$f.txt" 2>&1; then
       ok "reference loader $m $f: $(cut -c1-220 "$T/$m.$f.txt" | tail -1)"; CHECK=$((CHECK + 1))
     else bad "reference loader $m $f: $(tail -3 "$T/$m.$f.txt")"; fi
+    # hpcq reads the MoE checkpoint back: the same codes as the .h5, the same perplexity
+    "$BIN" compare "$T/${m}1.h5" "$T/$m.$f" > "$T/$m.$f.cmp" 2>&1 && grep -q "^total: 1.000000 of" "$T/$m.$f.cmp" &&
+      ok "compare $m .h5 vs its $f checkpoint: $(tail -1 "$T/$m.$f.cmp")" || bad "compare $m $f: $(tail -2 "$T/$m.$f.cmp")"
+    p_ck=$(ppl_of "$T/$m.$f") p_h5=$(ppl_of "$T/${m}1.h5")
+    [ -n "$p_ck" ] && [ "$p_ck" = "$p_h5" ] && ok "eval of the $m $f checkpoint = eval of its .h5 ($p_ck)" ||
+      bad "eval of the $m $f checkpoint: '$p_ck', of the .h5 '$p_h5'"
   done
 done
 grep -q "block_sparse_moe.gate.weight" "$T/MIX.gptq/model.safetensors" && ! grep -q "block_sparse_moe.gate.qweight" "$T/MIX.gptq/model.safetensors" &&
