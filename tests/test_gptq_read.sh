@@ -26,8 +26,7 @@ source "$(dirname "$0")/testlib.sh"
 hq_tmpdir gptqread
 M=$DATA/llama-sotu-5m
 TOK=$M/wikitext2-test.i32
-pplq() { "$BIN" eval --model "$1" --tokens "$TOK" --seqlen 128 --max-windows 12 --json --quiet 2>"$T/eval.err" |
-  sed -n 's/.*"perplexity":\([0-9.eE+-]*\).*/\1/p'; }
+pplq() { PPL_TOKENS=$TOK PPL_SEQLEN=128 PPL_WINDOWS=12 PPL_ERR=$T/eval.err ppl "$1" --quiet; }
 
 # ---- 1. hpcq's exports read back ----
 cases=("r4:--method rtn --bits 4" "g3:--bits 3 --sym --act-order --calib $M/calib.i32 --nsamples 4 --seqlen 64"

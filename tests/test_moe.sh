@@ -102,8 +102,7 @@ q ref 1 "$Q3M" "${S[@]}" --nsamples 48
 same "SIGTERM, --resume at 3 ranks = the uninterrupted run" "$T/ref.h5" "$T/int.h5"
 
 # ---- 5. export + the independent loader ----
-ppl_of() { "$BIN" eval --model "$1" --tokens "$TOK" --seqlen 64 --max-windows 4 --json --quiet 2>/dev/null |
-  sed -n 's/.*"perplexity": *\([0-9.eE+-]*\).*/\1/p'; }
+ppl_of() { PPL_TOKENS=$TOK PPL_SEQLEN=64 PPL_WINDOWS=4 ppl "$1" --quiet; }
 CHECK=0
 for m in MIX Q3M; do
   "$VIEW" "$T/${m}1.h5" "$TOK" 1 64 "$T/$m.view" > /dev/null 2>&1 || bad "view $m"

@@ -2,7 +2,8 @@
 #   ok MSG / bad MSG        count and print a result
 #   finish NAME             print the summary; exit status 0 only without failures
 #   ppl MODEL [eval args]   perplexity of MODEL on the first $PPL_WINDOWS (16) windows of
-#                           WikiText-2 (5M model)
+#                           $PPL_SEQLEN (256) tokens of $PPL_TOKENS (WikiText-2 of the 5M
+#                           model); eval's messages go to $PPL_ERR (/dev/null)
 #   attr FILE LINEAR NAME   one attribute of /linears/LINEAR
 #   within A B R            A > 0 and |A - B| / A <= R (numbers as awk reads them)
 #   complete_result FILE    FILE is an hpcq result that hpcq inspect calls complete
@@ -22,7 +23,8 @@ ok() { echo "ok: $*"; pass=$((pass + 1)); }
 bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
 finish() { echo "$1: $pass passed, $fail failed"; [ "$fail" -eq 0 ]; }
 ppl() { local m=$1; shift
-  "$BIN" eval --model "$m" --tokens "$M/wikitext2-test.i32" --seqlen 256 --max-windows "${PPL_WINDOWS:-16}" --json "$@" 2>/dev/null |
+  "$BIN" eval --model "$m" --tokens "${PPL_TOKENS:-$M/wikitext2-test.i32}" --seqlen "${PPL_SEQLEN:-256}" \
+    --max-windows "${PPL_WINDOWS:-16}" --json "$@" 2>"${PPL_ERR:-/dev/null}" |
     sed -n 's/.*"perplexity":\([0-9.eE+-]*\).*/\1/p'; }
 attr() { h5dump -a "/linears/$2/$3" "$1" 2>/dev/null | sed -n 's/.*(0): *\([0-9.eE+-]*\).*/\1/p'; }
 within() { awk -v a="$1" -v b="$2" -v r="$3" 'BEGIN{d=(a-b)/a; if (d<0) d=-d; exit !(a>0 && d<=r)}'; }
