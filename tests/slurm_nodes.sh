@@ -14,10 +14,17 @@
 #     the same command resumes it once the copy is fixed.
 source "$HQ_SRC/tests/slurmlib.sh"
 hq_t_prereq
-command -v ip >/dev/null || skip "'ip' not installed (iproute2)"
-probe=hq-probe-$$
-ip netns add "$probe" 2>/dev/null || skip "cannot create network namespaces here (needs CAP_SYS_ADMIN and CAP_NET_ADMIN)"
-ip netns del "$probe"
+for b in ip nsenter unshare srun; do
+  command -v "$b" >/dev/null || skip "'$b' not installed (tools/install-deps.sh installs iproute2 util-linux slurm-wlm)"
+done
+# What the cluster needs: a network namespace, a bridge and a veth pair into the namespace.
+probe=hqp$$
+if ip netns add "$probe" 2>/dev/null && ip link add "${probe}b" type bridge 2>/dev/null &&
+   ip link add "${probe}h" type veth peer name "${probe}c" 2>/dev/null && ip link set "${probe}c" netns "$probe" 2>/dev/null; then
+  ok_ns=1
+else ok_ns=0; fi
+ip link del "${probe}h" 2>/dev/null || true; ip link del "${probe}b" 2>/dev/null || true; ip netns del "$probe" 2>/dev/null || true
+[ "$ok_ns" = 1 ] || skip "cannot create network namespaces, bridges and veth pairs here (needs CAP_SYS_ADMIN and CAP_NET_ADMIN)"
 hq_t_start --nodes 2
 SCR=$HQ_T_CLUSTER/local          # the same path on every node, a different folder on each
 NODEDIR=$HQ_T_CLUSTER/nodes      # NODEDIR/hqnK/local: node K's scratch, seen from outside
@@ -105,11 +112,12 @@ move() {
   J=$(sbatch --parsable -N 1 --ntasks-per-node=2 "$HQ_SRC/jobs/quantize.sbatch" "${margs[@]}" --out "$HQ_T_WORK/$1.h5")
   LOG=$HQ_T_WORK/hpcq-quantize-$J.log
   hq_t_wait_log "$J" "$LOG" '^block 2/6' 120
-  FIRST=$(hq_t_field "$J" BatchHost)
-  case $FIRST in hqn1) OTHER=hqn2 ;; hqn2) OTHER=hqn1 ;; *) fail "job $J runs on '$FIRST'" ;; esac
-  [ -z "${2:-}" ] || cp "$HQ_T_WORK/stale.i32" "$NODEDIR/$OTHER/local/calib.i32"
-  scancel --batch --signal=USR1 "$J"
+  scancel --batch --signal=USR1 "$J" # at once: the run has a second or so left
+  # The requeued run waits >= 3 s for its begin time (hq_t_wait): time to take the node away.
+  FIRST=$(sed -n "s/.* job $J ([^)]*) on \(hqn[0-9]\) at .*, restart 0$/\1/p" "$LOG" | head -n1)
+  case $FIRST in hqn1) OTHER=hqn2 ;; hqn2) OTHER=hqn1 ;; *) fail "job $J: no first node in its log ('$FIRST')" ;; esac
   scontrol update NodeName="$FIRST" State=DRAIN Reason="hpcq test: move the job"
+  [ -z "${2:-}" ] || cp "$HQ_T_WORK/stale.i32" "$NODEDIR/$OTHER/local/calib.i32"
   tlog "$1: job $J on $FIRST: USR1 after block 2, $FIRST drained${2:+, the copy on $OTHER made stale}"
   hq_t_wait "$J" 240
   scontrol update NodeName="$FIRST" State=RESUME

@@ -9,7 +9,7 @@
 #   tools/slurm-local.sh status DIR    sinfo + squeue of that cluster
 #   source DIR/env.sh                  point sbatch/squeue/scontrol at it (exports SLURM_CONF)
 #
-# One node (the default) is this machine itself, "localhost". With --nodes N (2-8) each node
+# One node (the default, --nodes 1) is this machine itself, "localhost". With --nodes N (2-8) each node
 # hqn1..hqnN is a slurmd in its own network namespace (its own address 10.X.Y.(10+k) on a
 # private bridge, where slurmctld listens at 10.X.Y.1), UTS namespace (hostname hqnK) and mount
 # namespace, in which DIR/local is that node's own folder DIR/nodes/hqnK/local: node-local
@@ -70,44 +70,52 @@ start_munge() { # start_munge DIR: fresh key, own socket; runs as the munge user
   die "munged did not start"
 }
 
-free_subnet() { # a 10.X.Y prefix no interface or route of this machine uses
+free_subnet() { # a 10.X.Y prefix that no address or route but the default one covers
   local s used
-  used=$(ip -4 addr show; ip -4 route show)
+  used=$(ip -4 addr show)
   for _ in $(seq 100); do
     s=10.$((200 + RANDOM % 50)).$((RANDOM % 256))
-    grep -qF "$s." <<<"$used" || { echo "$s"; return; }
+    grep -qF " $s." <<<"$used" && continue
+    [ -z "$(ip -4 route show table all to match "$s.0/24" 2>/dev/null | grep -v '^default ')" ] || continue
+    echo "$s"; return
   done
   die "no free 10.x.y.0/24 subnet found"
 }
 
+nip() { ip "$@" || die "'ip $*' failed (network namespaces need CAP_NET_ADMIN and CAP_SYS_ADMIN)"; }
+
 # net_up DIR N: a bridge (slurmctld's address SUB.1) and N network namespaces, each with a veth
-# into it (node k: SUB.(10+k)). Every name created is recorded in DIR/net first, for stop.
+# into it (node k: SUB.(10+k)); sets NET_SUB and NET_NS (the namespaces, node order). Every name
+# is recorded in DIR/net before it is created, for stop. (Not in a $(...): set -e holds here.)
 net_up() {
-  local dir=$1 n=$2 id sub br k ns
+  local dir=$1 n=$2 id br k ns
   command -v ip >/dev/null || die "'ip' not found: install iproute2"
   for _ in $(seq 20); do id=$(printf '%04x' $((RANDOM % 65536))); ip link show "hqb$id" >/dev/null 2>&1 || break; done
-  sub=$(free_subnet) br=hqb$id
+  NET_SUB=$(free_subnet) br=hqb$id NET_NS=()
+  [ -n "$NET_SUB" ] || die "no free subnet"
   echo "br $br" >>"$dir/net"
-  ip link add "$br" type bridge || die "cannot create a bridge (needs CAP_NET_ADMIN)"
-  ip addr add "$sub.1/24" dev "$br" && ip link set "$br" up
-  printf '127.0.0.1 localhost\n%s.1 hqctl\n' "$sub" >"$dir/hosts"
+  nip link add "$br" type bridge
+  nip addr add "$NET_SUB.1/24" dev "$br"
+  nip link set "$br" up
+  printf '127.0.0.1 localhost\n%s.1 hqctl\n' "$NET_SUB" >"$dir/hosts"
   for k in $(seq "$n"); do
     ns=hq$id-hqn$k
-    echo "ns $ns" >>"$dir/net"
-    ip netns add "$ns" || die "cannot create network namespace $ns"
-    ip link add "hq${id}h$k" type veth peer name "hq${id}c$k"
-    ip link set "hq${id}h$k" master "$br" up
-    ip link set "hq${id}c$k" netns "$ns"
-    ip -n "$ns" link set "hq${id}c$k" name eth0
-    ip -n "$ns" addr add "$sub.$((10 + k))/24" dev eth0
-    ip -n "$ns" link set eth0 up && ip -n "$ns" link set lo up
-    echo "$sub.$((10 + k)) hqn$k" >>"$dir/hosts"
+    printf 'ns %s\nveth %s\n' "$ns" "hq${id}h$k" >>"$dir/net"
+    nip netns add "$ns"
+    NET_NS+=("$ns")
+    nip link add "hq${id}h$k" type veth peer name "hq${id}c$k"
+    nip link set "hq${id}h$k" master "$br" up
+    nip link set "hq${id}c$k" netns "$ns"
+    nip -n "$ns" link set "hq${id}c$k" name eth0
+    nip -n "$ns" addr add "$NET_SUB.$((10 + k))/24" dev eth0
+    nip -n "$ns" link set eth0 up
+    nip -n "$ns" link set lo up
+    echo "$NET_SUB.$((10 + k)) hqn$k" >>"$dir/hosts"
     mkdir -p "$dir/nodes/hqn$k/local/tmp"
   done
-  echo "$sub"
 }
 
-net_down() { # net_down DIR: kill what runs in the namespaces, delete them and the bridge
+net_down() { # net_down DIR: kill what runs in the namespaces, delete them, the bridge and veths
   local dir=$1 kind name pids
   [ -f "$dir/net" ] || return 0
   while read -r kind name; do
@@ -120,8 +128,8 @@ net_down() { # net_down DIR: kill what runs in the namespaces, delete them and t
     fi
     ip netns del "$name" 2>/dev/null || echo "slurm-local: could not delete netns $name" >&2
   done <"$dir/net"
-  while read -r kind name; do
-    [ "$kind" = br ] && ip link show "$name" >/dev/null 2>&1 && ip link del "$name" 2>/dev/null || true
+  while read -r kind name; do # a veth left in this namespace (its peer never moved), the bridge
+    case $kind in br | veth) ip link show "$name" >/dev/null 2>&1 && ip link del "$name" 2>/dev/null || true ;; esac
   done <"$dir/net"
 }
 
@@ -205,7 +213,7 @@ start_slurmd() {
     HQ_SLURM_LOCAL_DAEMON="$dir" setsid slurmd -D -N "$node" -f "$SLURM_CONF" </dev/null >"$dir/log/slurmd-$node.out" 2>&1 &
     return
   fi
-  HQ_SLURM_LOCAL_DAEMON="$dir" setsid nsenter --net="/run/netns/$ns" unshare --mount --uts --propagation private \
+  HQ_SLURM_LOCAL_DAEMON="$dir" setsid nsenter --net="/run/netns/$ns" unshare --mount --uts --propagation slave \
     sh -c 'hostname "$1" && mount --bind "$2" "$3" && mount --bind "$4" /etc/hosts && exec slurmd -D -N "$1" -f "$5"' \
     hq-node "$node" "$dir/nodes/$node/local" "$dir/local" "$dir/hosts" "$SLURM_CONF" \
     </dev/null >"$dir/log/slurmd-$node.out" 2>&1 &
@@ -234,9 +242,11 @@ start() {
     shift
   done
   [[ "$n" =~ ^[1-8]$ ]] || die "--nodes takes 1 to 8, not '$n'"
+  [ -z "$dir" ] || [ ! -e "$dir" ] || [ -z "$(ls -A "$dir" 2>/dev/null)" ] ||
+    die "$dir exists and is not empty: give a new or empty folder (or none: a new /tmp/hq-slurm.XXXXXX)"
   [ "$(id -u)" -eq 0 ] || die "needs root (slurmd runs jobs as any user; munged runs as munge)"
   for b in munged mungekey slurmctld slurmd sbatch scontrol sinfo setpriv unshare nsenter; do
-    command -v "$b" >/dev/null || die "'$b' not found: install slurm-wlm and munge (tools/install-deps.sh)"
+    command -v "$b" >/dev/null || die "'$b' not found: install slurm-wlm, munge and util-linux (tools/install-deps.sh)"
   done
   id munge >/dev/null 2>&1 || die "no 'munge' user: install the munge package"
   if [ -z "$dir" ]; then dir=$(mktemp -d /tmp/hq-slurm.XXXXXX); else mkdir -p "$dir"; fi
@@ -247,7 +257,8 @@ start() {
   trap 'echo "slurm-local: start failed, cleaning up $dir" >&2; stop "$dir" >&2 || true' ERR EXIT
   start_munge "$dir"
   local sub="" ncpu k
-  [ "$n" -eq 1 ] || sub=$(net_up "$dir" "$n")
+  NET_NS=()
+  if [ "$n" -gt 1 ]; then net_up "$dir" "$n"; sub=$NET_SUB; fi
   # What slurmd itself detects (nproc would obey OMP_NUM_THREADS, which test environments set).
   ncpu=$(slurmd -C 2>/dev/null | sed -n 's/.* CPUs=\([0-9]*\).*/\1/p' | head -n1)
   [ -n "$ncpu" ] || ncpu=$(getconf _NPROCESSORS_ONLN)
@@ -255,7 +266,7 @@ start() {
   export SLURM_CONF="$dir/slurm.conf"
   HQ_SLURM_LOCAL_DAEMON="$dir" setsid slurmctld -D -f "$SLURM_CONF" </dev/null >"$dir/log/slurmctld.out" 2>&1 &
   if [ "$n" -eq 1 ]; then start_slurmd "$dir" localhost; else
-    for k in $(seq "$n"); do start_slurmd "$dir" "hqn$k" "$(awk -v k="hqn$k" '$1 == "ns" && $2 ~ "-" k "$" { print $2 }' "$dir/net")"; done
+    for k in $(seq "$n"); do start_slurmd "$dir" "hqn$k" "${NET_NS[k - 1]}"; done
   fi
   wait_idle "$dir" "$n" || die "cluster did not come up"
   trap - ERR EXIT
@@ -271,7 +282,7 @@ stop() {
     { [ -d "$dir/munge" ] || [ -d "$dir/state" ] || die "$dir is not a slurm-local cluster dir"; }
   export SLURM_CONF="$dir/slurm.conf"
   local ctld i f
-  ctld=$(tr -dc 0-9 <"$dir/run/slurmctld.pid" 2>/dev/null || true)
+  ctld=$(tr -dc 0-9 2>/dev/null <"$dir/run/slurmctld.pid" || true)
   if pid_alive "$ctld" slurmctld; then
     # 1. cancel every job, 2. wait for the queue to drain and the step sockets to vanish.
     local jobs
